@@ -1,0 +1,91 @@
+"""SparkSession creation shared by every job.
+
+Embedded default: `local[*]`, settings from conf/spark.yaml. Under `spark-submit` the master and any
+`--conf` given there win, because `getOrCreate` keeps what the submitter configured.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import zipfile
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Settings every session needs for the tables to be standard Delta/Parquet and the output deterministic.
+REQUIRED_CONF = {
+    # delta-rs and other readers reject INT96 timestamps
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    # no _SUCCESS markers inside Delta table folders
+    "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
+    "spark.hadoop.parquet.enable.summary-metadata": "false",
+    "spark.sql.parquet.compression.codec": "zstd",
+}
+
+
+def _ensure_python_path() -> None:
+    """Executors unpickle functions from `udfs`/`jobs` by module name, so they must find the repo."""
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if REPO_ROOT not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([REPO_ROOT] + [p for p in paths if p])
+    if REPO_ROOT not in sys.path:
+        sys.path.insert(0, REPO_ROOT)
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+
+def load_spark_conf(path: str | None = None) -> dict:
+    import yaml
+
+    path = path or os.path.join(REPO_ROOT, "conf", "spark.yaml")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    return {str(k): str(v) for k, v in (data.get("conf") or {}).items()}
+
+
+def _ship_code(spark) -> None:
+    """On a real cluster ship udfs/ and jobs/ as a zip (spark-submit --py-files does the same)."""
+    master = spark.sparkContext.master
+    if master.startswith("local"):
+        return
+    zpath = os.path.join(tempfile.mkdtemp(prefix="lmrefinery-code-"), "lmrefinery_code.zip")
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for pkg in ("udfs", "jobs"):
+            for dirpath, _, files in os.walk(os.path.join(REPO_ROOT, pkg)):
+                for fn in files:
+                    if fn.endswith(".py"):
+                        full = os.path.join(dirpath, fn)
+                        zf.write(full, os.path.relpath(full, REPO_ROOT))
+    spark.sparkContext.addPyFile(zpath)
+
+
+def get_spark(app_name: str = "lmrefinery", master: str | None = None, conf: dict | None = None):
+    """Return the active SparkSession or build one (default `local[*]`)."""
+    _ensure_python_path()
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    builder = SparkSession.builder.appName(app_name)
+    # spark-submit sets spark.master in the JVM conf; only default it when launched as plain python
+    if master:
+        builder = builder.master(master)
+    elif "SPARK_MASTER" in os.environ:
+        builder = builder.master(os.environ["SPARK_MASTER"])
+    elif not _launched_by_spark_submit():
+        builder = builder.master("local[*]")
+    merged = {**load_spark_conf(), **(conf or {}), **REQUIRED_CONF}
+    for k, v in merged.items():
+        builder = builder.config(k, v)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(os.environ.get("LMR_SPARK_LOG_LEVEL", "WARN"))
+    _ship_code(spark)
+    return spark
+
+
+def _launched_by_spark_submit() -> bool:
+    return "PYSPARK_GATEWAY_PORT" in os.environ or "SPARK_SUBMIT_OPTS" in os.environ

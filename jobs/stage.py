@@ -1,0 +1,171 @@
+"""What every stage does around its own logic: run identity, skip-if-finished, idempotent writes, metrics,
+the conservation invariant and the audit sample.
+
+    run = StageRun(lake, "filter", config=cfg["filter"], input_table="documents",
+                   output_tables=["filtered", "rejected"], force=args.force)
+    if run.already_done():
+        return 0
+    run.write(kept_df, "filtered"); run.write(rejected_df, "rejected")
+    run.finish(docs_in=..., docs_out=..., docs_rejected=..., tokens_in=..., tokens_out=..., reasons={...})
+    run.write_audit(rejected_df, "rejected")
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+import time
+import uuid
+
+from jobs.config import config_hash
+from jobs.tables import Lake, WriteResult
+
+METRICS_TABLE = "metrics"
+
+
+class InvariantError(RuntimeError):
+    pass
+
+
+def log(msg: str) -> None:
+    print(f"[lmrefinery {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class StageRun:
+    def __init__(self, lake: Lake, stage: str, config, input_table: str | None, output_tables: list[str],
+                 force: bool = False, input_version: int | None = None, extra_key=None):
+        self.lake = lake
+        self.stage = stage
+        self.started_at = dt.datetime.now(dt.timezone.utc)
+        self._t0 = time.time()
+        self.run_id = f"{stage}-{self.started_at.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        self.input_table = input_table
+        self.input_version = input_version if input_version is not None else (
+            lake.version(input_table) if input_table else None)
+        self.output_tables = list(output_tables)
+        self.config = config
+        self.config_hash = config_hash({"stage": stage, "config": config, "outputs": self.output_tables,
+                                        "extra": extra_key})
+        self.run_key = f"{stage}|{input_table}@{self.input_version}|{self.config_hash}"
+        self.force = force
+        self.outputs: dict[str, int] = {}
+        self.writes: dict[str, WriteResult] = {}
+
+    # ---- restart safety -------------------------------------------------------------------------------------
+    def already_done(self, quiet: bool = False) -> dict | None:
+        """The metrics row of an earlier run with the same input version and config whose outputs are still the
+        tables' current versions, else None. `--force` always runs."""
+        if self.force or not self.lake.exists(METRICS_TABLE):
+            return None
+        rows = self.lake.read_arrow(METRICS_TABLE).to_pylist()
+        for row in reversed(sorted(rows, key=lambda r: r["started_at"])):
+            if row.get("run_key") != self.run_key:
+                continue
+            outputs = dict(row.get("outputs") or [])
+            if all(self.lake.version(t) == v for t, v in outputs.items()):
+                if not quiet:
+                    log(f"{self.stage}: already done for {self.input_table}@{self.input_version} with this config "
+                        f"(run {row['run_id']}); skipping. Use --force to run again.")
+                return row
+        return None
+
+    def app_id(self, table: str) -> str:
+        key = self.run_key if not self.force else f"{self.run_key}|{self.run_id}"
+        return f"lmrefinery|{key}|{table}"
+
+    def write(self, df, table: str, mode: str = "overwrite") -> WriteResult:
+        res = self.lake.write(df, table, mode=mode, app_id=self.app_id(table))
+        if res.skipped:
+            log(f"{self.stage}: {table} already holds this run's output (version {res.version}); not written again")
+        self.outputs[table] = res.version
+        self.writes[table] = res
+        return res
+
+    # ---- reporting ------------------------------------------------------------------------------------------
+    def finish(self, docs_in: int, docs_out: int, docs_rejected: int, tokens_in: int | None = None,
+               tokens_out: int | None = None, reasons: dict | None = None, extra: dict | None = None,
+               output_table: str | None = None) -> dict:
+        """Check `docs_in == docs_out + docs_rejected`, then append one row to `metrics`."""
+        if docs_in != docs_out + docs_rejected:
+            raise InvariantError(f"{self.stage}: conservation violated: docs_in={docs_in} != docs_out={docs_out} "
+                                 f"+ docs_rejected={docs_rejected}")
+        output_table = output_table or (self.output_tables[0] if self.output_tables else None)
+        seconds = time.time() - self._t0
+        row = {
+            "stage": self.stage, "run_id": self.run_id, "run_key": self.run_key, "started_at": self.started_at,
+            "seconds": float(seconds),
+            "input_table": self.input_table, "input_version": self.input_version,
+            "output_table": output_table, "output_version": self.outputs.get(output_table),
+            "outputs": {k: int(v) for k, v in self.outputs.items()},
+            "docs_in": int(docs_in), "docs_out": int(docs_out), "docs_rejected": int(docs_rejected),
+            "tokens_in": None if tokens_in is None else int(tokens_in),
+            "tokens_out": None if tokens_out is None else int(tokens_out),
+            "doc_acceptance": (docs_out / docs_in) if docs_in else None,
+            "token_acceptance": (tokens_out / tokens_in) if tokens_in else None,
+            "reasons": {str(k): int(v) for k, v in (reasons or {}).items()},
+            "config_hash": self.config_hash,
+            "extra": json.dumps(extra or {}, sort_keys=True, default=str),
+        }
+        _append_metrics(self.lake, row, app_id=f"lmrefinery|{self.run_id}|metrics")
+        log(_summary(row))
+        return row
+
+    def write_audit(self, df, table: str, reason_col: str = "reason", per_reason: int = 5,
+                    order_col: str = "id", text_chars: int = 2000) -> str:
+        """A few records per reason, as JSONL at <lake>/audit/<table>.jsonl, for people to read."""
+        from pyspark.sql import Window
+        from pyspark.sql import functions as F
+
+        w = Window.partitionBy(reason_col).orderBy(order_col)
+        sample = df.withColumn("_rank", F.row_number().over(w)).where(F.col("_rank") <= per_reason).drop("_rank")
+        for name, dtype in sample.dtypes:
+            if name == "text":
+                sample = sample.withColumn("text", F.substring("text", 1, text_chars))
+            elif dtype == "binary":
+                sample = sample.withColumn(name, F.base64(F.substring(name, 1, text_chars)))
+        lines = sorted(sample.toJSON().collect(),
+                       key=lambda s: (json.loads(s).get(reason_col) or "", json.loads(s).get(order_col) or ""))
+        path = os.path.join(self.lake.root, "audit", f"{table}.jsonl")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            for line in lines:
+                f.write(json.dumps({"run_id": self.run_id, **json.loads(line)}, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+        return path
+
+
+METRICS_SCHEMA_DDL = (
+    "stage string, run_id string, run_key string, started_at timestamp, seconds double, "
+    "input_table string, input_version bigint, output_table string, output_version bigint, "
+    "outputs map<string,bigint>, docs_in bigint, docs_out bigint, docs_rejected bigint, tokens_in bigint, "
+    "tokens_out bigint, doc_acceptance double, token_acceptance double, reasons map<string,bigint>, "
+    "config_hash string, extra string"
+)
+
+
+def _append_metrics(lake: Lake, row: dict, app_id: str) -> None:
+    df = lake.spark.createDataFrame([row], schema=METRICS_SCHEMA_DDL).coalesce(1)
+    lake.write(df, METRICS_TABLE, mode="append", app_id=app_id)
+
+
+def _summary(row: dict) -> str:
+    def pct(x):
+        return "n/a" if x is None else f"{100 * x:.2f}%"
+
+    reasons = ", ".join(f"{k}={v}" for k, v in sorted(row["reasons"].items(), key=lambda kv: -kv[1])[:8])
+    return (f"{row['stage']}: {row['docs_in']} docs in -> {row['docs_out']} out, {row['docs_rejected']} rejected "
+            f"(doc acceptance {pct(row['doc_acceptance'])}, token acceptance {pct(row['token_acceptance'])}) "
+            f"in {row['seconds']:.1f}s" + (f"; reasons: {reasons}" if reasons else ""))
+
+
+def count_docs_tokens(df, token_col: str = "n_tokens_est") -> tuple[int, int]:
+    from pyspark.sql import functions as F
+
+    r = df.agg(F.count(F.lit(1)).alias("d"), F.coalesce(F.sum(token_col), F.lit(0)).alias("t")).collect()[0]
+    return int(r["d"]), int(r["t"])
+
+
+def reason_counts(df, reason_col: str = "reason") -> dict:
+    return {r[reason_col]: int(r["count"]) for r in df.groupBy(reason_col).count().collect()}

@@ -1,0 +1,244 @@
+"""The lake: Delta tables by fixed name under one root, read and written through one interface.
+
+Two implementations, chosen at start-up (`LMR_TABLE_BACKEND=auto|delta-spark|delta-rs`):
+
+* **delta-spark** when the Delta extension is on the session (`spark.sql.extensions`), e.g. on Databricks or with
+  the delta-spark JARs on the classpath: plain `format("delta")`.
+* **delta-rs** otherwise: executors write Parquet files into a fresh folder inside the table, then the driver
+  commits them to the Delta log as `AddAction`s in one atomic transaction with the `deltalake` package.
+  Files of a write that never committed (a crash) are not in the log, so no reader sees them.
+
+Either way a write can carry an application transaction `(app_id, version)`: when the table already holds that
+transaction the write is skipped, which makes a re-run of a finished stage a no-op instead of a second append.
+Reads always go through the snapshot's file list (`file_uris()`), never a folder glob, which would also return
+removed and uncommitted files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+
+import pyarrow.parquet as pq
+
+
+class TableError(Exception):
+    """A table is missing or cannot be read/written; the message is one line for the user."""
+
+
+@dataclass
+class WriteResult:
+    table: str
+    version: int
+    skipped: bool  # True when the app transaction was already committed
+    num_files: int
+    num_rows: int
+
+
+def _delta_rs():
+    import deltalake
+
+    return deltalake
+
+
+def _native_delta_available(spark) -> bool:
+    exts = spark.conf.get("spark.sql.extensions", "") or ""
+    if "DeltaSparkSessionExtension" not in exts:
+        return False
+    try:
+        spark.sparkContext._jvm.java.lang.Class.forName("io.delta.sql.DeltaSparkSessionExtension")
+        return True
+    except Exception:
+        return False
+
+
+class Lake:
+    """Tables under `root`, e.g. `Lake(spark, "./lake").read("documents")`."""
+
+    def __init__(self, spark, root: str, backend: str | None = None):
+        self.spark = spark
+        self.root = os.path.abspath(root)
+        backend = backend or os.environ.get("LMR_TABLE_BACKEND", "auto")
+        if backend == "auto":
+            backend = "delta-spark" if (spark is not None and _native_delta_available(spark)) else "delta-rs"
+        if backend not in ("delta-spark", "delta-rs"):
+            raise TableError(f"unknown table backend {backend!r} (use auto, delta-spark or delta-rs)")
+        self.backend = backend
+
+    # ---- metadata -------------------------------------------------------------------------------------------
+    def path(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    def exists(self, name: str) -> bool:
+        return _delta_rs().DeltaTable.is_deltatable(self.path(name))
+
+    def _dt(self, name: str, version: int | None = None):
+        if not self.exists(name):
+            raise TableError(f"table '{name}' not found under lake {self.root} (run the stage that writes it first)")
+        dt = _delta_rs().DeltaTable(self.path(name))
+        if version is not None:
+            dt.load_as_version(version)
+        return dt
+
+    def version(self, name: str) -> int | None:
+        return self._dt(name).version() if self.exists(name) else None
+
+    def txn_version(self, name: str, app_id: str) -> int | None:
+        if not self.exists(name):
+            return None
+        return self._dt(name).transaction_version(app_id)
+
+    def files(self, name: str, version: int | None = None) -> list[str]:
+        return list(self._dt(name, version).file_uris())
+
+    # ---- reads ----------------------------------------------------------------------------------------------
+    def read(self, name: str, version: int | None = None):
+        """A Spark DataFrame over the table's snapshot (latest, or `version`)."""
+        if self.backend == "delta-spark":
+            if not self.exists(name):
+                raise TableError(f"table '{name}' not found under lake {self.root}")
+            reader = self.spark.read.format("delta")
+            if version is not None:
+                reader = reader.option("versionAsOf", version)
+            return reader.load(self.path(name))
+        dt = self._dt(name, version)
+        uris = list(dt.file_uris())
+        if not uris:
+            from pyspark.sql.pandas.types import from_arrow_schema
+
+            schema = from_arrow_schema(_arrow_schema_for_spark(dt.schema().to_arrow()))
+            return self.spark.createDataFrame([], schema)
+        return self.spark.read.parquet(*uris)
+
+    def read_arrow(self, name: str, version: int | None = None):
+        """The whole table as a pyarrow Table on the driver: only for small tables such as `metrics`."""
+        return self._dt(name, version).to_pyarrow_table()
+
+    # ---- writes ---------------------------------------------------------------------------------------------
+    def last_commit_info(self, name: str) -> dict:
+        if not self.exists(name):
+            return {}
+        hist = self._dt(name).history(1)
+        return hist[0] if hist else {}
+
+    def write(self, df, name: str, mode: str = "overwrite", app_id: str | None = None,
+              txn_version: int = 0) -> WriteResult:
+        """Write `df` as the new content (`overwrite`) or an addition (`append`) of table `name`.
+
+        With `app_id`, the commit records the transaction `(app_id, txn_version)` and the write is skipped
+        (`skipped=True`) when it is already done: for `append`, when the table holds that transaction at all;
+        for `overwrite`, when the table's latest commit is that transaction (an older overwrite with the same
+        app id that was since replaced does not count).
+        """
+        if mode not in ("overwrite", "append"):
+            raise TableError(f"unknown write mode {mode!r}")
+        if app_id is not None and self.exists(name):
+            done = self.txn_version(name, app_id)
+            if done is not None and done >= txn_version:
+                info = self.last_commit_info(name)
+                if mode == "append" or app_id in (info.get("lmrefinery.app_id"), info.get("userMetadata")):
+                    return WriteResult(name, self.version(name), True, 0, 0)
+        if self.backend == "delta-spark":
+            return self._write_native(df, name, mode, app_id, txn_version)
+        return self._write_rs(df, name, mode, app_id, txn_version)
+
+    def _write_native(self, df, name, mode, app_id, txn_version) -> WriteResult:
+        writer = df.write.format("delta").mode(mode)
+        if mode == "overwrite":
+            writer = writer.option("overwriteSchema", "true")
+        if app_id is not None:
+            writer = writer.option("txnAppId", app_id).option("txnVersion", txn_version)
+            writer = writer.option("userMetadata", app_id)
+        writer.save(self.path(name))
+        dt = self._dt(name)
+        return WriteResult(name, dt.version(), False, -1, -1)
+
+    def _write_rs(self, df, name, mode, app_id, txn_version) -> WriteResult:
+        dl = _delta_rs()
+        from deltalake.transaction import AddAction, CommitProperties, Transaction, create_table_with_add_actions
+
+        table_path = self.path(name)
+        os.makedirs(table_path, exist_ok=True)
+        # A fresh folder per write; its name must not start with '_' or '.', which Delta treats as hidden.
+        batch_dir = f"w-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}"
+        df.write.mode("error").parquet(os.path.join(table_path, batch_dir))
+
+        adds, arrow_schema, total_rows = [], None, 0
+        for fn in sorted(os.listdir(os.path.join(table_path, batch_dir))):
+            if not fn.endswith(".parquet"):
+                continue
+            full = os.path.join(table_path, batch_dir, fn)
+            meta = pq.read_metadata(full)
+            if arrow_schema is None:
+                arrow_schema = meta.schema.to_arrow_schema()
+            st = os.stat(full)
+            total_rows += meta.num_rows
+            adds.append(AddAction(path=f"{batch_dir}/{fn}", size=st.st_size, partition_values={},
+                                  modification_time=int(st.st_mtime * 1000), data_change=True,
+                                  stats=json.dumps({"numRecords": meta.num_rows})))
+        if arrow_schema is None:
+            from pyspark.sql.pandas.types import to_arrow_schema
+
+            arrow_schema = to_arrow_schema(df.schema)
+        schema = dl.Schema.from_arrow(_strip_arrow_metadata(arrow_schema))
+        props = CommitProperties(
+            app_transactions=[Transaction(app_id=app_id, version=txn_version)] if app_id else None,
+            custom_metadata={"lmrefinery.write": batch_dir, "lmrefinery.app_id": app_id or ""},
+        )
+        if not self.exists(name):
+            try:
+                create_table_with_add_actions(table_path, schema, adds, mode="error", commit_properties=props)
+                return WriteResult(name, self.version(name), False, len(adds), total_rows)
+            except Exception:
+                if not self.exists(name):
+                    raise
+        dt = dl.DeltaTable(table_path)
+        if mode == "overwrite" and _schema_changed(dt, schema):
+            # create_write_transaction keeps the old metadata; replace table content and schema together
+            create_table_with_add_actions(table_path, schema, adds, mode="overwrite", commit_properties=props)
+        else:
+            dt.create_write_transaction(adds, mode=mode, schema=schema, commit_properties=props)
+        return WriteResult(name, self.version(name), False, len(adds), total_rows)
+
+
+def _strip_arrow_metadata(schema):
+    return schema.remove_metadata()
+
+
+def _schema_changed(dt, schema) -> bool:
+    try:
+        return dt.schema().to_json() != schema.to_json()
+    except Exception:
+        return True
+
+
+def _arrow_schema_for_spark(schema):
+    """delta-rs reports large/view string types that Spark's arrow converter may not know."""
+    import pyarrow as pa
+
+    def conv(t):
+        if pa.types.is_large_string(t) or pa.types.is_string_view(t):
+            return pa.string()
+        if pa.types.is_large_binary(t) or pa.types.is_binary_view(t):
+            return pa.binary()
+        if pa.types.is_large_list(t) or pa.types.is_list_view(t) or pa.types.is_list(t):
+            return pa.list_(conv(t.value_type))
+        if pa.types.is_struct(t):
+            return pa.struct([pa.field(f.name, conv(f.type), f.nullable) for f in t])
+        if pa.types.is_map(t):
+            return pa.map_(conv(t.key_type), conv(t.item_type))
+        return t
+
+    return pa.schema([pa.field(f.name, conv(f.type), f.nullable) for f in schema])
+
+
+# Functional spellings used in the design document.
+def read_table(spark, lake_root: str, name: str, version: int | None = None):
+    return Lake(spark, lake_root).read(name, version)
+
+
+def write_table(spark, df, lake_root: str, name: str, mode: str = "overwrite", app_id: str | None = None,
+                txn_version: int = 0) -> WriteResult:
+    return Lake(spark, lake_root).write(df, name, mode=mode, app_id=app_id, txn_version=txn_version)
