@@ -122,9 +122,9 @@ class StageRun:
         for name, dtype in sample.dtypes:
             if name == "text":
                 sample = sample.withColumn("text", F.substring("text", 1, text_chars))
-            elif dtype == "binary":
-                sample = sample.withColumn(name, F.base64(F.substring(name, 1, text_chars)))
-        lines = sorted(sample.toJSON().collect(),
+            elif dtype == "binary":  # shown as text (invalid bytes become U+FFFD) so people can read it
+                sample = sample.withColumn(name, F.decode(F.substring(name, 1, text_chars), "UTF-8"))
+        lines = sorted((r[0] for r in sample.select(F.to_json(F.struct(*sample.columns))).collect()),
                        key=lambda s: (json.loads(s).get(reason_col) or "", json.loads(s).get(order_col) or ""))
         path = os.path.join(self.lake.root, "audit", f"{table}.jsonl")
         os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -1,0 +1,373 @@
+"""Ingest: raw JSONL / plain text / Parquet / CSV sources -> the `documents` and `quarantine` Delta tables.
+
+Files are cut into tasks (byte ranges of uncompressed JSONL, whole gzip/text/CSV files, Parquet row groups) that
+Spark runs in parallel; each task parses its records in Python (`udfs/records.py`) and returns Arrow batches.
+Every raw unit becomes exactly one row: a document, or a quarantine entry with its reason, raw payload and trace.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import glob
+import json
+import time
+
+from jobs.cli import UserError, base_parser, run_main
+from jobs.config import load_config, load_yaml
+from jobs.schema import DOCUMENT_COLUMNS, QUARANTINE_DDL, TRACE_DDL, estimate_tokens
+from jobs.session import REPO_ROOT, get_spark
+from jobs.stage import StageRun, log
+from jobs.tables import Lake
+
+DESCRIPTION = """\
+Read raw sources into the `documents` table; records that fail validation go to `quarantine`.
+
+Sources come from a YAML file (--sources, default from conf/pipeline.yaml: conf/sources.yaml) or from one
+source given by flags (--input, --format, --source, --domain). Formats: jsonl (also .jsonl.gz), text (one
+document per file or per blank-line separated paragraph), parquet, csv (header row required).
+
+Ids: `<source>/<value of --id-field>` when the source gives one, else `<source>/<sha1(source, file, line/row)>`;
+stable across re-runs. Quarantine reasons: invalid_utf8, invalid_unicode, invalid_json, not_an_object,
+missing_text_field, text_not_string, empty_text, too_large, blank_line, duplicate_id, unreadable_file.
+A re-run on unchanged files with the same config is skipped (see the metrics table); --force runs again.
+
+examples:
+  python jobs/ingest.py --lake ./lake --sources conf/sources.yaml
+  python jobs/ingest.py --lake ./lake --input 'dumps/*.jsonl.gz' --format jsonl --source crawl --domain web \\
+      --id-field doc_id --url-field url
+"""
+
+FORMAT_SUFFIXES = {
+    "jsonl": (".jsonl", ".jsonl.gz", ".json", ".ndjson", ".ndjson.gz"),
+    "text": (".txt", ".md", ".text"),
+    "parquet": (".parquet",),
+    "csv": (".csv", ".tsv"),
+}
+
+UNIT_DDL = (
+    "kind string, id string, text string, url string, meta string, "
+    f"trace {TRACE_DDL}, n_bytes bigint, text_sha256 string, reason string, detail string, raw binary, "
+    "raw_length bigint, raw_truncated boolean, quarantine_id string, source string, domain string, "
+    "order_file string, order_pos bigint"
+)
+TASK_DDL = ("task_id int, source_idx int, fmt string, path string, file string, rel_file string, start bigint, "
+            "end bigint, line_base bigint, row_group int, row_base bigint")
+
+
+def build_parser():
+    p = base_parser("ingest", DESCRIPTION, output_table="documents")
+    p.add_argument("--sources", default=None,
+                   help="YAML file listing sources (default: ingest.sources in the pipeline config)")
+    p.add_argument("--input", default=None, help="one source: a file, folder or glob (instead of --sources)")
+    p.add_argument("--format", choices=["jsonl", "text", "parquet", "csv"], help="format of --input")
+    p.add_argument("--source", help="source name for --input (letters, digits, _ . -); part of every id")
+    p.add_argument("--domain", help="domain of --input (used by the mixture stage)")
+    p.add_argument("--text-field", default="text", help="field / column holding the text (default text)")
+    p.add_argument("--id-field", default=None, help="field / column holding a record id (default: none, hash)")
+    p.add_argument("--url-field", default=None, help="field / column holding the URL (default: none)")
+    p.add_argument("--text-mode", choices=["file", "paragraph"], default=None,
+                   help="text format: one document per file or per blank-line separated paragraph")
+    p.add_argument("--max-doc-bytes", type=int, default=None,
+                   help="quarantine documents larger than this many UTF-8 bytes (default 1048576)")
+    p.add_argument("--quarantine-table", default="quarantine", help="table for rejected records")
+    p.add_argument("--append", action="store_true",
+                   help="append to the documents/quarantine tables instead of replacing them")
+    return p
+
+
+# ---- sources and tasks (driver side: file metadata only) --------------------------------------------------------------
+def resolve_path(path: str) -> str:
+    if os.path.isabs(path) or glob.has_magic(path) is False and os.path.exists(path):
+        return path
+    if glob.glob(path):
+        return path
+    return os.path.join(REPO_ROOT, path)
+
+
+def list_files(spec) -> list[tuple[str, str]]:
+    """(absolute path, path relative to the source root) of every input file of a source, sorted."""
+    pattern = resolve_path(spec.path)
+    if os.path.isdir(pattern):
+        root = pattern
+        files = [os.path.join(d, f) for d, _, fs in os.walk(pattern) for f in fs
+                 if f.endswith(FORMAT_SUFFIXES[spec.format]) and not f.startswith((".", "_"))]
+    else:
+        root = os.path.dirname(pattern.split("*")[0].split("?")[0].split("[")[0]) or "."
+        files = [f for f in glob.glob(pattern, recursive=True) if os.path.isfile(f)]
+    if not files:
+        raise UserError(f"source {spec.name!r}: no input file matches {spec.path!r}")
+    out = []
+    for f in sorted(os.path.abspath(x) for x in files):
+        if not os.access(f, os.R_OK):
+            raise UserError(f"source {spec.name!r}: cannot read {f} (permission denied)")
+        out.append((f, os.path.relpath(f, os.path.abspath(root))))
+    return out
+
+
+def display_path(path: str) -> str:
+    rel = os.path.relpath(path, REPO_ROOT)
+    return path if rel.startswith("..") else rel
+
+
+def load_sources(args, cfg):
+    from udfs.records import SourceSpec
+
+    if args.input:
+        missing = [f for f in ("format", "source", "domain") if not getattr(args, f)]
+        if missing:
+            raise UserError(f"--input needs --{' --'.join(missing)}")
+        d = {"name": args.source, "domain": args.domain, "format": args.format, "path": args.input,
+             "text_field": args.text_field, "id_field": args.id_field, "url_field": args.url_field,
+             "text_mode": args.text_mode or cfg.get("text_mode", "file")}
+        try:
+            return [SourceSpec.from_dict(d)]
+        except ValueError as e:
+            raise UserError(str(e))
+    path = args.sources or cfg.get("sources") or "conf/sources.yaml"
+    path = path if os.path.exists(path) else os.path.join(REPO_ROOT, path)
+    data = load_yaml(path)
+    entries = data.get("sources")
+    if not isinstance(entries, list) or not entries:
+        raise UserError(f"{path}: expected a non-empty list under 'sources'")
+    specs = []
+    for e in entries:
+        try:
+            specs.append(SourceSpec.from_dict(e, {"text_mode": cfg.get("text_mode", "file")}))
+        except (ValueError, TypeError) as ex:
+            raise UserError(f"{path}: {ex}")
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise UserError(f"{path}: source names must be unique")
+    return specs
+
+
+def plan_tasks(specs, chunk_bytes: int):
+    import pyarrow.parquet as pq
+
+    tasks, fingerprint, total_bytes = [], [], 0
+    for si, spec in enumerate(specs):
+        for path, rel in list_files(spec):
+            st = os.stat(path)
+            total_bytes += st.st_size
+            fingerprint.append([spec.name, display_path(path), st.st_size, int(st.st_mtime)])
+            base = dict(source_idx=si, fmt=spec.format, path=path, file=display_path(path), rel_file=rel, start=0,
+                        end=-1, line_base=0, row_group=0, row_base=0)
+            if spec.format == "jsonl" and not path.endswith(".gz") and st.st_size > chunk_bytes:
+                for start in range(0, st.st_size, chunk_bytes):
+                    tasks.append({**base, "start": start, "end": min(start + chunk_bytes, st.st_size)})
+            elif spec.format == "parquet":
+                try:
+                    md = pq.ParquetFile(path).metadata
+                except Exception as e:
+                    raise UserError(f"source {spec.name!r}: cannot read Parquet file {path}: {e}")
+                row_base = 0
+                for rg in range(md.num_row_groups):
+                    tasks.append({**base, "row_group": rg, "row_base": row_base})
+                    row_base += md.row_group(rg).num_rows
+            else:
+                tasks.append(base)
+    for i, t in enumerate(tasks):
+        t["task_id"] = i
+    return tasks, fingerprint, total_bytes
+
+
+def task_frame(spark, tasks):
+    cols = [c.split()[0] for c in TASK_DDL.split(", ")]
+    rdd = spark.sparkContext.parallelize([tuple(t[c] for c in cols) for t in tasks], max(1, len(tasks)))
+    return spark.createDataFrame(rdd, TASK_DDL)
+
+
+def assign_line_bases(spark, tasks):
+    """Line numbers of chunked JSONL files: count line starts per chunk in Spark, prefix-sum per file."""
+    chunked = [t for t in tasks if t["fmt"] == "jsonl" and t["end"] >= 0]
+    if not chunked:
+        return
+
+    def count(batches):
+        import pyarrow as pa
+
+        from udfs.records import count_line_starts
+
+        for b in batches:
+            ids, counts = [], []
+            for t in b.to_pylist():
+                ids.append(t["task_id"])
+                counts.append(count_line_starts(t["path"], t["start"], t["end"], os.path.getsize(t["path"])))
+            yield pa.RecordBatch.from_pydict({"task_id": pa.array(ids, pa.int32()), "n": pa.array(counts, pa.int64())})
+
+    counts = {r["task_id"]: r["n"] for r in task_frame(spark, chunked).mapInArrow(count, "task_id int, n bigint")
+              .collect()}
+    running = {}
+    for t in sorted(chunked, key=lambda t: (t["path"], t["start"])):
+        t["line_base"] = running.get(t["path"], 0)
+        running[t["path"]] = t["line_base"] + counts[t["task_id"]]
+
+
+def parse_tasks_fn(specs, limits, batch_rows: int = 2000, batch_bytes: int = 64 << 20):
+    """The function run inside `mapInArrow`: task rows in, unit rows (documents and quarantine) out."""
+    schema = _unit_arrow_schema()  # built on the driver: parsing DDL needs the JVM
+
+    def run(batches):
+        import gzip
+        import zlib
+
+        import pyarrow as pa
+
+        from udfs import records as R
+
+        rows, size = [], 0
+        for b in batches:
+            for t in b.to_pylist():
+                spec = specs[t["source_idx"]]
+                if t["fmt"] == "jsonl":
+                    units = R.iter_jsonl_chunk(spec, t["path"], t["file"], t["rel_file"], t["start"], t["end"],
+                                               t["line_base"], limits)
+                elif t["fmt"] == "text":
+                    units = R.iter_text_file(spec, t["path"], t["file"], t["rel_file"], limits)
+                elif t["fmt"] == "csv":
+                    units = R.iter_csv_file(spec, t["path"], t["file"], t["rel_file"], limits)
+                else:
+                    units = R.iter_parquet_row_group(spec, t["path"], t["file"], t["rel_file"], t["row_group"],
+                                                     t["row_base"], limits)
+                try:
+                    for u in units:
+                        u["source"], u["domain"] = spec.name, spec.domain
+                        u["order_file"] = t["file"]
+                        tr = u["trace"]
+                        u["order_pos"] = tr["byte_offset"] if tr["byte_offset"] is not None else (
+                            tr["row"] if tr["row"] is not None else tr["line"] or 0)
+                        rows.append(u)
+                        size += u.get("n_bytes") or u.get("raw_length") or 0
+                        if len(rows) >= batch_rows or size >= batch_bytes:
+                            yield pa.RecordBatch.from_pylist(rows, schema=schema)
+                            rows, size = [], 0
+                except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+                    rows.append({"kind": "quarantine", "reason": "unreadable_file", "detail": str(e)[:300],
+                                 "raw": b"", "raw_length": 0, "raw_truncated": False,
+                                 "trace": {"file": t["file"], "line": None, "row": None, "byte_offset": t["start"]},
+                                 "quarantine_id": R.stable_id(spec.name, t["rel_file"], -1 - t["start"]),
+                                 "source": spec.name, "domain": spec.domain, "order_file": t["file"],
+                                 "order_pos": t["start"]})
+        if rows:
+            yield pa.RecordBatch.from_pylist(rows, schema=schema)
+
+    return run
+
+
+def _unit_arrow_schema():
+    from pyspark.sql.pandas.types import to_arrow_schema
+    from pyspark.sql.types import _parse_datatype_string
+
+    return to_arrow_schema(_parse_datatype_string(UNIT_DDL))
+
+
+# ---- the stage --------------------------------------------------------------------------------------------------------
+def main(argv=None):
+    from pyspark.sql import functions as F
+
+    from udfs.records import Limits
+
+    args = build_parser().parse_args(argv)
+    cfg = load_config(args.conf, args.overrides).get("ingest", {}) or {}
+    specs = load_sources(args, cfg)
+    limits = Limits(max_doc_bytes=int(args.max_doc_bytes or cfg.get("max_doc_bytes", 1 << 20)),
+                    raw_payload_max_bytes=int(cfg.get("raw_payload_max_bytes", 64 << 10)))
+    chunk_bytes = int(cfg.get("chunk_bytes", 32 << 20))
+    tasks, fingerprint, total_bytes = plan_tasks(specs, chunk_bytes)
+
+    spark = get_spark("lmrefinery-ingest", master=args.master)
+    lake = Lake(spark, args.lake)
+    out_t, q_t = args.output_table, args.quarantine_table
+    run_conf = {"sources": [s.__dict__ for s in specs], "limits": limits.__dict__, "append": args.append}
+    run = StageRun(lake, "ingest", run_conf, None, [out_t, q_t], force=args.force, extra_key=fingerprint)
+    if run.already_done():
+        return 0
+    log(f"ingest: {len(specs)} source(s), {len(fingerprint)} file(s), {total_bytes / 1e6:.1f} MB in "
+        f"{len(tasks)} task(s)")
+
+    assign_line_bases(spark, tasks)
+    units = task_frame(spark, tasks).mapInArrow(parse_tasks_fn(specs, limits), UNIT_DDL)
+    units = units.persist()
+
+    docs = units.where(F.col("kind") == "doc")
+    dup_ids = (docs.groupBy("id").agg(F.count(F.lit(1)).alias("_n"),
+                                      F.min(F.struct("order_file", "order_pos")).alias("_first"))
+               .where(F.col("_n") > 1).select("id", "_first"))
+    docs = docs.join(dup_ids, "id", "left").withColumn(
+        "_is_dup", F.col("_first").isNotNull() & (F.struct("order_file", "order_pos") != F.col("_first")))
+    # Same value for every attempt of the same run key, so a restarted run can find what an attempt committed.
+    ingest_run = f"ingest-{run.config_hash}"
+    run_id = F.lit(ingest_run)
+    documents = (docs.where(~F.col("_is_dup"))
+                 .withColumn("n_tokens_est", F.floor((F.col("n_bytes") + 3) / 4).cast("bigint"))
+                 .withColumn("ingest_run", run_id)
+                 .select(*DOCUMENT_COLUMNS))
+    raw_max = limits.raw_payload_max_bytes
+    dup_q = (docs.where(F.col("_is_dup"))
+             .withColumn("raw", F.substring(F.encode("text", "UTF-8"), 1, raw_max))
+             .withColumn("raw_length", F.col("n_bytes"))
+             .withColumn("raw_truncated", F.col("n_bytes") > raw_max)
+             .withColumn("reason", F.lit("duplicate_id"))
+             .withColumn("detail", F.concat(F.lit("first seen at "), F.col("_first.order_file"), F.lit(":"),
+                                            F.col("_first.order_pos").cast("string")))
+             .withColumn("quarantine_id", F.concat(F.col("id"), F.lit("#dup@"), F.col("order_file"), F.lit(":"),
+                                                   F.col("order_pos").cast("string"))))
+    q_cols = [c.split()[0] for c in QUARANTINE_DDL.split(", ")]
+    quarantine = (units.where(F.col("kind") == "quarantine").unionByName(dup_q, allowMissingColumns=True)
+                  .withColumn("ingest_run", run_id).select(*q_cols))
+
+    mode = "append" if args.append else "overwrite"
+    run.write(documents, out_t, mode=mode)
+    run.write(quarantine, q_t, mode=mode)
+    units.unpersist()
+
+    # Counts come from what was committed: this run's files only.
+    stats = units_written_stats(lake, out_t, q_t, ingest_run)
+    seconds = max(time.time() - run._t0, 1e-9)
+    docs_out, q_rows = stats["docs"], stats["quarantined"]
+    extra = {
+        "input_files": len(fingerprint), "input_bytes": total_bytes, "tasks": len(tasks),
+        "parse_failure_rate": (stats["parse_failures"] / (docs_out + q_rows)) if docs_out + q_rows else 0.0,
+        "duplicate_ids": stats["reasons"].get("duplicate_id", 0),
+        "docs_per_s": (docs_out + q_rows) / seconds, "mb_per_s": total_bytes / 1e6 / seconds,
+        "per_source": stats["per_source"], "quarantine_table": q_t,
+    }
+    run.finish(docs_in=docs_out + q_rows, docs_out=docs_out, docs_rejected=q_rows,
+               tokens_in=stats["tokens_out"] + stats["quarantined_tokens"], tokens_out=stats["tokens_out"],
+               reasons=stats["reasons"], extra=extra, output_table=out_t)
+    if q_rows:
+        path = run.write_audit(lake.read(q_t).where(F.col("ingest_run") == ingest_run), q_t,
+                               order_col="quarantine_id")
+        log(f"ingest: audit sample of quarantined records: {path}")
+    log(f"ingest: {docs_out} documents -> {lake.path(out_t)}; {q_rows} quarantined -> {lake.path(q_t)}; "
+        f"{extra['mb_per_s']:.2f} MB/s")
+    return 0
+
+
+PARSE_FAILURES = ("invalid_json", "invalid_utf8", "invalid_unicode", "not_an_object")
+
+
+def units_written_stats(lake, out_t, q_t, ingest_run) -> dict:
+    from pyspark.sql import functions as F
+
+    docs = lake.read(out_t).where(F.col("ingest_run") == ingest_run)
+    quar = lake.read(q_t).where(F.col("ingest_run") == ingest_run)
+    per_source = {r["source"]: {"docs": int(r["d"]), "tokens": int(r["t"] or 0)}
+                  for r in docs.groupBy("source").agg(F.count(F.lit(1)).alias("d"),
+                                                      F.sum("n_tokens_est").alias("t")).collect()}
+    reasons, q_tokens = {}, 0
+    for r in quar.groupBy("source", "reason").agg(F.count(F.lit(1)).alias("n"),
+                                                  F.sum("raw_length").alias("b")).collect():
+        reasons[r["reason"]] = reasons.get(r["reason"], 0) + int(r["n"])
+        q_tokens += estimate_tokens(int(r["b"] or 0))
+        per_source.setdefault(r["source"], {"docs": 0, "tokens": 0})
+        per_source[r["source"]][f"quarantined_{r['reason']}"] = int(r["n"])
+    return {"docs": sum(v["docs"] for v in per_source.values()),
+            "tokens_out": sum(v["tokens"] for v in per_source.values()),
+            "quarantined": sum(reasons.values()), "quarantined_tokens": q_tokens, "reasons": reasons,
+            "parse_failures": sum(reasons.get(k, 0) for k in PARSE_FAILURES), "per_source": per_source}
+
+
+if __name__ == "__main__":
+    sys.exit(run_main("ingest", main))
