@@ -1,0 +1,338 @@
+"""MinHash signatures and LSH banding over whole batches of documents, bit-exact with `datasketch.MinHash`.
+
+    sig = signatures(texts, ngram=5, num_perm=128, seed=1)      # (n_docs, 128) uint32
+    keys = band_keys(sig, bands=9, rows=13)                       # (n_docs, 9) int64, one bucket key per band
+    b, r = optimal_param(0.8, 128)                                # datasketch's _optimal_param
+
+A signature row equals `datasketch.MinHash(num_perm, seed, scheme).update_batch(shingles(text, ngram))` for the
+word n-gram shingles of `udfs.normalise` (UTF-8 bytes), hashed with datasketch's `sha1_hash32` (the first four
+bytes of SHA-1, little-endian) and permuted with parameters drawn from `np.random.RandomState(seed)`:
+
+* `affine32` (datasketch >= 2.0 default): h' = fmix32(h); phv = (a * h' + b) mod 2^32, a odd.
+* `legacy` (datasketch < 2.0): phv = ((a * h + b) mod 2^64 mod (2^61 - 1)) & (2^32 - 1), values stored as uint64.
+
+A document without shingles (empty after normalisation) keeps the all-max signature, as in datasketch.
+
+The batch is one UTF-8 buffer (normalised texts joined by newlines) with shingle byte ranges found by numpy, so no
+Python object is made per shingle. With numba installed one compiled kernel hashes (SHA-1), permutes and
+min-reduces; without it SHA-1 runs through hashlib over memoryview slices and the permutations through numpy.
+Both paths give identical results (`LMR_MINHASH_BACKEND=numpy` forces the second).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+
+from udfs.normalise import normalise
+
+MERSENNE_PRIME = (1 << 61) - 1
+MAX_HASH32 = (1 << 32) - 1
+SCHEMES = ("affine32", "legacy")
+
+
+# ---- permutations and LSH parameters ---------------------------------------------------------------------------
+def permutations(num_perm: int, seed: int, scheme: str = "affine32") -> tuple[np.ndarray, np.ndarray]:
+    """The (a, b) permutation parameters datasketch draws for `MinHash(num_perm, seed, scheme=scheme)`."""
+    gen = np.random.RandomState(seed)
+    if scheme == "legacy":
+        ab = np.array([(gen.randint(1, MERSENNE_PRIME, dtype=np.uint64), gen.randint(0, MERSENNE_PRIME, dtype=np.uint64))
+                       for _ in range(num_perm)], dtype=np.uint64).T
+        return ab[0].copy(), ab[1].copy()
+    if scheme == "affine32":
+        a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+        b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+        return a, b
+    raise ValueError(f"unknown MinHash scheme {scheme!r} (use one of {', '.join(SCHEMES)})")
+
+
+def signature_dtype(scheme: str):
+    return np.uint64 if scheme == "legacy" else np.uint32
+
+
+def _fp_fn_mass(threshold: float, b: int, r: int, nodes: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
+    # Gauss-Legendre on [0, t] and [t, 1]; exact here because the integrands are polynomials of degree b*r.
+    s1 = threshold / 2 * (nodes + 1)
+    s2 = threshold + (1 - threshold) / 2 * (nodes + 1)
+    fp = threshold / 2 * np.sum(weights * (1 - (1 - s1 ** r) ** b))
+    fn = (1 - threshold) / 2 * np.sum(weights * (1 - s2 ** r) ** b)
+    return float(fp), float(fn)
+
+
+def optimal_param(threshold: float, num_perm: int, fp_weight: float = 0.5, fn_weight: float = 0.5) -> tuple[int, int]:
+    """(bands, rows) with bands*rows <= num_perm minimising fp_weight * P(false positive mass below the
+    threshold) + fn_weight * P(false negative mass above it), as datasketch's `MinHashLSH` chooses them."""
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+    nodes, weights = np.polynomial.legendre.leggauss(num_perm // 2 + 2)
+    best, opt = float("inf"), (0, 0)
+    for b in range(1, num_perm + 1):
+        for r in range(1, num_perm // b + 1):
+            fp, fn = _fp_fn_mass(threshold, b, r, nodes, weights)
+            err = fp * fp_weight + fn * fn_weight
+            if err < best:
+                best, opt = err, (b, r)
+    return opt
+
+
+def candidate_probability(s: float, bands: int, rows: int) -> float:
+    """Probability that two documents with Jaccard similarity `s` share at least one band bucket."""
+    return 1.0 - (1.0 - s ** rows) ** bands
+
+
+# ---- batch layout ----------------------------------------------------------------------------------------------
+def shingle_spans(norm_texts: list[str], ngram: int):
+    """Concatenate normalised texts and locate every word n-gram shingle as a byte range.
+
+    Returns (buf uint8, starts int64, ends int64, doc_offsets int64[n_docs + 1]): shingles of document i are
+    `buf[starts[j]:ends[j]]` for j in doc_offsets[i]:doc_offsets[i+1]. Relies on normalised text having single
+    spaces between words and no newline.
+    """
+    n_docs = len(norm_texts)
+    buf = np.frombuffer("\n".join(norm_texts).encode("utf-8"), dtype=np.uint8)
+    newlines = np.flatnonzero(buf == 10)
+    doc_start = np.concatenate([[0], newlines + 1]).astype(np.int64)
+    in_word = (buf != 32) & (buf != 10)
+    prev_in = np.concatenate([[False], in_word[:-1]])
+    next_in = np.concatenate([in_word[1:], [False]])
+    w_start = np.flatnonzero(in_word & ~prev_in)
+    w_end = np.flatnonzero(in_word & ~next_in) + 1
+    w_doc = np.searchsorted(doc_start, w_start, side="right") - 1
+    n_words = np.bincount(w_doc, minlength=n_docs).astype(np.int64)
+    first_word = np.concatenate([[0], np.cumsum(n_words)[:-1]]).astype(np.int64)
+    n_sh = np.where(n_words >= ngram, n_words - ngram + 1, np.minimum(n_words, 1))
+    doc_offsets = np.concatenate([[0], np.cumsum(n_sh)]).astype(np.int64)
+    sh_doc = np.repeat(np.arange(n_docs, dtype=np.int64), n_sh)
+    k = np.arange(doc_offsets[-1], dtype=np.int64) - doc_offsets[:-1][sh_doc]
+    fw = first_word[sh_doc]
+    starts = w_start[fw + k].astype(np.int64)
+    ends = w_end[fw + np.minimum(k + ngram - 1, n_words[sh_doc] - 1)].astype(np.int64)
+    return buf, starts, ends, doc_offsets
+
+
+# ---- hashing + permutation: numba kernel -------------------------------------------------------------------------
+try:
+    from numba import njit
+except ImportError:  # the numpy/hashlib path below gives the same values
+    njit = None
+
+_M32 = np.uint64(0xFFFFFFFF)
+_MP = np.uint64(MERSENNE_PRIME)
+_C1 = np.uint64(0x85EBCA6B)
+_C2 = np.uint64(0xC2B2AE35)
+_S16 = np.uint64(16)
+_S13 = np.uint64(13)
+
+
+def _sha1_hash32_py(buf, s, e, block, w):
+    """datasketch.hashfunc.sha1_hash32(buf[s:e]) in int64 arithmetic (values stay below 2^36, no overflow)."""
+    length = e - s
+    h0, h1, h2, h3, h4 = 0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0
+    n_blocks = (length + 8) // 64 + 1
+    for blk in range(n_blocks):
+        base = blk * 64
+        for i in range(64):
+            p = base + i
+            if p < length:
+                block[i] = buf[s + p]
+            elif p == length:
+                block[i] = 0x80
+            else:
+                block[i] = 0
+        if blk == n_blocks - 1:
+            bits = length * 8
+            for i in range(8):
+                block[63 - i] = (bits >> (8 * i)) & 0xFF
+        for t in range(16):
+            w[t] = (block[4 * t] << 24) | (block[4 * t + 1] << 16) | (block[4 * t + 2] << 8) | block[4 * t + 3]
+        for t in range(16, 80):
+            x = w[t - 3] ^ w[t - 8] ^ w[t - 14] ^ w[t - 16]
+            w[t] = ((x << 1) | (x >> 31)) & 0xFFFFFFFF
+        a, b, c, d, ee = h0, h1, h2, h3, h4
+        for t in range(80):
+            if t < 20:
+                f = (b & c) | ((~b) & d)
+                k = 0x5A827999
+            elif t < 40:
+                f = b ^ c ^ d
+                k = 0x6ED9EBA1
+            elif t < 60:
+                f = (b & c) | (b & d) | (c & d)
+                k = 0x8F1BBCDC
+            else:
+                f = b ^ c ^ d
+                k = 0xCA62C1D6
+            tmp = ((((a << 5) | (a >> 27)) & 0xFFFFFFFF) + (f & 0xFFFFFFFF) + ee + k + w[t]) & 0xFFFFFFFF
+            ee = d
+            d = c
+            c = ((b << 30) | (b >> 2)) & 0xFFFFFFFF
+            b = a
+            a = tmp
+        h0 = (h0 + a) & 0xFFFFFFFF
+        h1 = (h1 + b) & 0xFFFFFFFF
+        h2 = (h2 + c) & 0xFFFFFFFF
+        h3 = (h3 + d) & 0xFFFFFFFF
+        h4 = (h4 + ee) & 0xFFFFFFFF
+    # the first four digest bytes (h0, big-endian) read little-endian
+    return ((h0 & 0xFF) << 24) | (((h0 >> 8) & 0xFF) << 16) | (((h0 >> 16) & 0xFF) << 8) | (h0 >> 24)
+
+
+if njit is not None:
+    _sha1_hash32_nb = njit(cache=True)(_sha1_hash32_py)
+
+    @njit(cache=True)
+    def _minhash_kernel(buf, starts, ends, doc_offsets, a, b, legacy, out):
+        block = np.zeros(64, np.int64)
+        w = np.zeros(80, np.int64)
+        n_perm = a.shape[0]
+        for d in range(doc_offsets.shape[0] - 1):
+            for j in range(doc_offsets[d], doc_offsets[d + 1]):
+                hv = np.uint64(_sha1_hash32_nb(buf, starts[j], ends[j], block, w))
+                if legacy:
+                    for k in range(n_perm):
+                        phv = ((a[k] * hv + b[k]) % _MP) & _M32
+                        if phv < out[d, k]:
+                            out[d, k] = phv
+                else:
+                    hv = hv ^ (hv >> _S16)
+                    hv = (hv * _C1) & _M32
+                    hv = hv ^ (hv >> _S13)
+                    hv = (hv * _C2) & _M32
+                    hv = hv ^ (hv >> _S16)
+                    for k in range(n_perm):
+                        phv = (a[k] * hv + b[k]) & _M32
+                        if phv < out[d, k]:
+                            out[d, k] = phv
+
+    @njit(cache=True)
+    def _sha1_many(buf, starts, ends, out):
+        block = np.zeros(64, np.int64)
+        w = np.zeros(80, np.int64)
+        for j in range(starts.shape[0]):
+            out[j] = _sha1_hash32_nb(buf, starts[j], ends[j], block, w)
+
+
+def backend() -> str:
+    """'numba' (compiled kernel) or 'numpy' (hashlib + numpy); LMR_MINHASH_BACKEND=numpy forces the latter."""
+    if njit is None or os.environ.get("LMR_MINHASH_BACKEND", "auto") == "numpy":
+        return "numpy"
+    return "numba"
+
+
+# ---- hashing + permutation: numpy/hashlib fallback -----------------------------------------------------------------
+def sha1_hash32_spans(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """sha1_hash32 of every byte range, as uint32."""
+    if len(starts) == 0:
+        return np.zeros(0, np.uint32)
+    if backend() == "numba":
+        out = np.zeros(len(starts), np.int64)
+        _sha1_many(buf, starts, ends, out)
+        return out.astype(np.uint32)
+    mv = memoryview(buf)
+    sha1 = hashlib.sha1
+    digests = b"".join([sha1(mv[s:e]).digest() for s, e in zip(starts.tolist(), ends.tolist())])
+    return np.frombuffer(digests, np.uint8).reshape(-1, 20)[:, :4].copy().view("<u4").ravel().astype(np.uint32)
+
+
+def _fmix32(h: np.ndarray) -> np.ndarray:
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
+
+
+def _numpy_signatures(buf, starts, ends, doc_offsets, a, b, scheme, out, chunk_shingles: int = 16384):
+    hv = sha1_hash32_spans(buf, starts, ends)
+    n_sh = np.diff(doc_offsets)
+    nonempty = np.flatnonzero(n_sh > 0)
+    i = 0
+    while i < len(nonempty):
+        # a run of documents with about chunk_shingles shingles keeps the (shingles x num_perm) block small
+        lo = doc_offsets[nonempty[i]]
+        j = int(np.searchsorted(doc_offsets[nonempty + 1], lo + chunk_shingles, side="right"))
+        j = max(j, i + 1)
+        docs = nonempty[i:j]
+        hi = doc_offsets[docs[-1] + 1]
+        h = hv[lo:hi]
+        if scheme == "legacy":
+            phv = (h.astype(np.uint64)[:, None] * a + b) % np.uint64(MERSENNE_PRIME) & np.uint64(MAX_HASH32)
+        else:
+            phv = _fmix32(h)[:, None] * a + b
+        out[docs] = np.minimum.reduceat(phv, doc_offsets[docs] - lo, axis=0)
+        i = j
+
+
+# ---- public API -----------------------------------------------------------------------------------------------------
+def signatures(texts, ngram: int = 5, num_perm: int = 128, seed: int = 1, scheme: str = "affine32",
+               strip_punct: bool = False, normalised: bool = False, perms=None) -> np.ndarray:
+    """MinHash signatures (n_docs, num_perm) of a batch of texts; see the module docstring for the contract."""
+    norm = list(texts) if normalised else [normalise(t, strip_punct) for t in texts]
+    a, b = perms if perms is not None else permutations(num_perm, seed, scheme)
+    dtype = signature_dtype(scheme)
+    out = np.full((len(norm), num_perm), MAX_HASH32, dtype=dtype)
+    if not norm:
+        return out
+    buf, starts, ends, doc_offsets = shingle_spans(norm, ngram)
+    if backend() == "numba":
+        out64 = out.astype(np.uint64)
+        _minhash_kernel(buf, starts, ends, doc_offsets, a.astype(np.uint64), b.astype(np.uint64), scheme == "legacy",
+                        out64)
+        return out64.astype(dtype)
+    _numpy_signatures(buf, starts, ends, doc_offsets, a, b, scheme, out)
+    return out
+
+
+def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(n_docs, bands) int64 bucket keys: a 64-bit mix of each band's `rows` values (and the band number).
+
+    Equal bands always give equal keys; unequal bands collide with probability about 2^-64, which at worst adds a
+    candidate pair that verification then rejects."""
+    if bands * rows > sig.shape[1]:
+        raise ValueError(f"bands*rows = {bands * rows} exceeds num_perm = {sig.shape[1]}")
+    s = sig[:, :bands * rows].astype(np.uint64).reshape(len(sig), bands, rows)
+    h = np.broadcast_to((np.arange(bands, dtype=np.uint64) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15),
+                        (len(sig), bands)).copy()
+    for j in range(rows):
+        h = _fmix64((h ^ s[:, :, j]) * np.uint64(0xBF58476D1CE4E5B9))
+    return h.view(np.int64)
+
+
+def _fmix64(h: np.ndarray) -> np.ndarray:
+    h = h ^ (h >> np.uint64(33))
+    h = h * np.uint64(0xFF51AFD7ED558CCD)
+    h = h ^ (h >> np.uint64(33))
+    h = h * np.uint64(0xC4CEB9FE1A85EC53)
+    return h ^ (h >> np.uint64(33))
+
+
+def estimated_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
+    """Row-wise fraction of equal signature values (the MinHash estimate of Jaccard similarity)."""
+    return np.mean(np.asarray(sig_a) == np.asarray(sig_b), axis=-1)
+
+
+def exact_jaccard_batch(texts_a, texts_b, ngram: int = 5, strip_punct: bool = False) -> np.ndarray:
+    """Exact Jaccard of shingle sets, pair by pair (hashes of shingles stand in for the shingles)."""
+    norm_a = [normalise(t, strip_punct) for t in texts_a]
+    norm_b = [normalise(t, strip_punct) for t in texts_b]
+    out = np.empty(len(norm_a), np.float64)
+    for side, norm in enumerate((norm_a, norm_b)):
+        buf, starts, ends, offs = shingle_spans(norm, ngram)
+        hv = _sha1_64_spans(buf, starts, ends)
+        if side == 0:
+            sets_a = [set(hv[offs[i]:offs[i + 1]].tolist()) for i in range(len(norm))]
+        else:
+            for i in range(len(norm)):
+                sb, sa = set(hv[offs[i]:offs[i + 1]].tolist()), sets_a[i]
+                union = len(sa | sb)
+                out[i] = 1.0 if union == 0 else len(sa & sb) / union
+    return out
+
+
+def _sha1_64_spans(buf, starts, ends) -> np.ndarray:
+    # 64 bits make set collisions negligible for exact Jaccard; blake2b is fast for short inputs
+    mv = memoryview(buf)
+    b2 = hashlib.blake2b
+    d = b"".join([b2(mv[s:e], digest_size=8).digest() for s, e in zip(starts.tolist(), ends.tolist())])
+    return np.frombuffer(d, np.uint64) if d else np.zeros(0, np.uint64)

@@ -1,0 +1,65 @@
+"""Text normalisation for deduplication: what counts as "the same text".
+
+    normalise("Hello,\u00a0 WORLD!")                      -> "hello, world!"
+    normalise("Hello,\u00a0 WORLD!", strip_punct=True)    -> "hello world"
+
+Unicode NFKC (compatibility forms fold: full-width letters, ligatures, no-break spaces), case fold, optional
+removal of punctuation (Unicode category P*), then whitespace collapsed to single spaces with no leading or
+trailing space. The result never contains a newline, which `udfs.minhash` relies on to concatenate a batch.
+"""
+from __future__ import annotations
+
+import hashlib
+import sys
+import unicodedata
+
+_PUNCT_TABLE: dict | None = None
+
+
+def _punct_table() -> dict:
+    """str.translate table deleting every Unicode punctuation character (built once per process)."""
+    global _PUNCT_TABLE
+    if _PUNCT_TABLE is None:
+        _PUNCT_TABLE = {cp: None for cp in range(sys.maxunicode + 1)
+                        if unicodedata.category(chr(cp)).startswith("P")}
+    return _PUNCT_TABLE
+
+
+def normalise(text: str | None, strip_punct: bool = False) -> str:
+    if not text:
+        return ""
+    t = unicodedata.normalize("NFKC", text).casefold()
+    if strip_punct:
+        t = t.translate(_punct_table())
+    return " ".join(t.split())
+
+
+def exact_key(text: str | None, strip_punct: bool = False) -> bytes:
+    """16-byte digest of the normalised text: equal keys <=> equal normalised text (up to blake2b collisions)."""
+    return hashlib.blake2b(normalise(text, strip_punct).encode("utf-8"), digest_size=16).digest()
+
+
+def words(text: str | None, strip_punct: bool = False) -> list[str]:
+    return normalise(text, strip_punct).split(" ") if text else []
+
+
+def shingles(text: str | None, n: int = 5, strip_punct: bool = False) -> list[bytes]:
+    """Word n-gram shingles of the normalised text as UTF-8 bytes (the exact values MinHash hashes).
+
+    A document with fewer than `n` words is one shingle (its whole normalised text); an empty one has none.
+    Duplicates are kept in order, as a list; MinHash and Jaccard treat them as a set.
+    """
+    w = [x for x in words(text, strip_punct) if x]
+    if not w:
+        return []
+    if len(w) < n:
+        return [" ".join(w).encode("utf-8")]
+    return [" ".join(w[i:i + n]).encode("utf-8") for i in range(len(w) - n + 1)]
+
+
+def jaccard(a: str | None, b: str | None, n: int = 5, strip_punct: bool = False) -> float:
+    """Exact Jaccard similarity of the two documents' shingle sets (1.0 for two empty documents)."""
+    sa, sb = set(shingles(a, n, strip_punct)), set(shingles(b, n, strip_punct))
+    if not sa and not sb:
+        return 1.0
+    return len(sa & sb) / len(sa | sb)
