@@ -1,0 +1,338 @@
+"""Stage: exact and MinHash-LSH near deduplication.
+
+    python jobs/dedup.py --lake DIR [--threshold 0.8] [--ngram 5] [--num-perm 128] [--bands B --rows R]
+                         [--exact-only] [--seed S] [--verify exact|estimate|none]
+
+Reads `filtered` (--input-table), writes survivors to `deduped` and every removed record to `duplicates` with
+`cluster_id` (smallest id of its final cluster), `kept_id` (the cluster's survivor, which is in `deduped`) and
+`method` (exact or minhash). Nothing disappears: docs_in == |deduped| + |duplicates|.
+
+1. Exact: documents whose normalised text (udfs.normalise) has the same 128-bit digest form a group.
+2. Near, among exact survivors: MinHash signatures of word n-gram shingles (udfs.minhash, vectorised per Arrow
+   batch), cut into `bands` bands of `rows` values; documents sharing a band bucket are candidate pairs, checked
+   (exact shingle Jaccard by default) against the threshold; connected components of the verified pairs
+   (jobs.components, in Spark) are the clusters.
+Survivor of a group or cluster: highest `quality_column` if configured, ties and otherwise the smallest `id`, so
+the result depends on neither partitioning nor run.
+"""
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from jobs.cli import UserError, base_parser, run_main  # noqa: E402
+from jobs.config import load_config  # noqa: E402
+from jobs.session import get_spark  # noqa: E402
+from jobs.stage import StageRun, count_docs_tokens, log  # noqa: E402
+from jobs.tables import Lake  # noqa: E402
+
+VERIFY_MODES = ("exact", "estimate", "none")
+
+
+def build_parser():
+    p = base_parser("dedup", __doc__.split("\n\n")[0], input_table="filtered", output_table="deduped")
+    p.add_argument("--duplicates-table", default="duplicates", help="table of removed records (default duplicates)")
+    p.add_argument("--threshold", type=float, default=None, help="Jaccard similarity of near duplicates (conf 0.8)")
+    p.add_argument("--ngram", type=int, default=None, help="word n-gram shingle size (conf 5)")
+    p.add_argument("--num-perm", type=int, default=None, help="MinHash permutations (conf 128)")
+    p.add_argument("--bands", type=int, default=None, help="LSH bands (with --rows; default: chosen from threshold)")
+    p.add_argument("--rows", type=int, default=None, help="LSH rows per band (with --bands)")
+    p.add_argument("--seed", type=int, default=None, help="MinHash permutation seed (conf 1)")
+    p.add_argument("--verify", choices=VERIFY_MODES, default=None,
+                   help="check candidate pairs by exact shingle Jaccard, MinHash estimate, or not at all (conf exact)")
+    p.add_argument("--exact-only", action="store_true", help="only remove exact duplicates of the normalised text")
+    return p
+
+
+def resolve_params(cfg: dict, args) -> dict:
+    """Config section + CLI flags -> the validated parameters of this run (CLI wins)."""
+    from udfs.minhash import SCHEMES, optimal_param
+
+    p = dict(cfg or {})
+    for key, val in (("threshold", args.threshold), ("ngram", args.ngram), ("num_perm", args.num_perm),
+                     ("bands", args.bands), ("rows", args.rows), ("seed", args.seed), ("verify", args.verify)):
+        if val is not None:
+            p[key] = val
+    if args.bands is not None or args.rows is not None:
+        p["bands"], p["rows"] = args.bands, args.rows
+    if args.exact_only:
+        p["exact_only"] = True
+    p.setdefault("threshold", 0.8)
+    p.setdefault("ngram", 5)
+    p.setdefault("num_perm", 128)
+    p.setdefault("seed", 1)
+    p.setdefault("scheme", "affine32")
+    p.setdefault("verify", "exact")
+    p.setdefault("strip_punctuation", False)
+    p.setdefault("exact_only", False)
+    p.setdefault("quality_column", None)
+    p.setdefault("max_bucket_pairs", 32)
+    p.setdefault("cc_max_iterations", 60)
+    p.setdefault("fp_weight", 0.5)
+    p.setdefault("fn_weight", 0.5)
+    if not 0.0 < float(p["threshold"]) < 1.0:
+        raise UserError(f"--threshold must be in (0, 1), got {p['threshold']}")
+    if int(p["ngram"]) < 1 or int(p["num_perm"]) < 1:
+        raise UserError("--ngram and --num-perm must be positive")
+    if p["scheme"] not in SCHEMES:
+        raise UserError(f"dedup.scheme must be one of {', '.join(SCHEMES)}, got {p['scheme']!r}")
+    if p["verify"] not in VERIFY_MODES:
+        raise UserError(f"dedup.verify must be one of {', '.join(VERIFY_MODES)}, got {p['verify']!r}")
+    bands, rows = p.get("bands"), p.get("rows")
+    if (bands is None) != (rows is None):
+        raise UserError("give both --bands and --rows, or neither (then they are chosen from --threshold)")
+    if bands is None:
+        bands, rows = optimal_param(float(p["threshold"]), int(p["num_perm"]), float(p["fp_weight"]),
+                                    float(p["fn_weight"]))
+    if int(bands) < 1 or int(rows) < 1 or int(bands) * int(rows) > int(p["num_perm"]):
+        raise UserError(f"need bands >= 1, rows >= 1 and bands*rows <= num_perm ({p['num_perm']}), "
+                        f"got {bands}x{rows}")
+    p["bands"], p["rows"] = int(bands), int(rows)
+    return p
+
+
+# ---- Python workers: Arrow batches in, Arrow batches out -------------------------------------------------------
+def _keys_fn(params: dict):
+    """mapInArrow: (id, text, n_tokens, q) -> (id, n_tokens, q, ekey, bkeys): exact digest and LSH band keys."""
+    ngram, num_perm, seed, scheme = params["ngram"], params["num_perm"], params["seed"], params["scheme"]
+    strip, near = bool(params["strip_punctuation"]), not params["exact_only"]
+    bands, rows = params["bands"], params["rows"]
+
+    def fn(batches):
+        import hashlib
+
+        import numpy as np
+        import pyarrow as pa
+
+        from udfs.minhash import band_keys, permutations, signatures
+        from udfs.normalise import normalise
+
+        perms = permutations(num_perm, seed, scheme) if near else None
+        for batch in batches:
+            norm = [normalise(t, strip) for t in batch.column("text").to_pylist()]
+            ekey = pa.array([hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest() for t in norm], pa.binary())
+            if near and len(norm):
+                sig = signatures(norm, ngram, num_perm, seed, scheme, normalised=True, perms=perms)
+                keys = band_keys(sig, bands, rows).ravel()
+                offsets = pa.array(np.arange(0, len(norm) * bands + 1, bands, dtype=np.int32))
+                empty = pa.array([len(t) == 0 for t in norm])  # no shingles: never a near-duplicate candidate
+                bkeys = pa.ListArray.from_arrays(offsets, pa.array(keys, pa.int64()), mask=empty)
+            else:
+                bkeys = pa.nulls(len(norm), pa.list_(pa.int64()))
+            yield pa.RecordBatch.from_arrays(
+                [batch.column("id"), batch.column("n_tokens"), batch.column("q"), ekey, bkeys],
+                names=["id", "n_tokens", "q", "ekey", "bkeys"])
+
+    return fn
+
+
+def _verify_fn(params: dict):
+    """mapInArrow: (src, dst, text_a, text_b) -> (src, dst, sim) by exact shingle Jaccard or MinHash estimate."""
+    ngram, num_perm, seed, scheme = params["ngram"], params["num_perm"], params["seed"], params["scheme"]
+    strip, mode = bool(params["strip_punctuation"]), params["verify"]
+
+    def fn(batches):
+        import pyarrow as pa
+
+        from udfs.minhash import estimated_jaccard, exact_jaccard_batch, permutations, signatures
+
+        perms = permutations(num_perm, seed, scheme) if mode == "estimate" else None
+        for batch in batches:
+            ta, tb = batch.column("text_a").to_pylist(), batch.column("text_b").to_pylist()
+            if mode == "estimate":
+                sim = estimated_jaccard(signatures(ta, ngram, num_perm, seed, scheme, strip, perms=perms),
+                                        signatures(tb, ngram, num_perm, seed, scheme, strip, perms=perms))
+            else:
+                sim = exact_jaccard_batch(ta, tb, ngram, strip)
+            yield pa.RecordBatch.from_arrays([batch.column("src"), batch.column("dst"), pa.array(sim, pa.float64())],
+                                             names=["src", "dst", "sim"])
+
+    return fn
+
+
+# ---- Spark plan -----------------------------------------------------------------------------------------------------
+def _cut(df):
+    sc = df.sparkSession.sparkContext
+    return df.checkpoint(eager=True) if sc.getCheckpointDir() else df.localCheckpoint(eager=True)
+
+
+def find_duplicates(df, params: dict, timings: dict | None = None):
+    """Return (removed, info): removed = DataFrame[id, cluster_id, kept_id, method, n_tokens] of every record to
+    drop, info = counters for the metrics row. `df` needs `id` and `text` (and `quality_column` if configured)."""
+    from pyspark import StorageLevel
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    from jobs.components import connected_components
+
+    timings = {} if timings is None else timings
+    info: dict = {}
+    qcol = params.get("quality_column")
+    t0 = time.time()
+
+    # 1. per document: exact digest and band keys, one pass over the text
+    n_tokens = F.col("n_tokens_est").cast("long") if "n_tokens_est" in df.columns else F.lit(None).cast("long")
+    quality = F.col(qcol).cast("double") if qcol else F.lit(None).cast("double")
+    src = df.select(F.col("id"), F.col("text"), n_tokens.alias("n_tokens"), quality.alias("q"))
+    keys = src.mapInArrow(_keys_fn(params), "id string, n_tokens bigint, q double, ekey binary, bkeys array<bigint>")
+    # survivor order: best quality first (null/NaN last), then smallest id
+    rank = F.struct(F.coalesce(-F.col("q"), F.lit(float("inf"))).alias("nq"), F.col("id").alias("id"))
+    w = Window.partitionBy("ekey")
+    keys = (keys.withColumn("rank", rank)
+            .withColumn("exact_kept", F.min("rank").over(w).getField("id"))
+            .withColumn("exact_cluster", F.min("id").over(w)))
+    keys = keys.persist(StorageLevel.DISK_ONLY)
+    agg = keys.agg(F.count(F.lit(1)).alias("docs"), F.sum("n_tokens").alias("tokens"),
+                   F.sum(F.when(F.col("id") != F.col("exact_kept"), 1).otherwise(0)).alias("exact_dups")).collect()[0]
+    info["docs_in"], info["tokens_in"] = int(agg["docs"]), int(agg["tokens"] or 0)
+    info["exact_duplicates"] = int(agg["exact_dups"])
+    timings["keys_and_exact"] = round(time.time() - t0, 3)
+
+    exact_dups = keys.where(F.col("id") != F.col("exact_kept")).select(
+        "id", "exact_kept", "exact_cluster", "n_tokens")
+    survivors = keys.where(F.col("id") == F.col("exact_kept"))
+
+    if params["exact_only"]:
+        removed = exact_dups.select("id", F.col("exact_cluster").alias("cluster_id"),
+                                    F.col("exact_kept").alias("kept_id"), F.lit("exact").alias("method"), "n_tokens")
+        removed = _cut(removed)
+        keys.unpersist()
+        return removed, info
+
+    # 2. LSH buckets -> candidate pairs (all pairs in small buckets, a star to the smallest id in large ones)
+    t0 = time.time()
+    cap = int(params["max_bucket_pairs"])
+    banded = survivors.where(F.col("bkeys").isNotNull()).select("id", F.posexplode("bkeys").alias("band", "bkey"))
+    buckets = (banded.groupBy("band", "bkey").agg(F.sort_array(F.collect_list("id")).alias("ids"))
+               .where(F.size("ids") > 1))
+    all_pairs = F.expr("flatten(transform(sequence(0, size(ids) - 2), i -> "
+                       "transform(sequence(i + 1, size(ids) - 1), j -> named_struct('a', ids[i], 'b', ids[j]))))")
+    star = F.expr("transform(slice(ids, 2, size(ids) - 1), x -> named_struct('a', ids[0], 'b', x))")
+    pairs = (buckets.select(F.explode(F.when(F.size("ids") <= cap, all_pairs).otherwise(star)).alias("p"))
+             .select(F.col("p.a").alias("src"), F.col("p.b").alias("dst")).distinct())
+    pairs = _cut(pairs)
+    info["candidate_pairs"] = pairs.count()
+    info["largest_bucket"] = int(buckets.agg(F.coalesce(F.max(F.size("ids")), F.lit(0))).collect()[0][0])
+    timings["lsh_candidates"] = round(time.time() - t0, 3)
+
+    # 3. verification of candidate pairs
+    t0 = time.time()
+    if params["verify"] == "none":
+        edges = pairs
+    else:
+        cand = pairs.select(F.col("src").alias("id")).union(pairs.select(F.col("dst").alias("id"))).distinct()
+        texts = df.select("id", "text").join(cand, "id", "left_semi").persist(StorageLevel.DISK_ONLY)
+        joined = (pairs.join(texts.select(F.col("id").alias("src"), F.col("text").alias("text_a")), "src")
+                  .join(texts.select(F.col("id").alias("dst"), F.col("text").alias("text_b")), "dst")
+                  .select("src", "dst", "text_a", "text_b"))
+        sims = joined.mapInArrow(_verify_fn(params), "src string, dst string, sim double")
+        edges = _cut(sims.where(F.col("sim") >= float(params["threshold"])).select("src", "dst"))
+        texts.unpersist()
+    info["verified_pairs"] = edges.count()
+    timings["verify"] = round(time.time() - t0, 3)
+
+    # 4. clusters = connected components of the verified pairs
+    t0 = time.time()
+    comp, rounds = connected_components(edges, max_iterations=int(params["cc_max_iterations"]))
+    info["cc_rounds"] = rounds
+    timings["components"] = round(time.time() - t0, 3)
+
+    # 5. one survivor per cluster; exact duplicates follow their exact survivor into its cluster
+    t0 = time.time()
+    w2 = Window.partitionBy("component")
+    members = (comp.join(survivors.select(F.col("id").alias("node"), "rank", "exact_cluster", "n_tokens"), "node")
+               .withColumn("kept_id", F.min("rank").over(w2).getField("id"))
+               .withColumn("cluster_id", F.min("exact_cluster").over(w2)))
+    near_dups = members.where(F.col("node") != F.col("kept_id")).select(
+        F.col("node").alias("id"), "cluster_id", "kept_id", F.lit("minhash").alias("method"), "n_tokens")
+    remap = members.select(F.col("node").alias("exact_kept"), F.col("kept_id").alias("final_kept"),
+                           F.col("cluster_id").alias("final_cluster"))
+    exact_final = exact_dups.join(remap, "exact_kept", "left").select(
+        "id", F.coalesce("final_cluster", "exact_cluster").alias("cluster_id"),
+        F.coalesce("final_kept", "exact_kept").alias("kept_id"), F.lit("exact").alias("method"), "n_tokens")
+    removed = _cut(exact_final.unionByName(near_dups))
+    timings["resolve"] = round(time.time() - t0, 3)
+    keys.unpersist()
+    return removed, info
+
+
+def cluster_size_histogram(removed) -> dict:
+    """{size bucket: number of clusters} over clusters with >= 2 documents ("2", "3", "4", "5-8", "9-16", ...)."""
+    from pyspark.sql import functions as F
+
+    sizes = removed.groupBy("kept_id").count().select((F.col("count") + 1).alias("size"))
+    rows = sizes.groupBy("size").count().collect()
+    hist: dict = {}
+    for r in sorted(rows, key=lambda r: r["size"]):
+        s = int(r["size"])
+        if s <= 4:
+            label = str(s)
+        else:
+            hi = 1 << (s - 1).bit_length()
+            label = f"{hi // 2 + 1}-{hi}"
+        hist[label] = hist.get(label, 0) + int(r["count"])
+    return hist
+
+
+def main(argv=None):
+    from pyspark.sql import functions as F
+
+    args = build_parser().parse_args(argv)
+    cfg = load_config(args.conf, args.overrides).get("dedup") or {}
+    params = resolve_params(cfg, args)
+    spark = get_spark("lmrefinery-dedup", master=args.master)
+    lake = Lake(spark, args.lake)
+    if args.output_table == args.duplicates_table:
+        raise UserError("--output-table and --duplicates-table must differ")
+    run = StageRun(lake, "dedup", params, args.input_table, [args.output_table, args.duplicates_table],
+                   force=args.force)
+    if run.already_done():
+        return 0
+    df = lake.read(args.input_table)
+    for col in ("id", "text") + ((params["quality_column"],) if params["quality_column"] else ()):
+        if col not in df.columns:
+            raise UserError(f"table '{args.input_table}' has no column '{col}'")
+    from udfs.minhash import backend
+
+    log(f"dedup: threshold={params['threshold']} ngram={params['ngram']} num_perm={params['num_perm']} "
+        f"bands={params['bands']} rows={params['rows']} verify={params['verify']} exact_only={params['exact_only']} "
+        f"(minhash backend on driver: {backend()})")
+    timings: dict = {}
+    removed, info = find_duplicates(df, params, timings)
+
+    t0 = time.time()
+    deduped = df.join(removed.select("id"), "id", "left_anti")
+    duplicates = df.join(removed.drop("n_tokens"), "id", "inner")
+    run.write(deduped, args.output_table)
+    run.write(duplicates, args.duplicates_table)
+    timings["write"] = round(time.time() - t0, 3)
+
+    # counts from what was written, so the conservation check is about the tables, not the plan
+    has_tokens = "n_tokens_est" in df.columns
+    written_out = lake.read(args.output_table)
+    docs_out, tokens_out = count_docs_tokens(written_out) if has_tokens else (written_out.count(), None)
+    docs_dup = lake.read(args.duplicates_table).count()
+    by_method = {r["method"]: (int(r["d"]), int(r["t"] or 0)) for r in
+                 removed.groupBy("method").agg(F.count(F.lit(1)).alias("d"), F.sum("n_tokens").alias("t")).collect()}
+    exact_d, exact_t = by_method.get("exact", (0, 0))
+    near_d, near_t = by_method.get("minhash", (0, 0))
+    extra = {
+        "exact": {"docs_removed": exact_d, "tokens_removed": exact_t},
+        "minhash": {"docs_removed": near_d, "tokens_removed": near_t},
+        "cluster_size_histogram": cluster_size_histogram(removed),
+        "clusters": int(removed.select("kept_id").distinct().count()),
+        "params": {k: params[k] for k in ("threshold", "ngram", "num_perm", "bands", "rows", "seed", "scheme",
+                                          "verify", "exact_only", "strip_punctuation", "quality_column")},
+        "timings_s": timings,
+        **{k: v for k, v in info.items() if k not in ("docs_in", "tokens_in")},
+    }
+    run.finish(docs_in=info["docs_in"], docs_out=docs_out, docs_rejected=docs_dup,
+               tokens_in=info["tokens_in"] if has_tokens else None, tokens_out=tokens_out,
+               reasons={"exact": exact_d, "minhash": near_d}, extra=extra)
+    run.write_audit(lake.read(args.duplicates_table), args.duplicates_table, reason_col="method")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main("dedup", main))
