@@ -1,0 +1,169 @@
+"""Mixture: sample a domain mixture with target token shares from the clean corpus.
+
+    python jobs/mix.py --lake ./lake --strategy temperature --alpha 0.5 [--token-budget 10M] [--seed 1234]
+
+Reads `decontaminated` (--input-table), writes `mixed`. Domain weights (token shares) come from a strategy
+(see udfs/mixture.py); each domain then contributes weight * budget tokens: `full_epochs` complete copies of the
+domain plus a prefix of one more pass, where the documents of the domain are ranked by xxhash64(id, seed, epoch)
+and taken until their cumulative tokens reach the remainder. Copies beyond the first carry `epoch_copy` 1, 2, ...
+The choice depends only on ids, seed and per-domain counts, never on partitioning or run order.
+
+Metrics: docs_out = distinct input documents in the mixture, docs_rejected = input documents not sampled
+(so docs_in == docs_out + docs_rejected); rows and tokens with repeats are in `extra` and the printed table.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from jobs.cli import UserError, base_parser, run_main  # noqa: E402
+from jobs.config import load_config  # noqa: E402
+from jobs.session import get_spark  # noqa: E402
+from jobs.stage import StageRun, log  # noqa: E402
+from jobs.tables import Lake, TableError  # noqa: E402
+from udfs import mixture as mx  # noqa: E402
+
+NULL_DOMAIN = "unknown"
+
+
+def build_parser():
+    p = base_parser("mix", __doc__.split("\n\n")[0], input_table="decontaminated", output_table="mixed")
+    p.add_argument("--strategy", choices=mx.STRATEGIES, default=None, help="how domain weights are set "
+                   "(default mix.strategy in the config)")
+    p.add_argument("--weights", default=None, help="manual: YAML/JSON {domain: weight}; doremi: the DoReMi JSON "
+                   "{\"domain_weights\": {...}}")
+    p.add_argument("--alpha", type=float, default=None, help="temperature: q_i ~ tokens_i^alpha (alpha = 1/T)")
+    p.add_argument("--token-budget", default=None, help="tokens in the mixture, e.g. 5000000 or 5M "
+                   "(default: all tokens available)")
+    p.add_argument("--max-epochs", type=int, default=None, help="most repetitions of a domain (default 4)")
+    p.add_argument("--force-epochs", action="store_true", default=None, help="allow more than --max-epochs")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (default mix.seed)")
+    return p
+
+
+def resolve_config(args, conf: dict) -> dict:
+    cfg = {"strategy": "proportional", "weights": None, "alpha": 0.5, "token_budget": None, "max_epochs": 4,
+           "force_epochs": False, "seed": 1234, **(conf.get("mix") or {})}
+    for key in ("strategy", "weights", "alpha", "token_budget", "max_epochs", "force_epochs", "seed"):
+        val = getattr(args, key)
+        if val is not None:
+            cfg[key] = val
+    if cfg["strategy"] not in mx.STRATEGIES:
+        raise UserError(f"unknown strategy {cfg['strategy']!r} (one of {', '.join(mx.STRATEGIES)})")
+    try:
+        cfg["token_budget"] = mx.parse_budget(cfg["token_budget"])
+    except mx.WeightError as e:
+        raise UserError(str(e)) from None
+    cfg["seed"], cfg["max_epochs"] = int(cfg["seed"]), int(cfg["max_epochs"])
+    if cfg["max_epochs"] < 1:
+        raise UserError(f"--max-epochs must be >= 1, got {cfg['max_epochs']}")
+    return cfg
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    cfg = resolve_config(args, load_config(args.conf, args.overrides))
+
+    file_weights = None
+    if cfg["strategy"] in ("manual", "doremi"):
+        if not cfg["weights"]:
+            raise UserError(f"strategy {cfg['strategy']} needs --weights FILE")
+        try:
+            file_weights = mx.load_weights_file(cfg["weights"],
+                                                "domain_weights" if cfg["strategy"] == "doremi" else None)
+        except mx.WeightError as e:
+            raise UserError(str(e)) from None
+
+    spark = get_spark("lmrefinery-mix", master=args.master)
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    lake = Lake(spark, args.lake)
+    if not lake.exists(args.input_table):
+        raise TableError(f"table '{args.input_table}' not found under lake {lake.root} (run decontaminate first)")
+    run_cfg = {k: v for k, v in cfg.items() if k != "weights"}
+    run_cfg["file_weights"] = file_weights
+    if cfg["strategy"] not in ("manual", "doremi"):
+        run_cfg["alpha"] = cfg["alpha"] if cfg["strategy"] == "temperature" else None
+    run = StageRun(lake, "mix", run_cfg, args.input_table, [args.output_table], force=args.force)
+    if run.already_done():
+        return 0
+
+    docs = lake.read(args.input_table, version=run.input_version)
+    docs = docs.withColumn("_dom", F.coalesce(F.col("domain"), F.lit(NULL_DOMAIN)))
+    docs = docs.withColumn("_tok", F.coalesce(F.col("n_tokens_est"), F.lit(0)).cast("bigint"))
+    counts = {r["_dom"]: (int(r["d"]), int(r["t"] or 0)) for r in
+              docs.groupBy("_dom").agg(F.count(F.lit(1)).alias("d"), F.sum("_tok").alias("t")).collect()}
+    doc_counts = {d: c[0] for d, c in counts.items()}
+    tok_counts = {d: c[1] for d, c in counts.items()}
+
+    try:
+        weights, warnings = mx.compute_weights(cfg["strategy"], doc_counts, tok_counts, cfg["alpha"], file_weights)
+        plans = mx.plan(weights, doc_counts, tok_counts, cfg["token_budget"], cfg["max_epochs"],
+                        bool(cfg["force_epochs"]))
+    except mx.WeightError as e:
+        raise UserError(str(e)) from None
+    for w in warnings:
+        log(f"mix: warning: {w}")
+    budget = sum(tok_counts.values()) if cfg["token_budget"] is None else cfg["token_budget"]
+
+    plan_df = spark.createDataFrame([(p.domain, p.full_epochs, p.remainder) for p in plans],
+                                    "_dom string, _full int, _rem bigint")
+    x = docs.join(F.broadcast(plan_df), "_dom", "left").fillna({"_full": 0, "_rem": 0})
+    # The partial pass takes documents in hash order until their cumulative tokens reach the remainder (the
+    # document that crosses it is included); the id breaks hash ties so the order is total.
+    x = x.withColumn("_h", F.xxhash64(F.col("id"), F.lit(cfg["seed"]), F.col("_full")))
+    w = (Window.partitionBy("_dom").orderBy("_h", "id")
+         .rowsBetween(Window.unboundedPreceding, Window.currentRow))
+    x = x.withColumn("_cum", F.when(F.col("_rem") > 0, F.sum("_tok").over(w)).otherwise(F.lit(0)))
+    x = x.withColumn("_copies", F.col("_full") + F.when((F.col("_rem") > 0) & (F.col("_cum") - F.col("_tok") <
+                                                                              F.col("_rem")), 1).otherwise(0))
+    sampled = x.where(F.col("_copies") > 0)
+    mixed = (sampled.withColumn("epoch_copy", F.explode(F.sequence(F.lit(0), F.col("_copies") - 1)))
+             .select(*[c for c in docs.columns if c not in ("_dom", "_tok", "epoch_copy")], "epoch_copy"))
+    res = run.write(mixed, args.output_table)
+
+    out = lake.read(args.output_table, version=res.version) if not res.skipped else lake.read(args.output_table)
+    achieved = {r["_dom"]: r.asDict() for r in
+                out.withColumn("_dom", F.coalesce(F.col("domain"), F.lit(NULL_DOMAIN)))
+                .groupBy("_dom").agg(F.count(F.lit(1)).alias("rows"),
+                                     F.sum(F.when(F.col("epoch_copy") == 0, 1).otherwise(0)).alias("unique"),
+                                     F.coalesce(F.sum("n_tokens_est"), F.lit(0)).alias("tokens"),
+                                     F.max("epoch_copy").alias("max_copy")).collect()}
+    tokens_out = sum(int(a["tokens"]) for a in achieved.values())
+    rows = []
+    for p in plans:
+        a = achieved.get(p.domain, {})
+        toks = int(a.get("tokens", 0) or 0)
+        rows.append({"domain": p.domain, "target_weight": round(p.weight, 6),
+                     "achieved_share": (toks / tokens_out) if tokens_out else 0.0,
+                     "target_tokens": p.target_tokens, "tokens": toks, "tokens_available": p.tokens,
+                     "docs": int(a.get("rows", 0) or 0), "unique_docs": int(a.get("unique", 0) or 0),
+                     "docs_available": p.docs, "epochs": (toks / p.tokens) if p.tokens else 0.0,
+                     "copies": (int(a["max_copy"]) + 1) if a.get("max_copy") is not None else 0})
+    print(f"mixture ({cfg['strategy']}, budget {budget} tokens, seed {cfg['seed']}):")
+    print(mx.format_table(rows))
+
+    docs_in = sum(doc_counts.values())
+    docs_out = sum(r["unique_docs"] for r in rows)
+    extra = {"strategy": cfg["strategy"], "alpha": cfg["alpha"] if cfg["strategy"] == "temperature" else None,
+             "weights_file": cfg["weights"], "seed": cfg["seed"], "token_budget": budget,
+             "max_epochs": cfg["max_epochs"], "force_epochs": bool(cfg["force_epochs"]),
+             "weights": {p.domain: p.weight for p in plans}, "rows_out": sum(r["docs"] for r in rows),
+             "warnings": warnings, "domains": rows}
+    report_path = os.path.join(lake.root, "reports", "mixture.json")
+    os.makedirs(os.path.dirname(report_path), exist_ok=True)
+    with open(report_path + ".tmp", "w") as f:
+        json.dump({"run_id": run.run_id, **extra}, f, indent=2, sort_keys=True)
+    os.replace(report_path + ".tmp", report_path)
+    run.finish(docs_in=docs_in, docs_out=docs_out, docs_rejected=docs_in - docs_out,
+               tokens_in=sum(tok_counts.values()), tokens_out=tokens_out,
+               reasons={"not_sampled": docs_in - docs_out} if docs_in > docs_out else {}, extra=extra)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main("mix", main))
