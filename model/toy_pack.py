@@ -36,18 +36,29 @@ def _sha256(path: str) -> str:
 
 
 def write_packed(out_dir: str, splits: dict[str, list[str]], enc=None, shard_tokens: int = 1 << 20,
-                 seed: int = 1337, tokenizer_name: str = "bytes", tokenizer_spec: str = "bytes") -> dict:
+                 seed: int = 1337, tokenizer_name: str = "bytes", tokenizer_spec: str = "bytes",
+                 save_tokenizer: bool = True) -> dict:
     """Tokenize `splits` ({"train": [doc, ...], "val": [...]}), append EOS to each document, cut into shards of
-    about `shard_tokens` (whole documents), write .bin/.idx and manifest.json. Returns the manifest."""
+    about `shard_tokens` (whole documents), write .bin/.idx and manifest.json. Returns the manifest.
+    With `save_tokenizer` the encoding is saved as `tokenizer.json` (lmrefinery-bpe-v1) and named in the manifest."""
     enc = enc or byte_encoding()
     os.makedirs(out_dir, exist_ok=True)
     V, eos = enc.n_vocab, enc.eot_token
     dtype = np.uint16 if V <= 65536 else np.uint32
+    from udfs.tokenize import ranks_sha256
+
+    tok_file = None
+    if save_tokenizer:
+        # saved as a zero-merge byte-level BPE, so udfs.tokenize.encoding_from_manifest can load it back
+        from udfs.bpe import save_bpe
+
+        tok_file = "tokenizer.json"
+        save_bpe({"name": enc.name, "pat_str": enc._pat_str, "special_tokens": enc._special_tokens,
+                  "vocab_size": V, "ranks": enc._mergeable_ranks}, os.path.join(out_dir, tok_file))
     manifest = {
         "format": "lmrefinery-packed-v1",
-        "tokenizer": {"name": tokenizer_name, "spec": tokenizer_spec,
-                      "ranks_sha256": hashlib.sha256(repr(sorted(enc._mergeable_ranks.items())).encode()).hexdigest(),
-                      "vocab_size": V, "eos_id": eos, "file": None},
+        "tokenizer": {"name": tokenizer_name, "spec": tokenizer_spec, "ranks_sha256": ranks_sha256(enc),
+                      "vocab_size": V, "eos_id": eos, "file": tok_file},
         "dtype": np.dtype(dtype).name, "seed": seed,
         "source": {"table": "toy", "version": 0}, "mixture_weights": {},
         "splits": {}, "files": {},

@@ -372,6 +372,9 @@ def _train(args, cfg: dict, rank: int, world: int, device: torch.device) -> int:
                 "world_size": world, "best_val_loss": best_val, "data_dir": os.path.abspath(args.data),
                 "tokenizer": manifest["tokenizer"]})
 
+    def last_ckpt():
+        return (f"Last checkpoint: {ckpt_path}" if os.path.exists(ckpt_path) else "No checkpoint was written yet.")
+
     def emit(row):
         rows.append(row)
         if master:
@@ -418,12 +421,12 @@ def _train(args, cfg: dict, rank: int, world: int, device: torch.device) -> int:
                 if not math.isfinite(train_loss):
                     emit(row)
                     raise TrainingStopped(f"train loss is {train_loss} at step {step} (lr {lr:.2e}); lower lr or "
-                                          f"check the data. Last checkpoint: {ckpt_path}")
+                                          f"check the data. {last_ckpt()}")
                 if step > cfg["warmup_steps"] and train_loss > ln_v + cfg["divergence_margin"]:
                     emit(row)
                     raise TrainingStopped(f"diverged: train loss {train_loss:.3f} at step {step} is above "
                                           f"ln(V)+{cfg['divergence_margin']} = {ln_v + cfg['divergence_margin']:.3f} "
-                                          f"(a uniform guess scores ln(V)); lower lr. Last checkpoint: {ckpt_path}")
+                                          f"(a uniform guess scores ln(V)); lower lr. {last_ckpt()}")
                 if evaluating:
                     vl = evaluate(raw_model, val_data, cfg, rank, world, device, autocast)
                     row.update(val_loss=vl, val_ppl=perplexity(vl), val_bpb=bits_per_byte(vl, bpt))
