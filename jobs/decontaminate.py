@@ -270,19 +270,17 @@ def main(argv=None):
     run.write(contaminated, args.contaminated_table)
 
     docs_in, tokens_in = count_docs_tokens(docs)
-    stats = {(r["_dest"], r["_action"]): (int(r["d"]), int(r["t"] or 0)) for r in
-             decided.groupBy("_dest", "_action").agg(F.count(F.lit(1)).alias("d"),
-                                                     F.sum("n_tokens_est").alias("t")).collect()}
-    docs_clean = stats.get(("out", "clean"), (0, 0))[0]
-    docs_excised = stats.get(("out", "excised"), (0, 0))[0]
+    stats = decided.groupBy("_dest", "_action", "_reason").agg(
+        F.count(F.lit(1)).alias("d"), F.coalesce(F.sum("n_tokens_est"), F.lit(0)).alias("t")).collect()
+    docs_clean = sum(int(r["d"]) for r in stats if r["_dest"] == "out" and r["_action"] == "clean")
+    docs_excised = sum(int(r["d"]) for r in stats if r["_dest"] == "out" and r["_action"] == "excised")
     docs_out = docs_clean + docs_excised
-    tokens_out = sum(t for (dest, _), (_, t) in stats.items() if dest == "out")
-    docs_dropped = sum(d for (dest, action), (d, _) in stats.items() if dest == "contaminated" and action == "dropped")
-    reasons = {r["_reason"]: int(r["count"]) for r in
-               decided.where((F.col("_dest") == "contaminated") & (F.col("_action") == "dropped"))
-               .groupBy("_reason").count().collect()}
+    tokens_out = sum(int(r["t"]) for r in stats if r["_dest"] == "out")
+    dropped = [r for r in stats if r["_dest"] == "contaminated" and r["_action"] == "dropped"]
+    docs_dropped = sum(int(r["d"]) for r in dropped)
+    reasons = {r["_reason"]: int(r["d"]) for r in dropped}
 
-    report = contamination_report(decided, info)
+    report = contamination_report(decided if docs_dropped + docs_excised else None, info)
     report_doc = {"policy": cfg["policy"], "ngram": int(cfg["ngram"]), "path": path, "benchmark_ngrams": n_grams,
                   "docs_in": docs_in, "docs_clean": docs_clean, "docs_excised": docs_excised,
                   "docs_dropped": docs_dropped, "benchmarks": report}
@@ -307,6 +305,8 @@ def contamination_report(decided, info) -> dict:
     """Per benchmark: items, items matched, documents affected (dropped / excised)."""
     from pyspark.sql import functions as F
 
+    if decided is None:  # nothing affected: no Spark job needed
+        return contamination_report_rows({}, info)
     affected = (decided.where(F.col("_dest") == "contaminated")
                 .select("id", F.col("_action").alias("action"), F.explode("_matches").alias("m")))
     rows = (affected.groupBy(F.col("m.benchmark").alias("benchmark"))
@@ -315,7 +315,10 @@ def contamination_report(decided, info) -> dict:
                  F.countDistinct(F.when(F.col("action") == "dropped", F.col("id"))).alias("documents_dropped"),
                  F.countDistinct(F.when(F.col("action") == "excised", F.col("id"))).alias("documents_excised"))
             .collect())
-    by_name = {r["benchmark"]: r.asDict() for r in rows}
+    return contamination_report_rows({r["benchmark"]: r.asDict() for r in rows}, info)
+
+
+def contamination_report_rows(by_name: dict, info: dict) -> dict:
     out = {}
     for name, meta in sorted(info.items()):
         r = by_name.get(name, {})

@@ -206,15 +206,6 @@ def test_excise_policy_broadcast_and_join_paths_agree(spark, lake, lake_dir):
     assert canon("contam_join") == canon("contaminated")
 
 
-def test_drop_join_path_matches_expected_ids(spark, lake, lake_dir):
-    from jobs import decontaminate
-
-    _setup(spark, lake)
-    assert decontaminate.main(["--lake", lake_dir, "--benchmarks", BENCH_GLOB, "--policy", "drop",
-                               "--set", "decontaminate.broadcast_max_ngrams=0"]) == 0
-    assert set(_rows(lake, "contaminated")) == {"planted", "punct", "passage", "short-hexagon", "fragmented"}
-
-
 def test_errors_are_one_line_exit_2(spark, lake, lake_dir, tmp_path, capsys):
     from jobs import decontaminate
 
