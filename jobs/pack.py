@@ -223,28 +223,39 @@ def _shard_schema():
 
 
 # ---- driver ---------------------------------------------------------------------------------------------------
-def prepare(df, val_fraction: float, seed: int):
+def prepare(df, val_fraction: float, seed: int, extra_val_id: str | None = None):
     """Input rows -> (split, skey, id, epoch_copy, thash, domain, text); null text or id rows are dropped."""
     from pyspark.sql import functions as F
 
     ec = F.col("epoch_copy").cast("long") if "epoch_copy" in df.columns else F.lit(0).cast("long")
     base = df.where(F.col("text").isNotNull() & F.col("id").isNotNull()).select(
         "id", "text", F.coalesce(F.col("domain"), F.lit("unknown")).alias("domain"), ec.alias("epoch_copy"))
-    bucket = F.pmod(F.xxhash64(F.lit(SPLIT_SALT), F.col("id")), F.lit(SPLIT_BUCKETS))
-    threshold = int(round(val_fraction * SPLIT_BUCKETS))
-    base = base.withColumn("_bucket", bucket)
-    val_cond = F.col("_bucket") < F.lit(threshold)
-    if val_fraction > 0:
-        # small inputs: make sure val is not empty (the id with the lowest bucket) while train keeps a document
-        stats = base.agg(F.countDistinct("id").alias("ids"),
-                         F.sum(val_cond.cast("long")).alias("val"),
-                         F.min(F.struct("_bucket", "id")).alias("first")).collect()[0]
-        if (stats["val"] or 0) == 0 and stats["ids"] >= 2:
-            val_cond = val_cond | (F.col("id") == F.lit(stats["first"]["id"]))
+    val_cond = _bucket() < F.lit(int(round(val_fraction * SPLIT_BUCKETS)))
+    if extra_val_id is not None:
+        val_cond = val_cond | (F.col("id") == F.lit(extra_val_id))
     return base.select(
         F.when(val_cond, F.lit("val")).otherwise(F.lit("train")).alias("split"),
         F.xxhash64(F.lit(int(seed)), F.col("id"), F.col("epoch_copy")).alias("skey"),
         "id", "epoch_copy", F.xxhash64(F.col("text")).alias("thash"), "domain", "text")
+
+
+def _bucket():
+    from pyspark.sql import functions as F
+
+    return F.pmod(F.xxhash64(F.lit(SPLIT_SALT), F.col("id")), F.lit(SPLIT_BUCKETS))
+
+
+def _first_val_id(df) -> str | None:
+    """For inputs too small for val_fraction to pick any id: the id with the lowest split bucket, provided at
+    least one other id stays in train."""
+    from pyspark.sql import functions as F
+
+    ok = df.where(F.col("text").isNotNull() & F.col("id").isNotNull())
+    r = ok.agg(F.min(F.struct(_bucket().alias("b"), F.col("id").alias("id"))).alias("first"),
+               F.max("id").alias("last")).collect()[0]
+    if r["first"] is None or r["first"]["id"] == r["last"]:
+        return None
+    return r["first"]["id"]
 
 
 def pack(spark, df, out_dir: str, tokenizer: str = "gpt2", val_fraction: float = 0.01, seed: int = 1337,
@@ -273,15 +284,24 @@ def pack(spark, df, out_dir: str, tokenizer: str = "gpt2", val_fraction: float =
     os.makedirs(tmp)
     cached = None
     try:
-        rows = prepare(df, val_fraction, seed)
-        toks = rows.mapInArrow(_encode_fn(resolved, dtype.str), TOKENS_DDL)
-        cached = (toks.repartitionByRange(partitions, *ORDER).sortWithinPartitions(*ORDER)
-                  .withColumn("pid", F.spark_partition_id()).persist(StorageLevel.MEMORY_AND_DISK))
+        extra_val = None
+        while True:
+            rows = prepare(df, val_fraction, seed, extra_val)
+            toks = rows.mapInArrow(_encode_fn(resolved, dtype.str), TOKENS_DDL)
+            cached = (toks.repartitionByRange(partitions, *ORDER).sortWithinPartitions(*ORDER)
+                      .withColumn("pid", F.spark_partition_id()).persist(StorageLevel.MEMORY_AND_DISK))
+            # distributed prefix sum: each partition holds one contiguous range of the global order
+            parts = cached.groupBy("pid", "split", "domain").agg(
+                F.sum("n_tokens").alias("tokens"), F.count(F.lit(1)).alias("docs"),
+                F.sum("n_bytes").alias("bytes"), F.min(F.struct(*ORDER[1:])).alias("first")).collect()
+            if val_fraction == 0 or extra_val is not None or any(r["split"] == "val" for r in parts):
+                break
+            extra_val = _first_val_id(df)
+            if extra_val is None:
+                break
+            log(f"pack: no document fell in val at fraction {val_fraction}; moving id {extra_val!r} there")
+            cached.unpersist()
 
-        # distributed prefix sum: each partition holds one contiguous range of the global order
-        parts = cached.groupBy("pid", "split", "domain").agg(
-            F.sum("n_tokens").alias("tokens"), F.count(F.lit(1)).alias("docs"), F.sum("n_bytes").alias("bytes"),
-            F.min(F.struct(*ORDER[1:])).alias("first")).collect()
         offsets, totals, domain_tokens = {}, {}, {}
         for split in ("train", "val"):
             per_part = {}

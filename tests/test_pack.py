@@ -38,13 +38,17 @@ def _rows(n=40):
 
 
 @pytest.fixture(scope="module")
-def mixed_df(spark):
-    """A `mixed`-like table: every 'code' document appears twice (epoch_copy 0 and 1)."""
+def mixed_df(spark, tmp_path_factory):
+    """A `mixed`-like Delta table: every 'code' document appears twice (epoch_copy 0 and 1)."""
     from pyspark.sql import functions as F
+
+    from jobs.tables import Lake
 
     df = documents_df(spark, _rows()).withColumn("epoch_copy", F.lit(0).cast("long"))
     again = df.where(F.col("domain") == "code").withColumn("epoch_copy", F.lit(1).cast("long"))
-    return df.unionByName(again)
+    lake = Lake(spark, str(tmp_path_factory.mktemp("mixedlake")))
+    lake.write(df.unionByName(again).coalesce(1), "mixed")
+    return lake.read("mixed")
 
 
 def _expected_multiset(rows, copies_of_code=True):
@@ -108,8 +112,10 @@ def test_pack_job_roundtrip_counts_and_manifest(spark, lake, lake_dir, mixed_df)
 
 def test_o200k_uses_uint32(spark, tmp_path, mixed_df):
     out = str(tmp_path / "packed")
-    m = pack(spark, mixed_df, out, tokenizer="o200k_base", val_fraction=0.1, seed=1, shard_tokens=10_000)
+    # val_fraction this small selects no id by hash on 40 documents: the lowest-bucket id is moved to val
+    m = pack(spark, mixed_df, out, tokenizer="o200k_base", val_fraction=0.0001, seed=1, shard_tokens=10_000)
     assert m["dtype"] == "uint32" and m["tokenizer"]["vocab_size"] == 200019
+    assert m["splits"]["val"]["documents"] in (1, 2)  # one id (two if it is a code document with its copy)
     sh = m["splits"]["train"]["shards"][0]
     assert os.path.getsize(os.path.join(out, sh["bin"])) == 4 * sh["tokens"]
     enc = load_encoding("o200k_base")
