@@ -76,6 +76,9 @@ class StageRun:
 
     def write(self, df, table: str, mode: str = "overwrite") -> WriteResult:
         res = self.lake.write(df, table, mode=mode, app_id=self.app_id(table))
+        if os.environ.get("LMR_FAIL_AFTER_WRITE") == table:  # failure drill: die between two commits
+            log(f"{self.stage}: LMR_FAIL_AFTER_WRITE={table}: exiting after committing {table}")
+            os._exit(137)
         if res.skipped:
             log(f"{self.stage}: {table} already holds this run's output (version {res.version}); not written again")
         self.outputs[table] = res.version
@@ -119,19 +122,24 @@ class StageRun:
 
         w = Window.partitionBy(reason_col).orderBy(order_col)
         sample = df.withColumn("_rank", F.row_number().over(w)).where(F.col("_rank") <= per_reason).drop("_rank")
-        for name, dtype in sample.dtypes:
-            if name == "text":
-                sample = sample.withColumn("text", F.substring("text", 1, text_chars))
-            elif dtype == "binary":  # shown as text (invalid bytes become U+FFFD) so people can read it
-                sample = sample.withColumn(name, F.decode(F.substring(name, 1, text_chars), "UTF-8"))
-        lines = sorted((r[0] for r in sample.select(F.to_json(F.struct(*sample.columns))).collect()),
-                       key=lambda s: (json.loads(s).get(reason_col) or "", json.loads(s).get(order_col) or ""))
+        if "text" in sample.columns:
+            sample = sample.withColumn("text", F.substring("text", 1, text_chars))
+
+        def readable(v):  # raw payloads are shown as text; undecodable bytes as \xNN escapes
+            if isinstance(v, (bytes, bytearray)):
+                return bytes(v[:text_chars]).decode("utf-8", errors="backslashreplace")
+            if isinstance(v, dict):
+                return {k: readable(x) for k, x in v.items()}
+            return v
+
+        rows = [readable(r.asDict(recursive=True)) for r in sample.collect()]
+        lines = sorted(rows, key=lambda r: (str(r.get(reason_col)), str(r.get(order_col))))
         path = os.path.join(self.lake.root, "audit", f"{table}.jsonl")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
-            for line in lines:
-                f.write(json.dumps({"run_id": self.run_id, **json.loads(line)}, ensure_ascii=False) + "\n")
+            for row in lines:
+                f.write(json.dumps({"run_id": self.run_id, **row}, ensure_ascii=False, default=str) + "\n")
         os.replace(tmp, path)
         return path
 

@@ -1,0 +1,206 @@
+"""Ingest: every format, every quarantine reason, conservation, stable ids, idempotent and crash-safe re-runs."""
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from pyspark.sql import functions as F
+
+from jobs import ingest
+from jobs.tables import Lake
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROSE = ("The quick brown fox jumps over the lazy dog while the farmer watches from the porch. " * 3).strip()
+
+
+def make_corpus(root):
+    """A small corpus in every format with one instance of every malformation."""
+    os.makedirs(root / "web", exist_ok=True)
+    good = [{"id": f"w{i}", "url": f"https://example.org/{i}", "text": f"{PROSE} Page {i}.", "crawl": "2026"}
+            for i in range(6)]
+    lines = [json.dumps(g) for g in good[:3]]
+    lines += ['{"id": "bad1", "text": "unterminated', "[1, 2, 3]", json.dumps({"id": "nt", "body": "x"}),
+              json.dumps({"id": "num", "text": 42}), json.dumps({"id": "nul", "text": None}),
+              json.dumps({"id": "ws", "text": " \n\t "}), json.dumps({"id": "big", "text": "a" * 3000}),
+              "", json.dumps({"id": "w1", "text": "same id as an earlier record"}),
+              '{"id": "sur", "text": "lone \\ud800 surrogate"}']
+    raw = ("\n".join(lines) + "\n").encode() + b'{"id": "u8", "text": "caf\xe9 latin-1"}\n'
+    (root / "web" / "a.jsonl").write_bytes(raw)
+    with gzip.open(root / "web" / "b.jsonl.gz", "wb") as f:
+        f.write(("\n".join(json.dumps(g) for g in good[3:]) + "\n").encode())
+    os.makedirs(root / "books", exist_ok=True)
+    (root / "books" / "one.txt").write_text(PROSE + "\n\n" + PROSE + "\n")
+    (root / "books" / "empty.txt").write_text("   \n")
+    os.makedirs(root / "paras", exist_ok=True)
+    (root / "paras" / "p.txt").write_bytes(
+        b"First paragraph line one.\nline two.\n\n\nSecond paragraph.\n  \nThird \xff bad.\n")
+    os.makedirs(root / "code", exist_ok=True)
+    pq.write_table(pa.table({"path": ["a.py", "b.py", "c.py"], "content": ["print('hi')\n", None, ""],
+                             "stars": [1, 2, 3]}), root / "code" / "c.parquet", row_group_size=2)
+    os.makedirs(root / "forum", exist_ok=True)
+    (root / "forum" / "f.csv").write_bytes(
+        b'post_id,title,body\n1,Hello,"A body\nspanning lines"\n2,No body,\n3,Bad,"bad \xfe bytes"\n4,Ok,fine text\n')
+    sources = {"sources": [
+        {"name": "web", "domain": "web", "format": "jsonl", "path": str(root / "web" / "*.jsonl*"),
+         "id_field": "id", "url_field": "url"},
+        {"name": "books", "domain": "books", "format": "text", "path": str(root / "books"), "text_mode": "file"},
+        {"name": "paras", "domain": "books", "format": "text", "path": str(root / "paras" / "*.txt"),
+         "text_mode": "paragraph"},
+        {"name": "code", "domain": "code", "format": "parquet", "path": str(root / "code"), "text_field": "content",
+         "id_field": "path"},
+        {"name": "forum", "domain": "forum", "format": "csv", "path": str(root / "forum" / "*.csv"),
+         "text_field": "body", "id_field": "post_id"},
+    ]}
+    (root / "sources.yaml").write_text(yaml.safe_dump(sources))
+    return str(root / "sources.yaml")
+
+
+EXPECTED_REASONS = {"invalid_json": 1, "not_an_object": 1, "missing_text_field": 3, "text_not_string": 1,
+                    "empty_text": 4, "too_large": 1, "blank_line": 1, "duplicate_id": 1, "invalid_unicode": 1,
+                    "invalid_utf8": 3}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    return make_corpus(root)
+
+
+@pytest.fixture(scope="module")
+def ingested(spark, corpus, tmp_path_factory):
+    lake_dir = str(tmp_path_factory.mktemp("lake"))
+    assert ingest.main(["--lake", lake_dir, "--sources", corpus, "--max-doc-bytes", "2000",
+                        "--set", "ingest.chunk_bytes=200"]) == 0
+    return Lake(spark, lake_dir)
+
+
+def test_every_format_lands_with_trace(ingested):
+    docs = {r["id"]: r for r in ingested.read("documents").collect()}
+    by_source = {}
+    for r in docs.values():
+        by_source[r["source"]] = by_source.get(r["source"], 0) + 1
+    assert by_source == {"web": 6, "books": 1, "paras": 2, "code": 1, "forum": 2}
+    w0 = docs["web/w0"]
+    assert w0["url"] == "https://example.org/0" and json.loads(w0["meta"]) == {"crawl": "2026"}
+    assert w0["trace"]["line"] == 1 and w0["trace"]["byte_offset"] == 0 and w0["domain"] == "web"
+    w2 = docs["web/w2"]
+    assert w2["trace"]["line"] == 3
+    raw = open(w2["trace"]["file"] if os.path.isabs(w2["trace"]["file"]) else os.path.join(REPO, w2["trace"]["file"]),
+               "rb").read()
+    assert raw[w2["trace"]["byte_offset"]:].startswith(b'{"id": "w2"')
+    assert docs["web/w4"]["trace"]["file"].endswith("b.jsonl.gz") and docs["web/w4"]["trace"]["line"] == 2
+    assert docs["forum/1"]["text"] == "A body\nspanning lines" and docs["forum/4"]["trace"]["row"] == 4
+    assert docs["code/a.py"]["text"] == "print('hi')\n" and json.loads(docs["code/a.py"]["meta"]) == {"stars": 1}
+    paras = sorted((r["trace"]["line"], r["text"]) for r in docs.values() if r["source"] == "paras")
+    assert paras == [(1, "First paragraph line one.\nline two."), (5, "Second paragraph.")]
+    for r in docs.values():
+        assert r["n_bytes"] == len(r["text"].encode()) and r["n_tokens_est"] >= 1 and len(r["text_sha256"]) == 64
+
+
+def test_each_quarantine_reason_with_raw_payload(ingested):
+    q = ingested.read("quarantine").collect()
+    reasons = {}
+    for r in q:
+        reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+    assert reasons == EXPECTED_REASONS
+    by = {(r["reason"], r["id"]): r for r in q}
+    assert by[("invalid_json", None)]["raw"] == b'{"id": "bad1", "text": "unterminated'
+    assert by[("invalid_utf8", None)]["raw"].startswith(b'{"id": "u8"') or any(
+        r["raw"] == b'{"id": "u8", "text": "caf\xe9 latin-1"}' for r in q)
+    big = by[("too_large", "web/big")]
+    assert big["raw_length"] > 3000 and big["raw_truncated"] is False
+    dup = by[("duplicate_id", "web/w1")]
+    assert dup["raw"] == b"same id as an earlier record" and dup["trace"]["line"] == 12
+    assert all(r["trace"]["file"] for r in q)
+
+
+def test_conservation_and_metrics(ingested):
+    m = [r for r in ingested.read_arrow("metrics").to_pylist() if r["stage"] == "ingest"][-1]
+    docs, quar = ingested.read("documents").count(), ingested.read("quarantine").count()
+    assert m["docs_in"] == docs + quar == m["docs_out"] + m["docs_rejected"]
+    assert m["docs_out"] == docs and dict(m["reasons"]) == EXPECTED_REASONS
+    extra = json.loads(m["extra"])
+    assert extra["duplicate_ids"] == 1 and 0 < extra["parse_failure_rate"] < 1 and extra["docs_per_s"] > 0
+    audit = [json.loads(x) for x in open(os.path.join(ingested.root, "audit", "quarantine.jsonl"))]
+    assert {a["reason"] for a in audit} == set(EXPECTED_REASONS)
+
+
+def test_rerun_is_skipped_and_ids_are_stable(spark, corpus, ingested):
+    v_docs, v_q = ingested.version("documents"), ingested.version("quarantine")
+    ids_before = sorted(r["id"] for r in ingested.read("documents").select("id").collect())
+    args = ["--lake", ingested.root, "--sources", corpus, "--max-doc-bytes", "2000", "--set", "ingest.chunk_bytes=200"]
+    assert ingest.main(args) == 0
+    assert (ingested.version("documents"), ingested.version("quarantine")) == (v_docs, v_q)
+    assert ingest.main(args + ["--force", "--set", "ingest.chunk_bytes=1000000"]) == 0  # different task split
+    ids_after = sorted(r["id"] for r in ingested.read("documents").select("id").collect())
+    assert ids_after == ids_before
+
+
+def test_append_rerun_does_not_duplicate(spark, tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(json.dumps({"text": f"{PROSE} {i}"}) for i in range(20)) + "\n")
+    lake = str(tmp_path / "lake")
+    args = ["--lake", lake, "--input", str(src), "--format", "jsonl", "--source", "s", "--domain", "d", "--append"]
+    assert ingest.main(args) == 0 and ingest.main(args) == 0
+    assert Lake(spark, lake).read("documents").count() == 20
+
+
+def test_missing_input_is_one_line_error(tmp_path):
+    p = subprocess.run([sys.executable, os.path.join(REPO, "jobs", "ingest.py"), "--lake", str(tmp_path / "l"),
+                        "--input", str(tmp_path / "nope*.jsonl"), "--format", "jsonl", "--source", "s",
+                        "--domain", "d"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines()[-1].startswith("ingest: error: source 's': no input file matches")
+
+
+def _run_ingest(lake, corpus, env_extra=None):
+    env = {**os.environ, **(env_extra or {}), "LMR_SPARK_LOG_LEVEL": "ERROR"}
+    return subprocess.Popen([sys.executable, os.path.join(REPO, "jobs", "ingest.py"), "--lake", lake,
+                             "--sources", corpus, "--master", "local[1]", "--max-doc-bytes", "2000"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def _assert_one_copy(spark, lake_dir, reference: Lake):
+    lake = Lake(spark, lake_dir)
+    for table, key in (("documents", "id"), ("quarantine", "quarantine_id")):
+        got = sorted(r[key] for r in lake.read(table).select(key).collect())
+        want = sorted(r[key] for r in reference.read(table).select(key).collect())
+        assert got == want, table
+    m = lake.read_arrow("metrics").to_pylist()[-1]
+    assert m["docs_in"] == m["docs_out"] + m["docs_rejected"] == len(want) + lake.read("documents").count()
+
+
+def test_killed_between_commits_then_restarted_has_one_copy(spark, corpus, ingested, tmp_path):
+    lake = str(tmp_path / "lake")
+    p = _run_ingest(lake, corpus, {"LMR_FAIL_AFTER_WRITE": "documents"})
+    p.communicate(timeout=300)
+    assert p.returncode == 137
+    assert Lake(spark, lake).exists("documents") and not Lake(spark, lake).exists("quarantine")
+    p = _run_ingest(lake, corpus)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err.decode()[-2000:]
+    assert b"already holds this run's output" in err
+    _assert_one_copy(spark, lake, ingested)
+
+
+def test_killed_during_spark_write_then_restarted_has_one_copy(spark, corpus, ingested, tmp_path):
+    lake = str(tmp_path / "lake")
+    p = _run_ingest(lake, corpus)
+    deadline = time.time() + 240
+    docs_dir = os.path.join(lake, "documents")
+    while time.time() < deadline and not (os.path.isdir(docs_dir) and any(
+            d.startswith("w-") for d in os.listdir(docs_dir))):
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGKILL)  # driver and its Python workers, mid-write
+    p.communicate(timeout=60)
+    p = _run_ingest(lake, corpus)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err.decode()[-2000:]
+    _assert_one_copy(spark, lake, ingested)
