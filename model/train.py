@@ -32,7 +32,8 @@ import torch.nn.functional as F  # noqa: E402
 from jobs.cli import UserError, run_main  # noqa: E402
 from jobs.config import ConfigError, apply_overrides, load_yaml  # noqa: E402
 from jobs.session import REPO_ROOT  # noqa: E402
-from model.data import BatchLoader, PackedSplit, ShardError, bytes_per_token, eval_windows, load_manifest  # noqa: E402
+from model.data import (BatchLoader, PackedSplit, ShardError, bytes_per_token, eval_windows, load_manifest,  # noqa: E402
+                        to_device)
 from model.gpt import GPT, GPTConfig  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "conf", "model", "tiny.yaml")
@@ -189,7 +190,7 @@ def evaluate(model: GPT, val: PackedSplit, cfg: dict, rank: int, world: int, dev
     starts = eval_windows(val, T, cfg["eval_windows"], rank, world)
     tot = torch.zeros(2, dtype=torch.float64, device=device)
     for i in range(0, len(starts), B):
-        buf = torch.from_numpy(np.stack([val.read(int(s), T + 1) for s in starts[i:i + B]])).to(device)
+        buf = to_device(np.stack([val.read(int(s), T + 1) for s in starts[i:i + B]]), device)
         x, y = buf[:, :-1], buf[:, 1:]
         with autocast:
             logits, _ = model(x, y)

@@ -18,7 +18,7 @@ def trained(tmp_path_factory):
     write_packed(packed, split_docs(paragraphs_from_files(LICENSES)), shard_tokens=100_000)
     argv = ["--data", packed]
     for s in ["n_layer=2", "n_head=2", "n_embd=64", "block_size=64", "batch_size=32", "num_threads=1",
-              "max_steps=60", "eval_interval=60", "log_interval=20", "warmup_steps=10", f"out_dir={out}"]:
+              "max_steps=40", "eval_interval=40", "log_interval=20", "warmup_steps=10", f"out_dir={out}"]:
         argv += ["--set", s]
     assert run_main("train", train.main, argv) == 0
     return packed, out

@@ -76,7 +76,8 @@ def _state(out_dir):
 
 
 def test_stopped_and_resumed_run_matches_uninterrupted_bitwise(packed, tmp_path, capsys):
-    common = ["max_steps=12", "eval_interval=4", "dropout=0.1", "grad_accum=2", "batch_size=4", "warmup_steps=3"]
+    common = ["max_steps=12", "eval_interval=4", "dropout=0.1", "grad_accum=2", "batch_size=4", "warmup_steps=3",
+              "sampling=sequential"]
     a = run(packed, str(tmp_path / "a"), *common)
     b = str(tmp_path / "b")
     run(packed, b, *common, "stop_at_step=7")  # interrupted between checkpoints' regular steps
