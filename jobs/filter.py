@@ -32,7 +32,7 @@ from jobs.cli import UserError, base_parser, run_main
 from jobs.config import load_config
 from jobs.schema import estimate_tokens
 from jobs.session import get_spark
-from jobs.stage import StageRun, log
+from jobs.stage import StageRun, count_docs_tokens, log
 from jobs.tables import Lake
 
 STAGE = "filter"
@@ -235,8 +235,7 @@ def main(argv=None):
     input_cols = docs.columns
     out_schema = StructType.fromDDL(", ".join(f"`{n}` {t}" for n, t in ADDED))
     out_schema = StructType(list(docs.schema.fields) + list(out_schema.fields))
-    docs_in = docs.count()
-    tokens_in = int(docs.agg(F.coalesce(F.sum("n_tokens_est"), F.lit(0))).collect()[0][0])
+    docs_in, tokens_in = count_docs_tokens(docs)
 
     combined = docs.mapInArrow(lambda it: filter_batches(it, cfg), out_schema)
     combined = combined.persist(StorageLevel.MEMORY_AND_DISK)
@@ -272,7 +271,6 @@ def main(argv=None):
                    tokens_out=tokens_out, reasons=reasons, extra=extra)
         if cfg["audit_per_reason"] > 0:
             path = run.write_audit(rejected, args.rejected_table, per_reason=cfg["audit_per_reason"])
-            run.write_audit(kept, args.output_table, reason_col="lang", per_reason=cfg["audit_per_reason"])
             log(f"filter: audit sample per reason in {path}")
     finally:
         combined.unpersist()

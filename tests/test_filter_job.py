@@ -1,0 +1,219 @@
+"""The filter stage end to end: real Spark, real Delta tables, real lid.176, the real quality heuristics."""
+import collections
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jobs import filter as filter_job
+from jobs.schema import DOCUMENT_COLUMNS, document_row, documents_df, estimate_tokens
+from udfs.classifier import score_texts, train_classifier
+from udfs.langid import langid_reason, predict_languages
+from udfs.quality import check_quality
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(REPO, "tests", "data", "langid", "paragraphs.jsonl")
+
+
+def _h(*parts) -> int:
+    return int(hashlib.md5("|".join(map(str, parts)).encode()).hexdigest()[:8], 16)
+
+
+def make_docs() -> list[dict]:
+    """~300 varied documents built from the shipped real paragraphs: English prose, prose with boilerplate lines,
+    nine other languages, mixed-language, too short, repeated, list-like, empty, numeric and lorem-ipsum docs."""
+    by = collections.defaultdict(list)
+    with open(DATA, encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            by[r["lang"]].append(r["text"])
+    others = sorted(k for k in by if k != "en")
+
+    def paras(lang, i, k):
+        return [by[lang][_h(lang, i, j) % len(by[lang])] for j in range(k)]
+
+    out = []
+    for i in range(120):
+        out.append(("en_prose", "\n\n".join(paras("en", i, 3 + i % 4))))
+    for i in range(30):
+        ps = paras("en", 1000 + i, 4)
+        ps.insert(2, "Please enable JavaScript to view this page.")
+        ps.append("Click here to accept our cookie policy and terms of use.")
+        out.append(("en_boiler_lines", "\n".join(ps)))
+    for i in range(72):
+        lang = others[i % len(others)]
+        out.append((f"foreign_{lang}", "\n\n".join(paras(lang, i, 3 + i % 3))))
+    for i in range(20):
+        out.append(("en_short", paras("en", 2000 + i, 1)[0].split(". ")[0] + "."))
+    for i in range(20):
+        out.append(("en_repeated", "\n".join(paras("en", 3000 + i, 1) * (5 + i % 5))))
+    for i in range(20):
+        words = " ".join(paras("en", 4000 + i, 3)).split()
+        out.append(("en_list", "\n".join(" ".join(words[j:j + 4]) for j in range(0, len(words), 4))))
+    for i in range(12):
+        out.append(("mixed", "\n\n".join(paras("en", 5000 + i, 1) + paras("de", i, 1) + paras("fr", i, 1)
+                                          + paras("ru", i, 1))))
+    out += [("empty", ""), ("blank", "   \n\n  "), ("numbers", " ".join(str(_h(i)) for i in range(80))),
+            ("lorem", "Lorem ipsum dolor sit amet. " + "\n\n".join(paras("en", 9000, 4)))]
+    return [document_row(f"doc-{_h('id', i):08x}-{i}", text, source="paragraphs", domain=kind)
+            for i, (kind, text) in enumerate(out)]
+
+
+def python_loop(docs, languages=("en",), threshold=0.65, quality=None, clf=None, clf_threshold=0.5):
+    """The same udfs called document by document, no Spark: {id: (reason, lang, clean_text, quality_score)}."""
+    out = {}
+    for d in docs:
+        lang, score = predict_languages([d["text"]])[0]
+        reason, clean, qs = langid_reason(lang, score, languages, threshold), None, None
+        if reason is None:
+            q = check_quality(d["text"], quality)
+            reason, clean = q.reason, q.text
+        if reason is None and clf is not None:
+            qs = score_texts([clean], clf, "hq")[0]
+            reason = None if qs >= clf_threshold else "classifier:low_score"
+        out[d["id"]] = (reason, lang, clean, qs)
+    return out
+
+
+@pytest.fixture(scope="module")
+def filtered_lake(spark, tmp_path_factory):
+    from jobs.tables import Lake
+
+    root = str(tmp_path_factory.mktemp("filter") / "lake")
+    docs = make_docs()
+    lake = Lake(spark, root)
+    lake.write(documents_df(spark, docs).repartition(3), "documents")
+    assert filter_job.main(["--lake", root]) == 0
+    return {"root": root, "lake": lake, "docs": docs, "ref": python_loop(docs)}
+
+
+def _rows(lake, table):
+    return {r["id"]: r for r in lake.read_arrow(table).to_pylist()}
+
+
+def test_spark_equals_python_loop(filtered_lake):
+    lake, ref, docs = filtered_lake["lake"], filtered_lake["ref"], filtered_lake["docs"]
+    kept, rej = _rows(lake, "filtered"), _rows(lake, "rejected")
+    assert set(kept) == {i for i, v in ref.items() if v[0] is None}
+    assert {i: r["reason"] for i, r in rej.items()} == {i: v[0] for i, v in ref.items() if v[0] is not None}
+    # a varied set: kept docs, langid rejections and several heuristic families
+    reasons = collections.Counter(r["reason"].split(":")[0] for r in rej.values())
+    assert len(kept) >= 80 and reasons["langid"] >= 70 and reasons["gopher_repetition"] >= 20
+    assert reasons["gopher_quality"] >= 5 and reasons["c4"] >= 5
+    for i, r in {**kept, **rej}.items():
+        assert r["lang"] == ref[i][1]
+    # German documents are rejected with their language as the reason
+    by_id = {d["id"]: d for d in docs}
+    assert all(rej[i]["reason"] == "langid:de" for i in rej if by_id[i]["domain"] == "foreign_de")
+
+
+def test_conservation_and_columns(filtered_lake):
+    lake, docs = filtered_lake["lake"], filtered_lake["docs"]
+    kept, rej = _rows(lake, "filtered"), _rows(lake, "rejected")
+    assert len(kept) + len(rej) == len(docs) and not set(kept) & set(rej)
+    assert set(kept) | set(rej) == {d["id"] for d in docs}
+    by_id = {d["id"]: d for d in docs}
+    changed = 0
+    for i, r in kept.items():
+        clean = check_quality(by_id[i]["text"]).text
+        b = clean.encode("utf-8")
+        assert r["text"] == clean and r["n_bytes"] == len(b) and r["n_tokens_est"] == estimate_tokens(len(b))
+        assert r["text_sha256"] == hashlib.sha256(b).hexdigest() and r["n_bytes_raw"] == by_id[i]["n_bytes"]
+        assert isinstance(r["quality_signals"], list) and dict(r["quality_signals"])["word_count"] >= 50
+        assert r["lang"] == "en" and r["lang_score"] >= 0.65 and "reason" not in r
+        changed += clean != by_id[i]["text"]
+    assert changed > 0  # C4 line cleaning removed the JavaScript/cookie lines somewhere
+    for i, r in rej.items():
+        for c in DOCUMENT_COLUMNS:  # rejected rows carry the input record unchanged
+            assert r[c] == by_id[i][c], c
+    assert "quality_score" not in next(iter(kept.values()))
+
+
+def test_metrics_and_audit(filtered_lake):
+    lake, docs, ref = filtered_lake["lake"], filtered_lake["docs"], filtered_lake["ref"]
+    rows = [r for r in lake.read_arrow("metrics").to_pylist() if r["stage"] == "filter"]
+    assert len(rows) == 1
+    m = rows[0]
+    n_kept = sum(v[0] is None for v in ref.values())
+    assert (m["docs_in"], m["docs_out"], m["docs_rejected"]) == (len(docs), n_kept, len(docs) - n_kept)
+    assert m["tokens_in"] == sum(d["n_tokens_est"] for d in docs)
+    assert m["tokens_out"] == sum(d["n_tokens_est"] for d in docs if ref[d["id"]][0] is None)
+    assert dict(m["reasons"]) == dict(collections.Counter(v[0] for v in ref.values() if v[0] is not None))
+    extra = json.loads(m["extra"])
+    assert extra["languages_in"] == dict(collections.Counter(v[1] for v in ref.values()))
+    assert extra["languages_kept"] == {"en": n_kept}
+    with open(os.path.join(filtered_lake["root"], "audit", "rejected.jsonl")) as f:
+        audit = [json.loads(line) for line in f]
+    per_reason = collections.Counter(a["reason"] for a in audit)
+    assert set(per_reason) == set(dict(m["reasons"])) and max(per_reason.values()) <= 5
+
+
+def test_rerun_is_skipped(filtered_lake):
+    lake, root = filtered_lake["lake"], filtered_lake["root"]
+    before = {t: (lake.version(t), lake.read_arrow(t).num_rows) for t in ("filtered", "rejected", "metrics")}
+    assert filter_job.main(["--lake", root]) == 0
+    after = {t: (lake.version(t), lake.read_arrow(t).num_rows) for t in ("filtered", "rejected", "metrics")}
+    assert before == after
+
+
+def test_set_override_changes_decisions(filtered_lake):
+    lake, root, docs = filtered_lake["lake"], filtered_lake["root"], filtered_lake["docs"]
+    de_ids = {d["id"] for d in docs if d["domain"] == "foreign_de"}
+    # German passes language ID, and the Gopher stop-word rule (English stop words) is relaxed for it
+    sets = ["--set", "filter.langid.languages=en,de", "--set", "filter.quality.gopher_quality.min_stop_words=0"]
+    assert filter_job.main(["--lake", root, "--output-table", "filtered_ende", "--rejected-table", "rejected_ende"]
+                           + sets) == 0
+    kept, rej = _rows(lake, "filtered_ende"), _rows(lake, "rejected_ende")
+    ref = python_loop(docs, languages=["en", "de"], quality={"gopher_quality": {"min_stop_words": 0}})
+    assert set(kept) == {i for i, v in ref.items() if v[0] is None}
+    assert {i: r["reason"] for i, r in rej.items()} == {i: v[0] for i, v in ref.items() if v[0] is not None}
+    kept_de = de_ids & set(kept)
+    assert len(kept_de) >= 3 and all(kept[i]["lang"] == "de" for i in kept_de)
+    assert not de_ids & set(_rows(lake, "filtered"))  # the default run kept none of them
+
+
+def test_classifier_applied(filtered_lake, tmp_path):
+    from tests.test_classifier import junk_examples
+
+    lake, root, docs, ref = (filtered_lake[k] for k in ("lake", "root", "docs", "ref"))
+    with open(DATA, encoding="utf-8") as f:
+        prose = [json.loads(line)["text"] for line in f]
+    model = train_classifier(prose + junk_examples(600), ["hq"] * 600 + ["lq"] * 600)
+    path = str(tmp_path / "quality.bin")
+    model.save_model(path)
+    # threshold between the two middle distinct scores of the heuristic survivors, so both outcomes occur
+    scores = sorted(set(score_texts([v[2] for v in ref.values() if v[0] is None], model, "hq")))
+    assert len(scores) >= 10
+    thr = (scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2
+    assert filter_job.main(["--lake", root, "--output-table", "filtered_clf", "--rejected-table", "rejected_clf",
+                            "--set", f"filter.classifier.model_path={path}",
+                            "--set", f"filter.classifier.threshold={thr!r}"]) == 0
+    kept, rej = _rows(lake, "filtered_clf"), _rows(lake, "rejected_clf")
+    ref_c = python_loop(docs, clf=model, clf_threshold=thr)
+    assert set(kept) == {i for i, v in ref_c.items() if v[0] is None}
+    assert {i: r["reason"] for i, r in rej.items()} == {i: v[0] for i, v in ref_c.items() if v[0] is not None}
+    n_clf = sum(r["reason"] == "classifier:low_score" for r in rej.values())
+    assert n_clf >= 10 and len(kept) >= 10
+    for i, r in kept.items():
+        assert r["quality_score"] == pytest.approx(ref_c[i][3], abs=1e-6) and r["quality_score"] >= thr
+    for r in rej.values():
+        assert (r["quality_score"] is not None) == (r["reason"] == "classifier:low_score")
+
+
+def test_missing_input_table_and_help(tmp_path, spark, capsys):
+    rc = filter_job.run_main("filter", filter_job.main, ["--lake", str(tmp_path / "nolake")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "input table 'documents' not found" in err
+    rc = filter_job.run_main("filter", filter_job.main, ["--lake", str(tmp_path / "nolake"),
+                                                         "--set", "filter.quality.gopher_quality.nope=1"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "nope" in err
+    out = subprocess.run([sys.executable, os.path.join(REPO, "jobs", "filter.py"), "--help"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    for opt in ("--lake", "--conf", "--set", "--input-table", "--output-table", "--rejected-table", "--force",
+                "filter.langid.languages", "filter.classifier.model_path", "langid:low_score"):
+        assert opt in out.stdout, opt
