@@ -21,7 +21,6 @@ compares with ours. Words are datatrove's tokens (punctuation marks count as tok
 """
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -569,9 +568,11 @@ _CHECKERS: dict[str, QualityChecker] = {}
 
 def get_checker(conf: Mapping | None = None) -> QualityChecker:
     """A cached QualityChecker per distinct config (one per Python worker process in Spark)."""
-    key = json.dumps(conf, sort_keys=True, default=str)
+    key = repr(conf)  # not json: a --set override can mix int and str n-gram keys
     checker = _CHECKERS.get(key)
     if checker is None:
+        if len(_CHECKERS) >= 32:
+            _CHECKERS.clear()
         checker = _CHECKERS[key] = QualityChecker(conf)
     return checker
 

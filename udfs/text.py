@@ -37,22 +37,26 @@ PUNCTUATION_SET = frozenset(PUNCTUATION) | TERMINAL_PUNCTUATION
 # tokens that are all punctuation (the tokenizer emits punctuation one character at a time, except "...")
 _SYMBOL_TOKENS = PUNCTUATION_SET | {"..."}
 
-# Like spaCy's English tokenizer: split on whitespace, peel punctuation (_PRE) off the front and (_SUF) off the back of
-# each chunk one character at a time, split inside at hyphens, dashes, slashes and '=', and split off the clitics
-# n't 's 're 've 'll 'd 'm. Apostrophes inside a chunk always split ("O'Neil" -> O ' Neil; spaCy keeps it).
+# Like spaCy's English tokenizer: split on whitespace; peel punctuation (_PRE) off the front and (_SUF) off the back
+# of each chunk one character at a time; split inside a chunk where spaCy's infix rules do (_SPLIT: a hyphen or dash
+# between letters, : < > = / before a letter, '.' between a lower- and an upper-case letter, ',' between letters,
+# + - * ^ between digits) and before the clitics n't 's 're 've 'll 'd 'm. "):" stays one token (an emoticon).
 _BOTH = "()[]{}<>_#*&,:;!?\"'`\u2018\u2019\u201c\u201d\u00ab\u00bb\u201e\u2026\u00bf\u00a1"
-_PRE = _BOTH + "$\u00a3\u20ac\u00a5=\u2014"
-_SUF = _BOTH + ".%\u00b0"
-_INF = "-\u2013\u2014/='\u2019"
-_PRE, _SUF, _INF = ("".join("\\" + c for c in chars) for chars in (_PRE, _SUF, _INF))  # escaped for [...]
+_PRE, _SUF = _BOTH + "$\u00a3\u20ac\u00a5=\u2014", _BOTH + ".%\u00b0"
+_PRE, _SUF = ("".join("\\" + c for c in chars) for chars in (_PRE, _SUF))  # escaped for [...]
+_LETTER = r"[^\W\d_]"
+_CLITIC = rf"(?:n['\u2019]t|['\u2019](?i:s|re|ve|ll|d|m))(?![^\s{_SUF}])"
+_INFIX = (rf"(?:(?<={_LETTER})[\-\u2013\u2014~](?={_LETTER})|(?<=[^\W_])[:<>=/](?={_LETTER})"
+          rf"|(?<=[a-z])\.(?=[A-Z])|(?<={_LETTER}),(?={_LETTER})|(?<=[0-9])[+\-*^](?=[0-9\-]))")
+_SPLIT = rf"(?:{_INFIX}|(?<={_LETTER}){_CLITIC})"
 _TOKEN_RE = re.compile(
     r"(?:https?://|www\.)[^\s<>\"'()\[\]{}]*[^\s<>\"'()\[\]{}.,;:!?]"  # URL, without trailing punctuation
     r"|(?<!\S)(?:(?:[A-Za-z]\.){2,}|(?:Mr|Mrs|Ms|Dr|St|Jr|Sr|Prof|vs|etc)\.)(?!\S)"  # U.S. e.g. Mr. etc.
-    rf"|[^\W\d_]+(?=n['\u2019]t(?![^\s{_SUF}]))"                     # "do" of "don't"
-    rf"|(?<=[^\W\d_])(?:n['\u2019]t|['\u2019](?i:s|re|ve|ll|d|m))(?![^\s{_SUF}])"  # clitic
-    rf"|[^\s{_PRE}{_SUF}{_INF}](?:[^\s{_INF}]*[^\s{_SUF}{_INF}])?"  # chunk core
-    r"|\.\.\.|--+"                                                 # ellipsis, double dash
-    r"|\S"                                                        # any other character, one at a time
+    rf"|(?<={_LETTER}){_CLITIC}"                                         # clitic
+    rf"|{_INFIX}"                                                        # infix: one character
+    rf"|[^\s{_PRE}{_SUF}](?:(?:(?!{_SPLIT})\S)*(?!{_SPLIT})[^\s{_SUF}])?"  # chunk core
+    r"|\.\.\.|--+|\):(?!\S)"                                            # ellipsis, double dash, "):"
+    r"|\S"                                                             # any other character, one at a time
 )
 _PARAGRAPH_RE = re.compile(r"\n{2,}")
 _LINES_RE = re.compile(r"\n+")
