@@ -80,6 +80,7 @@ def build_parser():
                         "tokenizer (pack.report_tokenizers plus the packing tokenizer)")
     p.add_argument("--report-only", action="store_true", help="write the compression report and do not pack")
     p.add_argument("--report-tokenizers", default=None, help="comma-separated tokenizers for the report")
+    p.set_defaults(input_table=None)  # None: pack.input_table from the config, else mixed
     return p
 
 
@@ -608,6 +609,7 @@ def main(argv=None):
     cfg.setdefault("seed", 1337)
     cfg.setdefault("shard_tokens", 50_000_000)
     cfg.setdefault("nanogpt_bins", False)
+    args.input_table = args.input_table or cfg.get("input_table") or "mixed"
     spark = get_spark("lmrefinery-pack", master=args.master)
     lake = Lake(spark, args.lake)
     version = lake.version(args.input_table)
@@ -639,7 +641,7 @@ def main(argv=None):
 
     out_dir = os.path.abspath(args.out or os.path.join(lake.root, "packed"))
     enc = load_encoding(resolve_spec(str(cfg["tokenizer"])))
-    run_cfg = {k: v for k, v in cfg.items() if k != "report_tokenizers"}
+    run_cfg = {k: v for k, v in cfg.items() if k not in ("report_tokenizers", "input_table")}
     run = StageRun(lake, "pack", run_cfg, args.input_table, [], force=args.force,
                    input_version=version, extra_key={"ranks_sha256": ranks_sha256(enc), "out": out_dir})
     if run.already_done(quiet=True) and _still_there(out_dir, run.run_key):
