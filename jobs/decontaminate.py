@@ -1,6 +1,6 @@
 """Decontamination: remove (or excise) text that overlaps benchmark items by word n-grams.
 
-    python jobs/decontaminate.py --lake ./lake --benchmarks 'data/benchmarks/*.jsonl' [--ngram 13] [--policy drop|excise]
+    python jobs/decontaminate.py --lake ./lake --benchmarks 'data/benchmarks/*.jsonl' [--ngram 13] [--policy excise]
 
 Reads `deduped` (--input-table), writes `decontaminated` (clean documents, and excised documents with the
 `excised` column listing what was cut) and `contaminated` (every affected document in its original form with
@@ -30,6 +30,9 @@ from jobs.stage import StageRun, count_docs_tokens, log  # noqa: E402
 from jobs.tables import Lake, TableError  # noqa: E402
 from udfs import ngrams as ng  # noqa: E402
 
+DEFAULTS = {"ngram": 13, "policy": "drop", "fields": list(ng.DEFAULT_FIELDS), "id_field": "id", "segment": "item",
+            "min_words": 8, "excise_window": 200, "excise_min_piece": 200, "excise_max_pieces": 10,
+            "broadcast_max_ngrams": 1_000_000}
 MATCH_DDL = "array<struct<benchmark:string,item_id:string,ngram:string,n_ngrams:bigint>>"
 
 
@@ -217,14 +220,10 @@ def decide(spark, docs, items, cfg):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     conf = load_config(args.conf, args.overrides)
-    cfg = dict(conf.get("decontaminate") or {})
+    cfg = {**DEFAULTS, **(conf.get("decontaminate") or {})}
     for key, val in (("benchmarks", args.benchmarks), ("ngram", args.ngram), ("policy", args.policy)):
         if val is not None:
             cfg[key] = val
-    cfg.setdefault("ngram", 13); cfg.setdefault("policy", "drop"); cfg.setdefault("fields", list(ng.DEFAULT_FIELDS))
-    cfg.setdefault("id_field", "id"); cfg.setdefault("segment", "item"); cfg.setdefault("min_words", 8)
-    cfg.setdefault("excise_window", 200); cfg.setdefault("excise_min_piece", 200); cfg.setdefault("excise_max_pieces", 10)
-    cfg.setdefault("broadcast_max_ngrams", 1_000_000)
     if int(cfg["ngram"]) < 1:
         raise UserError(f"--ngram must be >= 1, got {cfg['ngram']}")
     if cfg["policy"] not in ("drop", "excise"):
@@ -253,8 +252,8 @@ def main(argv=None):
     docs = lake.read(args.input_table, version=run.input_version)
     decided, path, n_grams, bc = decide(spark, docs, items, cfg)
     decided = decided.persist(StorageLevel.MEMORY_AND_DISK)
-    log(f"decontaminate: {len(items)} benchmark items from {len(paths)} file(s), {n_grams} n-grams (n={cfg['ngram']}), "
-        f"{path} path, policy {cfg['policy']}")
+    log(f"decontaminate: {len(items)} benchmark items from {len(paths)} file(s), {n_grams} n-grams "
+        f"(n={cfg['ngram']}), {path} path, policy {cfg['policy']}")
 
     added = ("benchmark", "item_id", "ngram", "matches", "action", "reason")
     clean = (decided.where(F.col("_dest") == "out")
@@ -263,9 +262,9 @@ def main(argv=None):
              .select(*[c for c in docs.columns if c != "excised"], "excised"))
     first = F.element_at("_matches", 1)
     contaminated = (decided.where(F.col("_dest") == "contaminated")
-                    .select(*[c for c in docs.columns if c not in added], first["benchmark"].alias("benchmark"), first["item_id"].alias("item_id"),
-                            first["ngram"].alias("ngram"), F.col("_matches").alias("matches"),
-                            F.col("_action").alias("action"), F.col("_reason").alias("reason")))
+                    .select(*[c for c in docs.columns if c not in added], first["benchmark"].alias("benchmark"),
+                            first["item_id"].alias("item_id"), first["ngram"].alias("ngram"),
+                            F.col("_matches").alias("matches"), F.col("_action").alias("action"), F.col("_reason").alias("reason")))
     run.write(clean, args.output_table)
     run.write(contaminated, args.contaminated_table)
 
@@ -332,7 +331,8 @@ def contamination_report_rows(by_name: dict, info: dict) -> dict:
 
 
 def format_report(doc: dict) -> str:
-    head = f"{'benchmark':<24} {'items':>7} {'checked':>8} {'matched':>8} {'docs affected':>14} {'dropped':>8} {'excised':>8}"
+    head = (f"{'benchmark':<24} {'items':>7} {'checked':>8} {'matched':>8} {'docs affected':>14} {'dropped':>8} "
+            f"{'excised':>8}")
     lines = [f"contamination report (policy {doc['policy']}, {doc['ngram']}-grams, {doc['path']} path)", head,
              "-" * len(head)]
     for name, r in doc["benchmarks"].items():
