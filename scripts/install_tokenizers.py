@@ -55,8 +55,9 @@ def _download(package: str, extra: list[str], dest: str) -> str:
            "-d", dest, *extra, package]
     _log(" ".join(cmd[2:]))
     subprocess.run(cmd, check=True)
-    stem = package.replace("-", "_")
-    found = sorted(glob.glob(os.path.join(dest, f"{stem}-*")) + glob.glob(os.path.join(dest, f"{package}-*")))
+    name = package.split("==")[0]
+    found = sorted(set(glob.glob(os.path.join(dest, f"{name.replace('-', '_')}-*"))
+                       + glob.glob(os.path.join(dest, f"{name}-*"))))
     if not found:
         raise RuntimeError(f"pip download of {package} produced no archive in {dest}")
     return found[-1]
