@@ -6,18 +6,27 @@ DataFrames of edges oriented (u, v) with u > v:
 * Large-Star: every node u links each larger neighbour v to m(u) = min(Γ(u) ∪ {u}).
 * Small-Star: every node u links itself and each smaller neighbour v to m = min of its smaller neighbours.
 
-Rounds repeat until the edge set no longer changes; it then is a set of stars whose centres are the smallest node
-of each component, reached in O(log^2 n) rounds. Every round's edges are checkpointed (reliable checkpoint when
+Rounds repeat until the edges form stars whose centres are the smallest node of each component (the algorithm's
+fixed point, reached in O(log^2 n) rounds; already true before the first round for most dedup graphs). Every round's edges are checkpointed (reliable checkpoint when
 the context has a checkpoint dir, else localCheckpoint) so the lineage stays one round long.
 """
 from __future__ import annotations
 
 
 def _cut(df):
+    """Cut the lineage; lazy, so the next action both materialises and uses it (one Spark job, not two)."""
     sc = df.sparkSession.sparkContext
     if sc.getCheckpointDir():
-        return df.checkpoint(eager=True)
-    return df.localCheckpoint(eager=True)
+        return df.checkpoint(eager=False)
+    return df.localCheckpoint(eager=False)
+
+
+def _is_star_forest(e) -> bool:
+    """True when no smaller endpoint is also a larger one: every component is then a star around its smallest
+    node, which is the fixed point of the algorithm (one Spark job)."""
+    from pyspark.sql import functions as F
+
+    return e.join(e.select(F.col("u").alias("v")), "v", "left_semi").count() == 0
 
 
 def connected_components(edges, src: str = "src", dst: str = "dst", max_iterations: int = 60):
@@ -31,9 +40,8 @@ def connected_components(edges, src: str = "src", dst: str = "dst", max_iteratio
          .select(F.greatest("a", "b").alias("u"), F.least("a", "b").alias("v"))
          .distinct())
     e = _cut(e)
-    n_edges = e.count()
     rounds = 0
-    while True:
+    while not _is_star_forest(e):
         if rounds >= max_iterations:
             raise RuntimeError(f"connected components did not converge in {max_iterations} rounds")
         rounds += 1
@@ -47,12 +55,7 @@ def connected_components(edges, src: str = "src", dst: str = "dst", max_iteratio
         small = (s.where(F.col("v") != F.col("m")).select(F.col("v").alias("u"), F.col("m").alias("v"))
                  .unionByName(s.select("u", F.col("m").alias("v")))
                  .distinct())
-        small = _cut(small)
-        n_small = small.count()
-        if n_small == n_edges and small.subtract(e).isEmpty():
-            e = small
-            break
-        e, n_edges = small, n_small
+        e = _cut(small)
     comp = (e.select(F.col("u").alias("node"), F.col("v").alias("component"))
             .unionByName(e.select(F.col("v").alias("node"), F.col("v").alias("component")))
             .distinct())

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from jobs.cli import UserError, base_parser, run_main  # noqa: E402
 from jobs.config import load_config  # noqa: E402
 from jobs.session import get_spark  # noqa: E402
-from jobs.stage import StageRun, count_docs_tokens, log  # noqa: E402
+from jobs.stage import StageRun, log  # noqa: E402
 from jobs.tables import Lake  # noqa: E402
 
 VERIFY_MODES = ("exact", "estimate", "none")
@@ -153,8 +153,9 @@ def _verify_fn(params: dict):
 
 # ---- Spark plan -----------------------------------------------------------------------------------------------------
 def _cut(df):
+    """Cut the lineage; lazy: the next action (a count) materialises it in the same Spark job."""
     sc = df.sparkSession.sparkContext
-    return df.checkpoint(eager=True) if sc.getCheckpointDir() else df.localCheckpoint(eager=True)
+    return df.checkpoint(eager=False) if sc.getCheckpointDir() else df.localCheckpoint(eager=False)
 
 
 def find_duplicates(df, params: dict, timings: dict | None = None):
@@ -197,6 +198,7 @@ def find_duplicates(df, params: dict, timings: dict | None = None):
         removed = exact_dups.select("id", F.col("exact_cluster").alias("cluster_id"),
                                     F.col("exact_kept").alias("kept_id"), F.lit("exact").alias("method"), "n_tokens")
         removed = _cut(removed)
+        removed.count()
         keys.unpersist()
         return removed, info
 
@@ -209,11 +211,14 @@ def find_duplicates(df, params: dict, timings: dict | None = None):
     all_pairs = F.expr("flatten(transform(sequence(0, size(ids) - 2), i -> "
                        "transform(sequence(i + 1, size(ids) - 1), j -> named_struct('a', ids[i], 'b', ids[j]))))")
     star = F.expr("transform(slice(ids, 2, size(ids) - 1), x -> named_struct('a', ids[0], 'b', x))")
-    pairs = (buckets.select(F.explode(F.when(F.size("ids") <= cap, all_pairs).otherwise(star)).alias("p"))
-             .select(F.col("p.a").alias("src"), F.col("p.b").alias("dst")).distinct())
+    pairs = (buckets.select(F.explode(F.when(F.size("ids") <= cap, all_pairs).otherwise(star)).alias("p"),
+                            F.size("ids").alias("bucket_size"))
+             .groupBy(F.col("p.a").alias("src"), F.col("p.b").alias("dst"))
+             .agg(F.max("bucket_size").alias("bucket_size")))
     pairs = _cut(pairs)
-    info["candidate_pairs"] = pairs.count()
-    info["largest_bucket"] = int(buckets.agg(F.coalesce(F.max(F.size("ids")), F.lit(0))).collect()[0][0])
+    agg = pairs.agg(F.count(F.lit(1)).alias("n"), F.max("bucket_size").alias("b")).collect()[0]
+    info["candidate_pairs"], info["largest_bucket"] = int(agg["n"]), int(agg["b"] or 0)
+    pairs = pairs.select("src", "dst")
     timings["lsh_candidates"] = round(time.time() - t0, 3)
 
     # 3. verification of candidate pairs
@@ -228,13 +233,17 @@ def find_duplicates(df, params: dict, timings: dict | None = None):
                   .select("src", "dst", "text_a", "text_b"))
         sims = joined.mapInArrow(_verify_fn(params), "src string, dst string, sim double")
         edges = _cut(sims.where(F.col("sim") >= float(params["threshold"])).select("src", "dst"))
-        texts.unpersist()
     info["verified_pairs"] = edges.count()
+    if params["verify"] != "none":
+        texts.unpersist()
     timings["verify"] = round(time.time() - t0, 3)
 
     # 4. clusters = connected components of the verified pairs
     t0 = time.time()
-    comp, rounds = connected_components(edges, max_iterations=int(params["cc_max_iterations"]))
+    if info["verified_pairs"]:
+        comp, rounds = connected_components(edges, max_iterations=int(params["cc_max_iterations"]))
+    else:
+        comp, rounds = edges.sparkSession.createDataFrame([], "node string, component string"), 0
     info["cc_rounds"] = rounds
     timings["components"] = round(time.time() - t0, 3)
 
@@ -252,6 +261,7 @@ def find_duplicates(df, params: dict, timings: dict | None = None):
         "id", F.coalesce("final_cluster", "exact_cluster").alias("cluster_id"),
         F.coalesce("final_kept", "exact_kept").alias("kept_id"), F.lit("exact").alias("method"), "n_tokens")
     removed = _cut(exact_final.unionByName(near_dups))
+    removed.count()
     timings["resolve"] = round(time.time() - t0, 3)
     keys.unpersist()
     return removed, info
@@ -273,6 +283,14 @@ def cluster_size_histogram(removed) -> dict:
             label = f"{hi // 2 + 1}-{hi}"
         hist[label] = hist.get(label, 0) + int(r["count"])
     return hist
+
+
+def _written_rows(lake, run, table) -> int:
+    """Rows of the table version this run wrote (from the Parquet footers when the table layer reports them)."""
+    res = run.writes.get(table)
+    if res is not None and not res.skipped and res.num_rows >= 0:
+        return res.num_rows
+    return lake.read(table).count()
 
 
 def main(argv=None):
@@ -310,25 +328,25 @@ def main(argv=None):
 
     # counts from what was written, so the conservation check is about the tables, not the plan
     has_tokens = "n_tokens_est" in df.columns
-    written_out = lake.read(args.output_table)
-    docs_out, tokens_out = count_docs_tokens(written_out) if has_tokens else (written_out.count(), None)
-    docs_dup = lake.read(args.duplicates_table).count()
+    docs_out, docs_dup = (_written_rows(lake, run, t) for t in (args.output_table, args.duplicates_table))
     by_method = {r["method"]: (int(r["d"]), int(r["t"] or 0)) for r in
                  removed.groupBy("method").agg(F.count(F.lit(1)).alias("d"), F.sum("n_tokens").alias("t")).collect()}
     exact_d, exact_t = by_method.get("exact", (0, 0))
     near_d, near_t = by_method.get("minhash", (0, 0))
+    hist = cluster_size_histogram(removed)
     extra = {
         "exact": {"docs_removed": exact_d, "tokens_removed": exact_t},
         "minhash": {"docs_removed": near_d, "tokens_removed": near_t},
-        "cluster_size_histogram": cluster_size_histogram(removed),
-        "clusters": int(removed.select("kept_id").distinct().count()),
+        "cluster_size_histogram": hist,
+        "clusters": sum(hist.values()),
         "params": {k: params[k] for k in ("threshold", "ngram", "num_perm", "bands", "rows", "seed", "scheme",
                                           "verify", "exact_only", "strip_punctuation", "quality_column")},
         "timings_s": timings,
         **{k: v for k, v in info.items() if k not in ("docs_in", "tokens_in")},
     }
     run.finish(docs_in=info["docs_in"], docs_out=docs_out, docs_rejected=docs_dup,
-               tokens_in=info["tokens_in"] if has_tokens else None, tokens_out=tokens_out,
+               tokens_in=info["tokens_in"] if has_tokens else None,
+               tokens_out=info["tokens_in"] - exact_t - near_t if has_tokens else None,
                reasons={"exact": exact_d, "minhash": near_d}, extra=extra)
     run.write_audit(lake.read(args.duplicates_table), args.duplicates_table, reason_col="method")
     return 0

@@ -59,9 +59,10 @@ def sample_texts(df, budget: int, seed: int):
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    docs = df.where(F.col("text").isNotNull()).select("id", "text")
-    if "epoch_copy" in df.columns:
-        docs = df.where(F.col("text").isNotNull()).dropDuplicates(["id"]).select("id", "text")
+    docs = df.where(F.col("text").isNotNull())
+    if "epoch_copy" in df.columns:  # repeated documents would weigh their pre-tokens twice
+        docs = docs.dropDuplicates(["id"])
+    docs = docs.select("id", "text")
     keyed = docs.select("id", F.xxhash64(F.lit(seed), F.col("id")).alias("r"),
                         F.octet_length("text").alias("nb"))
     w = Window.orderBy("r", "id").rowsBetween(Window.unboundedPreceding, Window.currentRow)

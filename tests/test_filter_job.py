@@ -32,8 +32,8 @@ def make_docs() -> list[dict]:
             by[r["lang"]].append(r["text"])
     others = sorted(k for k in by if k != "en")
 
-    def paras(lang, i, k):
-        return [by[lang][_h(lang, i, j) % len(by[lang])] for j in range(k)]
+    def paras(lang, i, k):  # k distinct paragraphs, chosen by hash
+        return [by[lang][j] for j in sorted(range(len(by[lang])), key=lambda j: _h(lang, i, j))[:k]]
 
     out = []
     for i in range(120):
@@ -46,6 +46,8 @@ def make_docs() -> list[dict]:
     for i in range(72):
         lang = others[i % len(others)]
         out.append((f"foreign_{lang}", "\n\n".join(paras(lang, i, 3 + i % 3))))
+    for i in range(12):
+        out.append(("foreign_de", "\n\n".join(paras("de", 100 + i, 3 + i % 3))))
     for i in range(20):
         out.append(("en_short", paras("en", 2000 + i, 1)[0].split(". ")[0] + "."))
     for i in range(20):

@@ -29,7 +29,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from udfs.text import TERMINAL_PUNCTUATION, Doc, split_lines_nonempty, split_paragraphs
+from udfs.text import TERMINAL_PUNCTUATION, Doc, count_sentences, split_lines_nonempty, split_paragraphs
 
 
 @dataclass
@@ -302,25 +302,6 @@ class GopherQuality:
 POLICY_SUBSTRINGS = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies",
                      "use cookies")
 _CITATION_RE = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
-# A sentence boundary inside a line: terminal mark(s), optional closing quotes/brackets, whitespace, more text.
-# A single '.' after a common abbreviation or a lone letter is not a boundary (spaCy keeps "Mr." as one token).
-_SENT_BOUNDARY_RE = re.compile(
-    r"(\w*)(\.+|[!?\u2026\u3002\uff01\uff1f]+)['\"\u201d\u2019)\]]*\s+(?=\S)"
-)
-_ABBREVIATIONS = frozenset({"Mr", "Mrs", "Ms", "Dr", "St", "Jr", "Sr", "Prof", "vs", "etc"})
-
-
-def count_sentences(line: str) -> int:
-    """Sentences in one line: boundaries + 1 (an approximation of the spaCy sentencizer datatrove uses)."""
-    if not line:
-        return 0
-    n = 1
-    for word, mark in _SENT_BOUNDARY_RE.findall(line):
-        if not (mark == "." and (word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()))):
-            n += 1
-    return n
-
-
 @lru_cache(maxsize=8)
 def load_bad_words(path: str) -> re.Pattern:
     """Regex matching any word of the list (one per line) flanked by non-word characters, as in C4/datatrove's
@@ -346,7 +327,8 @@ class C4Quality:
     Defaults are datatrove's, which follow the paper's text: 3 words per line, 5 sentences, and "'" accepted as an
     end mark. The tfds code that produced the released C4 uses min_words_per_line=5, min_num_sentences=3 and
     end marks . ? ! " only. FineWeb runs this filter with filter_no_terminal_punct=False.
-    Sentences are counted with a regex (`count_sentences`), not spaCy/punkt.
+    Sentences are counted on our tokens the way spaCy's sentencizer does (`udfs.text.count_sentences`), and only up to
+    `min_num_sentences`: the `c4_sentences` signal is capped there.
     """
 
     name = "c4"
@@ -408,8 +390,8 @@ class C4Quality:
                 return "curly_bracket", text
             if check_policy and any(p in line_l for p in self.policy_substrings):
                 continue
-            if min_sent is not None:
-                n_sentences += count_sentences(line)
+            if min_sent is not None and n_sentences < min_sent:
+                n_sentences += count_sentences(line, cap=min_sent - n_sentences)
             kept.append(line)
         signals["c4_lines"] = len(lines)
         signals["c4_lines_kept"] = len(kept)

@@ -45,17 +45,26 @@ _BOTH = "()[]{}<>_#*&,:;!?\"'`\u2018\u2019\u201c\u201d\u00ab\u00bb\u201e\u2026\u
 _PRE, _SUF = _BOTH + "$\u00a3\u20ac\u00a5=\u2014", _BOTH + ".%\u00b0"
 _PRE, _SUF = ("".join("\\" + c for c in chars) for chars in (_PRE, _SUF))  # escaped for [...]
 _LETTER = r"[^\W\d_]"
+# spaCy's English tokenizer exceptions that end in '.', so that their dot neither splits off nor ends a sentence
+ABBREVIATIONS = (
+    "Adm. Ak. Ala. Apr. Ariz. Ark. Aug. Bros. Calif. Co. Colo. Conn. Corp. Dec. Del. Dr. Feb. Fla. Ga. Gen. Gov. "
+    "Ia. Id. Ill. Inc. Ind. Jan. Jr. Jul. Jun. Kan. Kans. Ky. La. Ltd. Mar. Mass. Md. Messrs. Mich. Minn. Miss. Mo. "
+    "Mont. Mr. Mrs. Ms. Mt. Neb. Nebr. Nev. Nov. Oct. Okla. Ore. Pa. Ph.D. Prof. Rep. Rev. Sen. Sep. Sept. St. "
+    "Tenn. Va. Wash. Wis. a.m. p.m. co. vs. v.s. e.g. i.e. E.g. I.e. E.G. I.E."
+).split() + [c + "." for c in "abcdefghijklmnopqrstuvwxyz\u00e4\u00f6\u00fc"]
+_ABBREV_SET = frozenset(ABBREVIATIONS)
 _CLITIC = rf"(?:n['\u2019]t|['\u2019](?i:s|re|ve|ll|d|m))(?![^\s{_SUF}])"
 _INFIX = (rf"(?:(?<={_LETTER})[\-\u2013\u2014~](?={_LETTER})|(?<=[^\W_])[:<>=/](?={_LETTER})"
           rf"|(?<=[a-z])\.(?=[A-Z])|(?<={_LETTER}),(?={_LETTER})|(?<=[0-9])[+\-*^](?=[0-9\-]))")
 _SPLIT = rf"(?:{_INFIX}|(?<={_LETTER}){_CLITIC})"
 _TOKEN_RE = re.compile(
     r"(?:https?://|www\.)[^\s<>\"'()\[\]{}]*[^\s<>\"'()\[\]{}.,;:!?]"  # URL, without trailing punctuation
-    r"|(?<!\S)(?:(?:[A-Za-z]\.){2,}|(?:Mr|Mrs|Ms|Dr|St|Jr|Sr|Prof|vs|etc)\.)(?!\S)"  # U.S. e.g. Mr. etc.
+    rf"|(?<![^\s{_PRE}])(?:[A-Za-z]\.){{2,}}(?![^\s{_SUF}])"           # U.S. e.g. (other abbreviations: below)
     rf"|(?<={_LETTER}){_CLITIC}"                                         # clitic
     rf"|{_INFIX}"                                                        # infix: one character
-    rf"|[^\s{_PRE}{_SUF}](?:(?:(?!{_SPLIT})\S)*(?!{_SPLIT})[^\s{_SUF}])?"  # chunk core
-    r"|\.\.\.|--+|\):(?!\S)"                                            # ellipsis, double dash, "):"
+    rf"|(?:[^\s{_PRE}{_SUF}]|\.(?=\w))"                                 # chunk core: ".pyc" keeps its dot,
+    rf"(?:(?:(?!{_SPLIT})\S)*(?!{_SPLIT})(?:[^\s{_SUF}]|(?<![A-Z][A-Z])(?<=[A-Z])\.))?"  # so does "L." (not "ABC.")
+    r"|\.\.+|--+|\):(?!\S)"                                              # ellipsis, double dash, "):"
     r"|\S"                                                             # any other character, one at a time
 )
 _PARAGRAPH_RE = re.compile(r"\n{2,}")
@@ -67,7 +76,7 @@ def split_tokens(text: str) -> list[str]:
     out: list[str] = []
     append, extend, findall = out.append, out.extend, _TOKEN_RE.findall
     for chunk in text.split():
-        if chunk.isalpha():  # most chunks are plain words: skip the regex
+        if chunk.isalpha() or chunk in _ABBREV_SET:  # most chunks are plain words: skip the regex
             append(chunk)
         else:
             extend(findall(chunk))
@@ -87,6 +96,31 @@ def split_paragraphs(text: str) -> list[str]:
 def split_lines_nonempty(text: str) -> list[str]:
     """Lines split on runs of newlines (datatrove GopherRepetition; a leading/trailing '' is kept)."""
     return _LINES_RE.split(text)
+
+
+# spaCy's sentencizer: a sentence ends at a token that is one of these characters (Unicode Sentence_Terminal)
+_TERMINAL_RE = re.compile("[" + "".join("\\" + c if c in "\\]^-[" else c for c in sorted(TERMINAL_PUNCTUATION)) + "]")
+
+
+def count_sentences(text: str, cap: int | None = None) -> int:
+    """Sentences as spaCy's `Sentencizer` (which datatrove's C4 filter uses) finds them on our tokens: a new sentence
+    starts at the first non-punctuation token after a terminal mark ('.', '!', '?', ...; not '...' and not the dot
+    of an abbreviation such as "Mr." or "Ltd."). Counting stops at `cap` when given."""
+    body = text.rstrip(PUNCTUATION + " \t\n")
+    if not body:
+        return 1 if text.strip() else 0
+    if not _TERMINAL_RE.search(body):  # no terminal mark before the end: one sentence (most lines)
+        return 1
+    n, seen_end = 1, False
+    for tok in split_tokens(text):
+        if tok in TERMINAL_PUNCTUATION:
+            seen_end = True
+        elif seen_end and not is_symbol(tok):
+            n += 1
+            seen_end = False
+            if cap is not None and n >= cap:
+                break
+    return n
 
 
 class Doc:

@@ -1,0 +1,284 @@
+"""jobs/dedup.py and jobs/components.py on a real local SparkSession and real Delta tables."""
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+
+from jobs.schema import document_row, documents_df
+from udfs.normalise import jaccard
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VOCAB = [f"{a}{b}{c}" for a in ("ka", "lo", "mi", "nu", "pe", "ra", "su", "ti", "vo", "ze")
+         for b in ("b", "d", "g", "l", "m", "n", "r", "s", "t", "v") for c in ("a", "e", "i", "o", "u", "an", "er")]
+
+
+def words(rng, n):
+    return [rng.choice(VOCAB) for _ in range(n)]
+
+
+def substitute(rng, w, k=None, positions=None):
+    """Replace k random word positions (or the given ones) by fresh words."""
+    w = list(w)
+    for i in positions if positions is not None else rng.sample(range(len(w)), k):
+        w[i] = "new" + str(rng.randrange(10 ** 9))
+    return w
+
+
+def planted_corpus():
+    """Rows and the expected outcome: which ids are near/exact duplicates of which."""
+    rng = random.Random(1234)
+    rows, expect_removed, expect_kept = [], {}, set()
+    # 12 unrelated documents
+    for i in range(12):
+        rows.append(document_row(f"u{i:02d}", " ".join(words(rng, 120))))
+        expect_kept.add(f"u{i:02d}")
+    # near duplicates at high similarity (found), and dissimilar variants (left alone)
+    for i in range(6):
+        base = words(rng, 200)
+        near = substitute(rng, base, 1 if i % 2 else 2)       # J ~ 0.95 / 0.90
+        far = substitute(rng, base, 25)                         # J ~ 0.3
+        rows.append(document_row(f"n{i}a", " ".join(base)))
+        rows.append(document_row(f"n{i}b", " ".join(near)))
+        rows.append(document_row(f"n{i}c", " ".join(far)))
+        assert jaccard(" ".join(base), " ".join(near)) >= 0.9
+        assert jaccard(" ".join(base), " ".join(far)) < 0.5
+        expect_removed[f"n{i}b"] = ("minhash", f"n{i}a")
+        expect_kept.update({f"n{i}a", f"n{i}c"})
+    # a transitive chain: t1 ~ t2 ~ t3 but t1 and t3 are below the threshold
+    base = words(rng, 200)
+    t2 = substitute(rng, base, positions=[10, 30, 50, 70])      # each change kills 5 shingles: J = 176/216
+    t3 = substitute(rng, t2, positions=[110, 130, 150, 170])
+    t1s, t2s, t3s = " ".join(base), " ".join(t2), " ".join(t3)
+    assert jaccard(t1s, t2s) >= 0.8 and jaccard(t2s, t3s) >= 0.8 and jaccard(t1s, t3s) < 0.8
+    rows += [document_row("t3", t3s), document_row("t1", t1s), document_row("t2", t2s)]
+    expect_removed.update({"t2": ("minhash", "t1"), "t3": ("minhash", "t1")})
+    expect_kept.add("t1")
+    # exact duplicates after normalisation (case, whitespace, NFKC), one of which also near-duplicates another
+    e = " ".join(words(rng, 80))
+    rows += [document_row("x2", e.upper()), document_row("x1", e), document_row("x3", "  " + e.replace(" ", "\u00a0 "))]
+    expect_removed.update({"x2": ("exact", "x1"), "x3": ("exact", "x1")})
+    ew = e.split()
+    ew[-1] = "zzz"
+    rows.append(document_row("x0", " ".join(ew)))   # near duplicate of x1 with a smaller id: survives the cluster
+    expect_removed["x1"] = ("minhash", "x0")
+    expect_removed["x2"] = ("exact", "x0")
+    expect_removed["x3"] = ("exact", "x0")
+    expect_kept.add("x0")
+    # empty / short documents: two empty texts are exact duplicates, short distinct ones stay
+    rows += [document_row("s1", ""), document_row("s2", "   "), document_row("s3", "hi there"),
+             document_row("s4", "bye now")]
+    expect_removed["s2"] = ("exact", "s1")
+    expect_kept.update({"s1", "s3", "s4"})
+    return rows, expect_removed, expect_kept
+
+
+# cluster_id (smallest id of the final cluster) of every removed record in the planted corpus
+EXPECTED_CLUSTERS = {**{f"n{i}b": f"n{i}a" for i in range(6)}, "t2": "t1", "t3": "t1", "x1": "x0", "x2": "x0",
+                     "x3": "x0", "s2": "s1"}
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return planted_corpus()
+
+
+def _make_lake(spark, lake_dir, rows):
+    from jobs.tables import Lake
+
+    lake = Lake(spark, lake_dir)
+    lake.write(documents_df(spark, rows).repartition(3), "filtered")
+    return lake
+
+
+def _outputs(lake):
+    ded = sorted(r["id"] for r in lake.read("deduped").select("id").collect())
+    dup = sorted((r["id"], r["cluster_id"], r["kept_id"], r["method"])
+                 for r in lake.read("duplicates").select("id", "cluster_id", "kept_id", "method").collect())
+    return ded, dup
+
+
+def test_dedup_finds_planted_duplicates(spark, tmp_path, corpus):
+    from jobs.dedup import main
+
+    rows, expect_removed, expect_kept = corpus
+    lake = _make_lake(spark, str(tmp_path / "lake"), rows)
+    assert main(["--lake", lake.root, "--bands", "32", "--rows", "4"]) == 0
+    ded, dup = _outputs(lake)
+    got = {i: (m, k) for i, _, k, m in dup}
+    assert got == expect_removed
+    assert set(ded) == expect_kept
+    assert len(ded) + len(dup) == len(rows)
+    assert set(k for _, _, k, _ in dup) <= set(ded)          # every kept_id is a surviving document
+    assert {i: c for i, c, _, _ in dup} == EXPECTED_CLUSTERS
+    # duplicates keep the full record plus the three columns
+    assert set(lake.read("filtered").columns) | {"cluster_id", "kept_id", "method"} == set(lake.read("duplicates").columns)
+
+    m = [r for r in lake.read_arrow("metrics").to_pylist() if r["stage"] == "dedup"][-1]
+    assert m["docs_in"] == len(rows) and m["docs_out"] == len(ded) and m["docs_rejected"] == len(dup)
+    reasons = dict(m["reasons"])
+    assert reasons == {"exact": 3, "minhash": 9}
+    extra = json.loads(m["extra"])
+    assert extra["exact"]["docs_removed"] == 3 and extra["minhash"]["docs_removed"] == 9
+    tok = {r["id"]: r["n_tokens_est"] for r in rows}
+    assert extra["exact"]["tokens_removed"] == tok["x2"] + tok["x3"] + tok["s2"]
+    assert m["tokens_in"] - m["tokens_out"] == sum(tok[i] for i in expect_removed)
+    # clusters: 6 pairs (2), s1+s2 (2), t1..t3 (3), x0..x3 (4)
+    assert extra["cluster_size_histogram"] == {"2": 7, "3": 1, "4": 1}
+    assert extra["params"]["bands"] == 32 and extra["params"]["rows"] == 4
+    assert {"keys_and_exact", "lsh_candidates", "verify", "components", "write"} <= set(extra["timings_s"])
+    assert os.path.exists(os.path.join(lake.root, "audit", "duplicates.jsonl"))
+
+    # a re-run with the same input and config is skipped; --exact-only is a different config
+    n_metrics = lake.read_arrow("metrics").num_rows
+    assert main(["--lake", lake.root, "--bands", "32", "--rows", "4"]) == 0
+    assert lake.read_arrow("metrics").num_rows == n_metrics
+    assert main(["--lake", lake.root, "--exact-only"]) == 0
+    ded, dup = _outputs(lake)
+    assert {(i, m, k) for i, _, k, m in dup} == {("x2", "exact", "x1"), ("x3", "exact", "x1"), ("s2", "exact", "s1")}
+    assert len(ded) == len(rows) - 3
+
+
+def test_partitions_2_give_the_same_output(spark, tmp_path, corpus):
+    """The planted test runs at 4 shuffle partitions, spark-submit below at 16; this third run, at 2, must give the
+    same tables (all three are checked against the same fixed expected sets)."""
+    from jobs.dedup import main
+
+    rows, expect_removed, expect_kept = corpus
+    old = spark.conf.get("spark.sql.shuffle.partitions")
+    try:
+        spark.conf.set("spark.sql.shuffle.partitions", "2")
+        lake = _make_lake(spark, str(tmp_path / "lake"), rows)
+        assert main(["--lake", lake.root, "--bands", "32", "--rows", "4"]) == 0
+        first = _outputs(lake)
+    finally:
+        spark.conf.set("spark.sql.shuffle.partitions", old)
+    ded, dup = first
+    assert set(ded) == expect_kept
+    assert {i: (m, k) for i, _, k, m in dup} == expect_removed
+    assert {i: c for i, c, _, _ in dup} == EXPECTED_CLUSTERS
+
+
+def test_params_from_threshold_and_workers_without_spark(corpus):
+    """bands/rows chosen from the threshold (datasketch: 9x13 for 0.8 and 128 permutations); the Arrow workers
+    called directly: estimate verification approximates the exact Jaccard."""
+    import pyarrow as pa
+
+    from jobs.dedup import _keys_fn, _verify_fn, build_parser, resolve_params
+
+    def params(*argv, **cfg):
+        return resolve_params(cfg, build_parser().parse_args(list(argv)))
+
+    p = params()
+    assert (p["bands"], p["rows"], p["threshold"], p["verify"]) == (9, 13, 0.8, "exact")
+    p = params("--num-perm", "64", threshold=0.5)
+    assert (p["bands"], p["rows"]) == (14, 4)
+    p = params("--bands", "16", "--rows", "8", "--seed", "3")
+    assert (p["bands"], p["rows"], p["seed"]) == (16, 8, 3)
+
+    rows, _, _ = corpus
+    by_id = {r["id"]: r["text"] for r in rows}
+    ids = ["n0a", "s1", "x1", "x2"]
+    schema = pa.schema([("id", pa.string()), ("text", pa.string()), ("n_tokens", pa.int64()), ("q", pa.float64())])
+    batch = pa.RecordBatch.from_pydict({"id": ids, "text": [by_id[i] for i in ids], "n_tokens": [1, 2, 3, 4],
+                                        "q": [None] * 4}, schema=schema)
+    out = next(_keys_fn(params())(iter([batch])))
+    ek, bk = out.column("ekey").to_pylist(), out.column("bkeys").to_pylist()
+    assert ek[2] == ek[3] and len(set(ek)) == 3                     # x1 and x2 normalise to the same text
+    assert bk[1] is None and len(bk[0]) == 9 and bk[2] == bk[3]     # empty text: no band keys
+
+    pairs = [("n0a", "n0b"), ("n0a", "n0c"), ("t1", "t2"), ("x0", "x1")]
+    vb = pa.RecordBatch.from_pydict({"src": [a for a, _ in pairs], "dst": [b for _, b in pairs],
+                                     "text_a": [by_id[a] for a, _ in pairs], "text_b": [by_id[b] for _, b in pairs]})
+    exact = next(_verify_fn(params())(iter([vb]))).column("sim").to_pylist()
+    assert exact == pytest.approx([jaccard(by_id[a], by_id[b]) for a, b in pairs])
+    est = next(_verify_fn(params("--verify", "estimate", "--num-perm", "256"))(iter([vb]))).column("sim").to_pylist()
+    assert max(abs(x - y) for x, y in zip(est, exact)) < 0.12
+
+
+def test_quality_column_picks_survivor(spark, tmp_path):
+    from jobs.dedup import main
+    from pyspark.sql import functions as F
+
+    rng = random.Random(7)
+    text = " ".join(words(rng, 60))
+    near = " ".join(substitute(rng, text.split(), 1))
+    rows = [document_row("a", text), document_row("b", text.upper()), document_row("c", near),
+            document_row("d", " ".join(words(rng, 60)))]
+    lake_dir = str(tmp_path / "lake")
+    from jobs.tables import Lake
+
+    lake = Lake(spark, lake_dir)
+    q = {"a": 0.1, "b": 0.5, "c": 0.9, "d": 0.2}
+    df = documents_df(spark, rows).withColumn(
+        "quality", F.create_map(*[F.lit(x) for kv in q.items() for x in kv])[F.col("id")])
+    lake.write(df, "filtered")
+    assert main(["--lake", lake_dir, "--bands", "32", "--rows", "4",
+                 "--set", "dedup.quality_column=quality"]) == 0
+    ded, dup = _outputs(lake)
+    assert ded == ["c", "d"]
+    assert {(i, k, m) for i, c, k, m in dup} == {("a", "c", "exact"), ("b", "c", "minhash")}
+    assert {c for _, c, _, _ in dup} == {"a"}
+
+
+def test_connected_components_matches_union_find(spark):
+    from jobs.components import connected_components
+
+    rng = random.Random(5)
+    nodes = [f"v{i:03d}" for i in range(300)]
+    edges = [(rng.choice(nodes), rng.choice(nodes)) for _ in range(220)]
+    edges += [(f"c{i:03d}", f"c{i + 1:03d}") for i in range(40)]     # a long chain, reversed id order below
+    edges += [(f"r{i + 1:03d}", f"r{i:03d}") for i in range(40)]
+    parent = {}
+
+    def find(x):
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in edges:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    expected = {x: find(x) for a, b in edges for x in (a, b) if a != b}
+    df = spark.createDataFrame(edges, "src string, dst string")
+    comp, rounds = connected_components(df)
+    got = {r["node"]: r["component"] for r in comp.collect()}
+    assert got == expected
+    assert rounds < 20
+
+
+def test_bad_arguments_exit_2(spark, tmp_path):
+    from jobs.cli import run_main
+    from jobs.dedup import main
+
+    assert run_main("dedup", main, ["--lake", str(tmp_path / "nolake")]) == 2          # no filtered table
+    assert run_main("dedup", main, ["--lake", str(tmp_path), "--bands", "4"]) == 2      # rows missing
+    assert run_main("dedup", main, ["--lake", str(tmp_path), "--bands", "20", "--rows", "20"]) == 2
+    assert run_main("dedup", main, ["--lake", str(tmp_path), "--threshold", "1.5"]) == 2
+
+
+def test_spark_submit_runs_the_job(spark, tmp_path, corpus):
+    rows, expect_removed, expect_kept = corpus
+    lake = _make_lake(spark, str(tmp_path / "lake"), rows)
+    env = dict(os.environ, PYSPARK_PYTHON=os.path.join(REPO, ".venv", "bin", "python"),
+               PYSPARK_DRIVER_PYTHON=os.path.join(REPO, ".venv", "bin", "python"))
+    env.pop("PYSPARK_GATEWAY_PORT", None)
+    env.pop("PYSPARK_GATEWAY_SECRET", None)
+    submit = os.path.join(REPO, ".venv", "bin", "spark-submit")
+    if not os.path.exists(submit):
+        submit = os.path.join(os.path.dirname(sys.executable), "spark-submit")
+    # 16 shuffle partitions here (4 in-process, 2 in the test above): the same output is expected
+    res = subprocess.run([submit, "--master", "local[2]", "--conf", "spark.ui.enabled=false",
+                          "--conf", "spark.sql.shuffle.partitions=16",
+                          os.path.join(REPO, "jobs", "dedup.py"), "--lake", lake.root, "--bands", "32", "--rows", "4"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ded, dup = _outputs(lake)
+    assert set(ded) == expect_kept
+    assert {i: (m, k) for i, _, k, m in dup} == expect_removed
+    assert {i: c for i, c, _, _ in dup} == EXPECTED_CLUSTERS
