@@ -1,0 +1,153 @@
+"""Run every stage in order on one lake: ingest -> filter -> dedup -> decontaminate -> mix -> pack, then (optionally)
+a short training run, a text sample and the HTML report.
+
+Each stage decides for itself whether it already ran on its current input version with the same config (the
+`metrics` table); such stages are skipped, so re-running the pipeline after a crash resumes where it stopped.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import importlib
+import subprocess
+import time
+
+from jobs.cli import UserError, run_main
+from jobs.config import load_config
+from jobs.session import REPO_ROOT, get_spark
+
+STAGES = ["ingest", "filter", "dedup", "decontaminate", "mix", "pack"]
+
+DESCRIPTION = """\
+Run the whole pipeline on one lake, skipping stages that already ran on the same input and config.
+
+Stages (conf/pipeline.yaml `pipeline.stages`): ingest, filter, dedup, decontaminate, mix, pack. After pack, unless
+--no-train: a short CPU training run (`pipeline.train`), a text sample from it, and `<lake>/report.html`.
+Every --set KEY=VALUE is passed to every stage, e.g. --set mix.strategy=temperature --set pack.tokenizer=gpt2.
+
+examples:
+  python jobs/pipeline.py --lake ./lake
+  python jobs/pipeline.py --lake ./lake --stages ingest,filter,dedup --no-train
+"""
+
+
+def build_parser():
+    import argparse
+
+    p = argparse.ArgumentParser(prog="pipeline", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--lake", default="./lake", help="lake root folder (default ./lake)")
+    p.add_argument("--conf", default=None, help="pipeline config YAML (default conf/pipeline.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override passed to every stage (repeatable)")
+    p.add_argument("--stages", default=None, help="comma-separated subset of stages to run, in pipeline order")
+    p.add_argument("--master", default=None, help="Spark master when run with plain python (default local[*])")
+    p.add_argument("--force", action="store_true", help="run every stage even if it already ran")
+    p.add_argument("--no-train", action="store_true", help="stop after pack (no training, sample or report)")
+    p.add_argument("--train-steps", type=int, default=None, help="override pipeline.train.max_steps")
+    return p
+
+
+def banner(i, n, name, msg=""):
+    print(f"\n=== [{i}/{n}] {name} {msg}".rstrip(), file=sys.stderr, flush=True)
+
+
+def stage_argv(args):
+    argv = ["--lake", args.lake]
+    if args.conf:
+        argv += ["--conf", args.conf]
+    for o in args.overrides:
+        argv += ["--set", o]
+    if args.force:
+        argv += ["--force"]
+    return argv
+
+
+def run_python(cmd, what):
+    print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
+    rc = subprocess.call(cmd, cwd=REPO_ROOT)
+    if rc != 0:
+        raise UserError(f"{what} failed with exit code {rc}")
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    cfg = load_config(args.conf, args.overrides)
+    pcfg = cfg.get("pipeline", {}) or {}
+    stages = pcfg.get("stages", STAGES)
+    if args.stages:
+        wanted = [s.strip() for s in args.stages.split(",") if s.strip()]
+        unknown = [s for s in wanted if s not in STAGES]
+        if unknown:
+            raise UserError(f"unknown stage(s) {', '.join(unknown)}; stages are {', '.join(STAGES)}")
+        stages = [s for s in STAGES if s in wanted]
+    tcfg = pcfg.get("train", {}) or {}
+    train = not args.no_train and tcfg.get("enabled", True)
+    total = len(stages) + (3 if train else 0)
+    lake = os.path.abspath(args.lake)
+    t_all = time.time()
+    get_spark("lmrefinery-pipeline", master=args.master)
+    timings = []
+    for i, name in enumerate(stages, 1):
+        banner(i, total, name)
+        t0 = time.time()
+        mod = importlib.import_module(f"jobs.{name}")
+        rc = mod.main(stage_argv(args))
+        if rc:
+            raise UserError(f"stage {name} exited with code {rc}")
+        timings.append((name, time.time() - t0))
+        print(f"=== {name} done in {timings[-1][1]:.1f}s", file=sys.stderr, flush=True)
+
+    if train:
+        run_dir = os.path.join(lake, tcfg.get("run_dir", "runs/tiny"))
+        py = sys.executable
+        steps = args.train_steps or tcfg.get("max_steps", 300)
+        nproc = int(tcfg.get("nproc", 1))
+        sets = [f"out_dir={run_dir}", f"max_steps={steps}"] + list(tcfg.get("overrides", []) or [])
+        if os.path.exists(os.path.join(run_dir, "summary.json")) and not args.force:
+            banner(len(stages) + 1, total, "train", "(already trained: delete the run dir or use --force)")
+        else:
+            banner(len(stages) + 1, total, "train", f"({steps} steps, {nproc} process(es))")
+            if args.force and os.path.exists(os.path.join(run_dir, "ckpt.pt")):
+                sets.append("resume=never")
+            t0 = time.time()
+            base = ([py, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone"] if nproc > 1
+                    else [py])
+            cmd = base + [os.path.join(REPO_ROOT, "model", "train.py"), "--data", os.path.join(lake, "packed"),
+                          "--config", os.path.join(REPO_ROOT, tcfg.get("config", "conf/model/tiny.yaml"))]
+            for s in sets:
+                cmd += ["--set", s]
+            run_python(cmd, "training")
+            timings.append(("train", time.time() - t0))
+
+        banner(len(stages) + 2, total, "sample")
+        scfg = pcfg.get("sample", {}) or {}
+        run_python([py, os.path.join(REPO_ROOT, "model", "sample.py"), "--ckpt", run_dir,
+                    "--data", os.path.join(lake, "packed"), "--prompt", str(scfg.get("prompt", "The")),
+                    "--max-tokens", str(scfg.get("max_tokens", 80)), "--num-samples", "1"], "sampling")
+
+        banner(len(stages) + 3, total, "report")
+        report_path = os.path.join(lake, "report.html")
+        try:
+            report = importlib.import_module("jobs.report")
+        except ImportError:
+            report = None
+        if report is not None:
+            report.main(["--lake", args.lake, "--run-dir", run_dir])
+        else:
+            print("report: jobs/report.py is not available in this checkout", file=sys.stderr)
+
+    print("\n" + "\n".join(f"  {n:<14} {s:7.1f}s" for n, s in timings), file=sys.stderr)
+    print(f"\nlmrefinery: pipeline finished in {time.time() - t_all:.0f}s. Lake: {lake}", file=sys.stderr)
+    print(f"  tables:  {', '.join(sorted(d for d in os.listdir(lake) if os.path.isdir(os.path.join(lake, d, '_delta_log'))))}",
+          file=sys.stderr)
+    if os.path.exists(os.path.join(lake, "packed", "manifest.json")):
+        print(f"  shards:  {os.path.join(lake, 'packed')}", file=sys.stderr)
+    if train and os.path.exists(os.path.join(lake, "report.html")):
+        print(f"  report:  {os.path.join(lake, 'report.html')}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main("pipeline", main))
