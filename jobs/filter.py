@@ -12,6 +12,8 @@ Steps, in order; the first that fails gives the reason:
                  -> langid:<lang> | langid:low_score
   2. quality     udfs.quality.check_quality (Gopher repetition, Gopher quality, C4, FineWeb) on the raw text
                  -> that module's reason strings; its C4 line cleaning gives the kept text
+  filter.domains.<domain> can turn langid off and override quality parameters for one domain: the web heuristics
+  are prose rules, and code, for one, fails them by design (conf/pipeline.yaml switches them off for `code`).
   3. classifier  when filter.classifier.model_path is set: P(positive label) of the cleaned text >= threshold
                  -> classifier:low_score
 Quality signals are computed for documents that pass step 1 (the map is empty for langid rejections).
@@ -63,6 +65,7 @@ def resolve_config(cfg: dict | None) -> dict:
         "quality": _deep_merge(DEFAULT_QUALITY_CONF, cfg.get("quality")),
         "classifier": _deep_merge(DEFAULT_CLASSIFIER_CONF, cfg.get("classifier")),
         "audit_per_reason": int(cfg.get("audit_per_reason", 5)),
+        "by_domain": {},
     }
     langs = out["langid"]["languages"]
     if isinstance(langs, str):
@@ -86,6 +89,23 @@ def resolve_config(cfg: dict | None) -> dict:
         check_quality("Config check.", out["quality_overrides"])
     except ValueError as e:
         raise UserError(str(e).splitlines()[0]) from None
+    domains = cfg.get("domains") or {}
+    if not isinstance(domains, dict):
+        raise UserError("filter.domains must be a mapping of domain -> {langid: {enabled: ...}, quality: {...}}")
+    for domain, dcfg in domains.items():
+        dcfg = dcfg or {}
+        unknown = sorted(set(dcfg) - {"langid", "quality"})
+        if unknown:
+            raise UserError(f"filter.domains.{domain}: unknown key(s) {', '.join(unknown)} (known: langid, quality)")
+        langid_on = (dcfg.get("langid") or {}).get("enabled", True)
+        if not isinstance(langid_on, bool):
+            raise UserError(f"filter.domains.{domain}.langid.enabled must be true or false, got {langid_on!r}")
+        overrides = _deep_merge(out["quality_overrides"], dcfg.get("quality"))
+        try:
+            check_quality("Config check.", overrides)
+        except ValueError as e:
+            raise UserError(f"filter.domains.{domain}: {str(e).splitlines()[0]}") from None
+        out["by_domain"][str(domain)] = {"langid": langid_on, "quality_overrides": overrides}
     for sect in ("langid", "classifier"):
         p = out[sect].get("model_path")
         if p in ("", "none", "null"):
@@ -107,9 +127,10 @@ def _model_fingerprint(path: str | None) -> str | None:
 
 
 # ---- the per-batch Python logic ----------------------------------------------------------------------------------
-def filter_records(texts: list[str], cfg: dict) -> list[dict]:
+def filter_records(texts: list[str], cfg: dict, domains: list[str | None] | None = None) -> list[dict]:
     """Decisions for a batch of raw texts: dicts with lang, lang_score, reason, signals, clean_text, quality_score.
-    `cfg` is a resolved config (see `resolve_config`)."""
+    `cfg` is a resolved config (see `resolve_config`); `domains` (one per text) selects `filter.domains` overrides:
+    a domain with langid disabled still gets `lang`/`lang_score`, but no langid rejection."""
     from udfs.classifier import classifier_reason, score_texts
     from udfs.langid import langid_reason, predict_languages
     from udfs.quality import check_quality
@@ -117,13 +138,16 @@ def filter_records(texts: list[str], cfg: dict) -> list[dict]:
     lcfg, ccfg = cfg["langid"], cfg["classifier"]
     texts = [t or "" for t in texts]
     preds = predict_languages(texts, lcfg["model_path"])
+    default = {"langid": True, "quality_overrides": cfg["quality_overrides"]}
+    by_domain = cfg.get("by_domain") or {}
     out = []
-    for text, (lang, score) in zip(texts, preds):
-        d = {"lang": lang, "lang_score": score, "reason": langid_reason(lang, score, lcfg["languages"],
-                                                                        lcfg["threshold"]),
+    for i, (text, (lang, score)) in enumerate(zip(texts, preds)):
+        dcfg = by_domain.get(domains[i], default) if domains is not None else default
+        reason = langid_reason(lang, score, lcfg["languages"], lcfg["threshold"]) if dcfg["langid"] else None
+        d = {"lang": lang, "lang_score": score, "reason": reason,
              "signals": {}, "clean_text": None, "quality_score": None}
         if d["reason"] is None:
-            q = check_quality(text, cfg["quality_overrides"])
+            q = check_quality(text, dcfg["quality_overrides"])
             d["signals"] = {str(k): float(v) for k, v in (q.signals or {}).items()}
             d["reason"] = q.reason
             d["clean_text"] = q.text
@@ -149,7 +173,8 @@ def filter_batches(batches, cfg: dict):
         texts = batch.column("text").to_pylist()
         n_bytes_in = batch.column("n_bytes").to_pylist()
         n_tok_in = batch.column("n_tokens_est").to_pylist()
-        decisions = filter_records(texts, cfg)
+        domains = batch.column("domain").to_pylist() if "domain" in batch.schema.names else None
+        decisions = filter_records(texts, cfg, domains)
         new = {c: batch.column(c).to_pylist() for c in TEXT_DERIVED}
         for i, d in enumerate(decisions):
             if d["reason"] is None:
@@ -192,6 +217,8 @@ def build_parser():
         "  filter.classifier.model_path=PATH  fastText model from jobs/train_classifier.py (default: off)\n"
         "  filter.classifier.threshold=0.5    keep when P(positive label) >= threshold\n"
         "  filter.classifier.positive_label=hq  label of the good class\n"
+        "  filter.domains.<domain>.langid.enabled=false   no language rejection for that domain (e.g. code)\n"
+        "  filter.domains.<domain>.quality.<filter>.<param>=V  per-domain quality overrides (on top of filter.quality)\n"
         "  filter.audit_per_reason=5          records per reason in <lake>/audit/rejected.jsonl",
         input_table="documents", output_table="filtered")
     p.add_argument("--rejected-table", default="rejected", help="table for dropped documents (default rejected)")

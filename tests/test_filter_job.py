@@ -177,6 +177,39 @@ def test_set_override_changes_decisions(filtered_lake):
     assert not de_ids & set(_rows(lake, "filtered"))  # the default run kept none of them
 
 
+def test_domain_overrides(filtered_lake):
+    """filter.domains.<d>: langid off and quality families off for one domain only; other domains unchanged."""
+    lake, root, docs = filtered_lake["lake"], filtered_lake["root"], filtered_lake["docs"]
+    off = {f: {"enabled": False} for f in ("gopher_repetition", "gopher_quality", "c4", "fineweb")}
+    sets = ["--set", "filter.domains.foreign_de.langid.enabled=false"]
+    sets += [a for f in off for a in ("--set", f"filter.domains.foreign_de.quality.{f}.enabled=false")]
+    assert filter_job.main(["--lake", root, "--output-table", "filtered_dom", "--rejected-table", "rejected_dom"]
+                           + sets) == 0
+    kept, rej = _rows(lake, "filtered_dom"), _rows(lake, "rejected_dom")
+    ref = python_loop(docs)
+    for d in docs:
+        if d["domain"] == "foreign_de":  # every German document kept, with its language still recorded
+            assert d["id"] in kept and kept[d["id"]]["lang"] == "de", d["id"]
+            assert kept[d["id"]]["text"] == d["text"]  # no C4 line cleaning either
+        else:
+            assert (d["id"] in kept) == (ref[d["id"]][0] is None), d["id"]
+            if d["id"] in rej:
+                assert rej[d["id"]]["reason"] == ref[d["id"]][0]
+    assert sum(d["domain"] == "foreign_de" for d in docs) >= 12
+
+
+def test_domain_override_errors():
+    from jobs.cli import UserError
+
+    with pytest.raises(UserError, match="filter.domains.code: unknown key"):
+        filter_job.resolve_config({"domains": {"code": {"lang": {}}}})
+    with pytest.raises(UserError, match="filter.domains.code: .*unknown quality filter family"):
+        filter_job.resolve_config({"domains": {"code": {"quality": {"gopher": {"enabled": False}}}}})
+    cfg = filter_job.resolve_config({"quality": {"c4": {"min_num_sentences": 2}},
+                                     "domains": {"code": {"quality": {"c4": {"enabled": False}}}}})
+    assert cfg["by_domain"]["code"]["quality_overrides"] == {"c4": {"min_num_sentences": 2, "enabled": False}}
+
+
 def test_classifier_applied(filtered_lake, tmp_path):
     from tests.test_classifier import junk_examples
 
