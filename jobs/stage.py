@@ -65,7 +65,8 @@ class StageRun:
             outputs = dict(row.get("outputs") or [])
             if all(self.lake.version(t) == v for t, v in outputs.items()):
                 if not quiet:
-                    log(f"{self.stage}: already done for {self.input_table}@{self.input_version} with this config "
+                    what = (f"{self.input_table}@{self.input_version}" if self.input_table else "these sources")
+                    log(f"{self.stage}: already done for {what} with this config "
                         f"(run {row['run_id']}); skipping. Use --force to run again.")
                 return row
         return None
