@@ -123,11 +123,15 @@ def test_train_tokenizer_job_and_pack_with_it(spark, lake, lake_dir):
 
     rows = [document_row(f"t{i}", CORPUS[i % len(CORPUS)] + HARD[i % len(HARD)], domain="web") for i in range(30)]
     lake.write(documents_df(spark, rows), "deduped")
-    out = os.path.join(lake_dir, "bpe.json")
-    assert train_tokenizer.main(["--lake", lake_dir, "--input-table", "deduped", "--vocab-size", "400",
-                                 "--out", out]) == 0
+    # --out an existing folder: the tokenizer goes to <folder>/tokenizer.json, and the folder works as a spec;
+    # the vocabulary size comes from the config (--set), which the command line would override
+    out = os.path.join(lake_dir, "bpe")
+    os.makedirs(out)
+    assert train_tokenizer.main(["--lake", lake_dir, "--input-table", "deduped", "--out", out,
+                                 "--set", "train_tokenizer.vocab_size=400"]) == 0
+    assert os.path.isfile(os.path.join(out, "tokenizer.json"))
     enc = load_encoding(out)
-    assert enc.n_vocab == 400
+    assert enc.n_vocab == 400 and enc.name == "bpe"
     expected = bpe.train_bpe([r["text"] for r in rows], vocab_size=400, name="bpe")
     assert enc._mergeable_ranks == expected["ranks"]  # Spark counting == local counting
     packed = os.path.join(lake_dir, "packed")
@@ -137,3 +141,30 @@ def test_train_tokenizer_job_and_pack_with_it(spark, lake, lake_dir):
     texts = sorted(enc2.decode_bytes(t[:-1].tolist()).decode() for s in ("train", "val")
                    for t in read_documents(packed, s))
     assert texts == sorted(r["text"] for r in rows)
+
+
+def test_train_tokenizer_config_and_out_path(tmp_path, capsys):
+    from jobs import train_tokenizer as tt
+    from jobs.cli import run_main
+    from jobs.config import load_config
+
+    def cfg(*argv, sets=()):
+        args = tt.build_parser().parse_args(["--out", "x.json", *argv])
+        return tt.resolve_config(args, load_config(None, list(sets)))
+
+    assert cfg() == tt.DEFAULTS
+    assert cfg(sets=["train_tokenizer.vocab_size=1000", "train_tokenizer.pattern=gpt2"])["vocab_size"] == 1000
+    assert cfg("--vocab-size", "300", sets=["train_tokenizer.vocab_size=1000"])["vocab_size"] == 300  # CLI wins
+    assert tt.output_path(str(tmp_path)) == str(tmp_path / "tokenizer.json")
+    assert tt.output_path(str(tmp_path / "new") + "/") == str(tmp_path / "new" / "tokenizer.json")
+    assert tt.output_path(str(tmp_path / "bpe8k.json")) == str(tmp_path / "bpe8k.json")
+    # bad values are one-line errors (exit 2) before Spark starts
+    for sets, msg in ((["train_tokenizer.vocab_sise=1000"], "unknown train_tokenizer config key(s): vocab_sise"),
+                      (["train_tokenizer.vocab_size=big"], "train_tokenizer.vocab_size must be an integer"),
+                      (["train_tokenizer.vocab_size=100"], "--vocab-size must be at least 257")):
+        argv = ["--lake", str(tmp_path / "lake"), "--out", str(tmp_path / "t.json")]
+        for s in sets:
+            argv += ["--set", s]
+        assert run_main("train_tokenizer", tt.main, argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert msg in err and "\n" not in err, err

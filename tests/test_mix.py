@@ -78,9 +78,15 @@ def test_temperature_upsampling_is_deterministic_across_partitions(spark, lake, 
         assert mix.main(args + ["--output-table", "mixed_p8"]) == 0
     finally:
         spark.conf.set("spark.sql.shuffle.partitions", old)
+    # the same rows stored as one file (one input partition instead of five) give the same mixture too
+    lake.write(lake.read("decontaminated").repartition(1), "decontaminated_1file")
+    assert lake.read("decontaminated").rdd.getNumPartitions() > 1
+    assert lake.read("decontaminated_1file").rdd.getNumPartitions() == 1
+    assert mix.main(args + ["--input-table", "decontaminated_1file", "--output-table", "mixed_in1"]) == 0
     key = lambda r: (r["id"], r["epoch_copy"])  # noqa: E731
     a, b = sorted(_mixed(lake, "mixed_p2"), key=key), sorted(_mixed(lake, "mixed_p8"), key=key)
     assert a == b
+    assert sorted(_mixed(lake, "mixed_in1"), key=key) == a
 
     # weights by hand: sqrt of token counts; natural budget (all tokens)
     s = {d: t ** 0.5 for d, t in tokens.items()}

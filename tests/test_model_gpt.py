@@ -86,3 +86,28 @@ def test_generate_greedy_and_top1_agree_and_stay_in_vocab():
     assert torch.equal(greedy, top1)
     sampled = model.generate(start.repeat(4, 1), 30, temperature=2.0, generator=torch.Generator().manual_seed(3))
     assert int(sampled.max()) < 61  # padded ids are never produced
+
+
+def test_conf_model_sizes():
+    """conf/model/*.yaml: every file loads through the trainer's config and builds the size its name promises
+    (parameters on the meta device: nothing is allocated)."""
+    import glob
+    import os
+
+    from model.train import build_config
+
+    conf_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf", "model")
+    sizes = {}
+    for path in sorted(glob.glob(os.path.join(conf_dir, "*.yaml"))):
+        cfg = build_config(path, [])
+        keys = ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "vocab_pad_to")
+        with torch.device("meta"):
+            model = GPT(GPTConfig(vocab_size=50257, **{k: cfg[k] for k in keys}))
+        total = sum(p.numel() for p in model.parameters())
+        body = total - model.transformer.wte.weight.numel() - model.transformer.wpe.weight.numel()
+        sizes[os.path.basename(path)] = (total, body)
+    assert {"tiny.yaml", "small10m.yaml", "gpt2-124m.yaml"} <= set(sizes)
+    # GPT-2 small: 124M with the tied 50257-token embedding (padded to 50304, as nanoGPT)
+    assert 123e6 < sizes["gpt2-124m.yaml"][0] < 125.5e6
+    assert 9.5e6 < sizes["small10m.yaml"][1] < 11.5e6   # ~10M non-embedding parameters
+    assert sizes["tiny.yaml"][1] < 1e6                  # trains in minutes on 2 CPU cores

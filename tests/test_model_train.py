@@ -71,6 +71,23 @@ def test_loss_falls_well_below_ln_v_on_real_text(packed, tmp_path):
     assert summary["finished"] and summary["step"] == 150 and summary["val_loss"] == last["val_loss"]
 
 
+
+def test_loss_falls_well_below_ln_v_on_the_bundled_sample_corpus(tmp_path):
+    """The same check on the project's own sample data (data/sample books: Milton, Shakespeare, KJV)."""
+    files = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                          "data", "sample", "books*", "*.txt")))
+    assert len(files) >= 10
+    packed = str(tmp_path / "packed")
+    m = write_packed(packed, split_docs(paragraphs_from_files(files)), shard_tokens=200_000)
+    assert m["splits"]["train"]["tokens"] > 500_000
+    out = run(packed, str(tmp_path / "run"), "max_steps=150", "batch_size=32", "eval_interval=50", "log_interval=10")
+    rows = metrics(out)
+    ln_v = math.log(257)
+    assert rows[0]["train_loss"] > 0.8 * ln_v and rows[-1]["val_loss"] < 0.55 * ln_v
+    val = np.concatenate([np.fromfile(os.path.join(packed, s["bin"]), dtype="<u2")
+                          for s in m["splits"]["val"]["shards"]])
+    assert rows[-1]["val_loss"] < unigram_entropy_nats(val) - 0.15
+
 def _state(out_dir):
     return torch.load(os.path.join(out_dir, "ckpt.pt"), map_location="cpu", weights_only=True)
 

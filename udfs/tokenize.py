@@ -8,7 +8,8 @@
   hex of their URL. Every file is checked against the sha256 that tiktoken expects. Nothing is downloaded.
 * a path to a `.tiktoken` ranks file: when its sha256 is one of the files above it gets that encoding's regex and
   special tokens; otherwise the GPT-2 regex and `<|endoftext|>` = max rank + 1.
-* a path to a trained byte-level BPE saved by `udfs.bpe.save_bpe` (JSON, format `lmrefinery-bpe-v1`).
+* a path to a trained byte-level BPE saved by `udfs.bpe.save_bpe` (JSON, format `lmrefinery-bpe-v1`), or a folder
+  holding one as `tokenizer.json` (what `jobs/train_tokenizer.py --out DIR` writes).
 
 Encodings are cached per process, so executors build each one once.
 """
@@ -147,6 +148,8 @@ def resolve_spec(spec: str) -> dict:
     if spec in OPENAI_ENCODINGS:
         return {"kind": "openai", "name": spec, "spec": spec, "path": find_ranks_file(spec)}
     path = os.path.abspath(os.path.expanduser(spec))
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "tokenizer.json")):
+        path = os.path.join(path, "tokenizer.json")  # a folder written by jobs/train_tokenizer.py --out DIR
     if not os.path.isfile(path):
         raise TokenizerError(f"unknown tokenizer {spec!r}: use one of {', '.join(OPENAI_ENCODINGS)}, a .tiktoken "
                              f"ranks file or a trained BPE file (jobs/train_tokenizer.py)")
