@@ -276,10 +276,13 @@ def main(argv=None):
         run.write(rejected, args.rejected_table)
 
         stats = (combined.groupBy("reason", "lang")
-                 .agg(F.count(F.lit(1)).alias("docs"), F.coalesce(F.sum("_n_tokens_raw"), F.lit(0)).alias("tok"))
+                 .agg(F.count(F.lit(1)).alias("docs"), F.coalesce(F.sum("_n_tokens_raw"), F.lit(0)).alias("tok"),
+                      F.coalesce(F.sum("n_tokens_est"), F.lit(0)).alias("tok_kept"))
                  .collect())
         docs_out = sum(r["docs"] for r in stats if r["reason"] is None)
-        tokens_out = sum(r["tok"] for r in stats if r["reason"] is None)
+        # tokens of the text written (after C4 line cleaning), so token acceptance counts removed lines too
+        tokens_out = sum(r["tok_kept"] for r in stats if r["reason"] is None)
+        tokens_line_cleaning = sum(r["tok"] for r in stats if r["reason"] is None) - tokens_out
         reasons: dict[str, int] = {}
         lang_in: dict[str, int] = {}
         lang_kept: dict[str, int] = {}
@@ -292,6 +295,7 @@ def main(argv=None):
         docs_rejected = sum(reasons.values())
         extra = {"languages_in": dict(sorted(lang_in.items(), key=lambda kv: (-kv[1], kv[0]))),
                  "languages_kept": dict(sorted(lang_kept.items(), key=lambda kv: (-kv[1], kv[0]))),
+                 "tokens_removed_by_line_cleaning": tokens_line_cleaning,
                  "rejected_table": args.rejected_table, "langid_model": langid_model,
                  "classifier_model": cfg["classifier"]["model_path"], **fingerprints}
         run.finish(docs_in=docs_in, docs_out=docs_out, docs_rejected=docs_rejected, tokens_in=tokens_in,

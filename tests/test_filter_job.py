@@ -142,9 +142,12 @@ def test_metrics_and_audit(filtered_lake):
     n_kept = sum(v[0] is None for v in ref.values())
     assert (m["docs_in"], m["docs_out"], m["docs_rejected"]) == (len(docs), n_kept, len(docs) - n_kept)
     assert m["tokens_in"] == sum(d["n_tokens_est"] for d in docs)
-    assert m["tokens_out"] == sum(d["n_tokens_est"] for d in docs if ref[d["id"]][0] is None)
+    kept_raw = sum(d["n_tokens_est"] for d in docs if ref[d["id"]][0] is None)
+    kept_clean = sum(estimate_tokens(len(ref[d["id"]][2].encode("utf-8"))) for d in docs if ref[d["id"]][0] is None)
+    assert m["tokens_out"] == kept_clean  # the text written, after C4 line cleaning
     assert dict(m["reasons"]) == dict(collections.Counter(v[0] for v in ref.values() if v[0] is not None))
     extra = json.loads(m["extra"])
+    assert extra["tokens_removed_by_line_cleaning"] == kept_raw - kept_clean > 0
     assert extra["languages_in"] == dict(collections.Counter(v[1] for v in ref.values()))
     assert extra["languages_kept"] == {"en": n_kept}
     with open(os.path.join(filtered_lake["root"], "audit", "rejected.jsonl")) as f:
