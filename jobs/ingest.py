@@ -294,6 +294,10 @@ def main(argv=None):
     dup_ids = (docs.groupBy("id").agg(F.count(F.lit(1)).alias("_n"),
                                       F.min(F.struct("order_file", "order_pos")).alias("_first"))
                .where(F.col("_n") > 1).select("id", "_first"))
+    dup_cached = dup_ids.persist()
+    # Usually few: broadcast them, so the two writes below do not shuffle every document's text for the join.
+    if dup_cached.count() <= BROADCAST_DUP_IDS:
+        dup_ids = F.broadcast(dup_cached)
     docs = docs.join(dup_ids, "id", "left").withColumn(
         "_is_dup", F.col("_first").isNotNull() & (F.struct("order_file", "order_pos") != F.col("_first")))
     # Same value for every attempt of the same run key, so a restarted run can find what an attempt committed.
@@ -321,6 +325,7 @@ def main(argv=None):
     run.write(documents, out_t, mode=mode)
     run.write(quarantine, q_t, mode=mode)
     units.unpersist()
+    dup_cached.unpersist()
 
     # Counts come from what was committed: this run's files only.
     stats = units_written_stats(lake, out_t, q_t, ingest_run)
@@ -345,6 +350,7 @@ def main(argv=None):
     return 0
 
 
+BROADCAST_DUP_IDS = 200_000  # duplicate ids up to this many are broadcast to the join, else shuffled
 PARSE_FAILURES = ("invalid_json", "invalid_utf8", "invalid_unicode", "not_an_object")
 
 
