@@ -8,17 +8,9 @@
 
 # COMMAND ----------
 
-# Lake path from the widget on Databricks, else from env LMR_LAKE; `spark` is predefined on Databricks.
+# Lake path from the widget on Databricks (where `spark` is predefined), else from env LMR_LAKE (default ./lake).
 import os
 import sys
-
-try:
-    dbutils.widgets.text("lake", "./lake")  # noqa: F821 - Databricks global
-    LAKE = dbutils.widgets.get("lake")  # noqa: F821
-    ON_DATABRICKS = True
-except NameError:
-    LAKE = os.environ.get("LMR_LAKE", "./lake")
-    ON_DATABRICKS = False
 
 try:
     REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,29 +19,14 @@ except NameError:  # Databricks Repos run a notebook with its own folder as work
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-if not ON_DATABRICKS:
-    from jobs.session import get_spark
-
-    spark = get_spark("lmrefinery-notebook")
-
 import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 
-from jobs.tables import Lake  # noqa: E402
+from jobs.notebook import open_lake  # noqa: E402
 
-lake = Lake(spark, LAKE)  # noqa: F821
-
-
-def show(df, n=20, truncate=100):
-    if ON_DATABRICKS:
-        display(df.limit(n))  # noqa: F821
-    else:
-        df.show(n, truncate=truncate)
-
-
-print(f"lake: {lake.root}")
+lake, spark, show = open_lake(globals())
 
 # COMMAND ----------
 
