@@ -51,7 +51,9 @@ def _ship_code(spark) -> None:
     master = spark.sparkContext.master
     if master.startswith("local"):
         return
-    zpath = os.path.join(tempfile.mkdtemp(prefix="lmrefinery-code-"), "lmrefinery_code.zip")
+    # a unique file name: Spark refuses a second file of the same name (e.g. a spark-submit --py-files zip)
+    zdir = tempfile.mkdtemp(prefix="lmrefinery-code-")
+    zpath = os.path.join(zdir, f"{os.path.basename(zdir)}.zip")
     with zipfile.ZipFile(zpath, "w") as zf:
         for pkg in ("udfs", "jobs"):
             for dirpath, _, files in os.walk(os.path.join(REPO_ROOT, pkg)):
