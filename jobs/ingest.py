@@ -10,7 +10,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import glob
-import json
 import time
 
 from jobs.cli import UserError, base_parser, run_main

@@ -267,7 +267,7 @@ def pack(spark, df, out_dir: str, tokenizer: str = "gpt2", val_fraction: float =
     from pyspark.sql import functions as F
 
     from jobs.stage import log
-    from udfs.tokenize import load_encoding, resolve_spec, sha256_file, token_dtype, tokenizer_manifest
+    from udfs.tokenize import load_encoding, resolve_spec, token_dtype
 
     if not 0 <= val_fraction < 1:
         raise UserError(f"--val-fraction must be in [0, 1), got {val_fraction}")

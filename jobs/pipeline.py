@@ -128,15 +128,7 @@ def main(argv=None):
                     "--max-tokens", str(scfg.get("max_tokens", 80)), "--num-samples", "1"], "sampling")
 
         banner(len(stages) + 3, total, "report")
-        report_path = os.path.join(lake, "report.html")
-        try:
-            report = importlib.import_module("jobs.report")
-        except ImportError:
-            report = None
-        if report is not None:
-            report.main(["--lake", args.lake, "--run-dir", run_dir])
-        else:
-            print("report: jobs/report.py is not available in this checkout", file=sys.stderr)
+        importlib.import_module("jobs.report").main(["--lake", args.lake, "--run-dir", run_dir])
 
     print("\n" + "\n".join(f"  {n:<14} {s:7.1f}s" for n, s in timings), file=sys.stderr)
     print(f"\nlmrefinery: pipeline finished in {time.time() - t_all:.0f}s. Lake: {lake}", file=sys.stderr)

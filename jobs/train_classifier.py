@@ -22,7 +22,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import argparse
 import hashlib
 import json
-import tempfile
 import time
 
 import yaml
