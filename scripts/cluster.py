@@ -394,7 +394,7 @@ def main(argv=None) -> int:
         return 130
     finally:
         killed = c.stop()
-        print(f"cluster: stopped; no process left" + (f" (SIGKILLed {len(killed)})" if killed else ""), flush=True)
+        print("cluster: stopped; no process left" + (f" (SIGKILLed {len(killed)})" if killed else ""), flush=True)
         if args.workdir is None and args.cmd == "up":
             c.cleanup()
 

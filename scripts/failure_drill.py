@@ -388,7 +388,7 @@ def main(argv=None) -> int:
             print(json.dumps(res, indent=2, default=str), flush=True)
     finally:
         killed = cluster.stop()
-        print(f"drill: cluster stopped, no process left"
+        print("drill: cluster stopped, no process left"
               + (f" ({len(killed)} SIGKILLed after the grace period)" if killed else ""), flush=True)
     for res in results:
         print(summary_line(res), flush=True)
