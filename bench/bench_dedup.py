@@ -149,16 +149,27 @@ def make_corpus(n_docs: int, pool: list[str], seed: int, ngram: int = 5, sentenc
     return docs, [f for f in families if len(f) > 1], target
 
 
-def truth_clusters(docs, families, threshold: float, ngram: int):
-    text = dict(docs)
-    parent = {}
+class UnionFind:
+    """Clusters of the reference methods (path halving); the label of a cluster is its root."""
 
-    def find(x):
+    def __init__(self):
+        self.parent = {}
+
+    def find(self, x):
+        parent = self.parent
         parent.setdefault(x, x)
         while parent[x] != x:
             parent[x] = parent[parent[x]]
             x = parent[x]
         return x
+
+    def union(self, a, b):
+        self.parent[self.find(a)] = self.find(b)
+
+
+def truth_clusters(docs, families, threshold: float, ngram: int):
+    text = dict(docs)
+    uf = UnionFind()
 
     sims = {}
     for fam in families:
@@ -168,8 +179,8 @@ def truth_clusters(docs, families, threshold: float, ngram: int):
                 j = jaccard(text[a], text[b], ngram)
                 sims[(a, b)] = j
                 if j >= threshold:
-                    parent[find(a)] = find(b)
-    return {d: find(d) for d, _ in docs}, sims
+                    uf.union(a, b)
+    return {d: uf.find(d) for d, _ in docs}, sims
 
 
 def pair_scores(pred: dict, truth: dict) -> dict:
@@ -247,22 +258,15 @@ def datasketch_clusters(docs, threshold, num_perm, seed, ngram, bands_rows):
         mh[d] = m
         if t.strip():
             lsh.insert(d, m)
-    parent = {}
-
-    def find(x):
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
+    uf = UnionFind()
 
     for d, t in docs:
         if not t.strip():
             continue
         for o in lsh.query(mh[d]):
             if o != d:
-                parent[find(o)] = find(d)
-    return {d: find(d) for d, _ in docs}
+                uf.union(o, d)
+    return {d: uf.find(d) for d, _ in docs}
 
 
 # ---- signature speed -----------------------------------------------------------------------------------------------
