@@ -3,12 +3,15 @@
 Steps (all Spark work is distributed; the driver only sees per-partition and per-shard summaries):
 1. split: `val` when pmod(xxhash64("lmr-split", id), 1e6) < val_fraction * 1e6, so every epoch copy of a document
    lands in the same split whatever the seed; shuffle key: xxhash64(seed, id, epoch_copy).
-2. encode: `mapInArrow` over Arrow batches with `encode_ordinary_batch` (one encoder per Python worker), EOS after
-   every document; tokens travel as little-endian bytes of the output dtype.
-3. global order: sort by (split, shuffle key, id, epoch_copy); per-partition token totals go to the driver, which
-   turns them into each partition's starting offset (a distributed prefix sum). A document whose first token lies
-   at offset o of its split goes to shard o // shard_tokens. This depends only on the global order, never on the
-   number of partitions, so the bytes are the same for 2 or 8 partitions.
+2. global order: range-partition and sort by (split, shuffle key, id, epoch_copy, text hash); ordering comes
+   before encoding because range partitioning samples its input, and sampling the encoder's output would run
+   the BPE twice.
+3. encode: `mapInArrow` over the ordered Arrow batches, tiktoken's ordinary encoding into numpy buffers (one
+   encoder per Python worker), EOS after every document; tokens travel as little-endian bytes of the output dtype.
+   Per-partition token totals go to the driver, which turns them into each partition's starting offset (a
+   distributed prefix sum). A document whose first token lies at offset o of its split goes to shard
+   o // shard_tokens. This depends only on the global order, never on the number of partitions, so the bytes are
+   the same for 2 or 8 partitions.
 4. write: rows are repartitioned by (split, shard) and sorted inside the partition; executors stream each shard's
    `.bin` and `.idx` (uint64 document end offsets) to disk, hashing as they go.
 5. the driver numbers the shards contiguously, writes `manifest.json`, verifies every file (`verify_packed`) and
@@ -25,6 +28,7 @@ import datetime as dt
 import hashlib
 import json
 import shutil
+import time
 import uuid
 
 import numpy as np
@@ -54,7 +58,7 @@ examples:
 
 TOKENS_DDL = ("split string, skey bigint, id string, epoch_copy bigint, thash bigint, domain string, "
               "n_tokens bigint, n_bytes bigint, tokens binary")
-SHARD_DDL = ("split string, shard bigint, tokens bigint, documents bigint, text_bytes bigint, "
+SHARD_DDL = ("split string, shard bigint, tokens bigint, documents bigint, "
              "bin_name string, bin_bytes bigint, bin_sha256 string, idx_name string, idx_bytes bigint, "
              "idx_sha256 string")
 REPORT_DDL = "domain string, tokenizer string, docs bigint, bytes bigint, tokens bigint, words bigint"
@@ -97,10 +101,12 @@ def _encode_fn(resolved: dict, dtype_str: str):
         for b in batches:
             texts = b.column("text").to_pylist()
             flat, counts = encode_with_eos(enc, texts, dtype)
-            offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+            # zero-copy: the token buffer becomes the data of a binary column (int32 offsets while they fit)
+            wide = flat.nbytes >= 2**31
+            offsets = np.zeros(len(texts) + 1, dtype=np.int64 if wide else np.int32)
             np.cumsum(counts * dtype.itemsize, out=offsets[1:])
-            tokens = pa.Array.from_buffers(pa.large_binary(), len(texts),
-                                           [None, pa.py_buffer(offsets), pa.py_buffer(flat.tobytes())])
+            tokens = pa.Array.from_buffers(pa.large_binary() if wide else pa.binary(), len(texts),
+                                           [None, pa.py_buffer(offsets), pa.py_buffer(flat)])
             n_bytes = pc.cast(pc.binary_length(pc.cast(b.column("text"), pa.binary())), pa.int64())
             yield pa.RecordBatch.from_arrays(
                 [b.column("split"), b.column("skey"), b.column("id"), b.column("epoch_copy"), b.column("thash"),
@@ -109,33 +115,105 @@ def _encode_fn(resolved: dict, dtype_str: str):
     return encode
 
 
-def _assign_fn(offsets: dict, shard_tokens: int):
-    """Adds `shard` = (split offset of the document's first token) // shard_tokens, from per-partition bases."""
-    def assign(batches):
-        import pyarrow as pa
+PIECE_DDL = ("pid int, split string, domain string, docs bigint, tokens bigint, bytes bigint, piece string, "
+             "first struct<skey:bigint,id:string,epoch_copy:bigint,thash:bigint>")
 
-        running = {}
-        for b in batches:
-            n = b.num_rows
-            if n == 0:
-                continue
-            pids = b.column("pid").to_numpy()
-            splits = b.column("split").to_pylist()
-            ntok = b.column("n_tokens").to_numpy()
-            shard = np.empty(n, dtype=np.int64)
-            for i in range(n):  # rows are sorted by split; cheap Python loop over documents, not tokens
-                key = (int(pids[i]), splits[i])
-                start = running.get(key)
-                if start is None:
-                    start = offsets[key]
-                shard[i] = start // shard_tokens
-                running[key] = start + int(ntok[i])
-            cols = [b.column(c) for c in ("split", "skey", "id", "epoch_copy", "thash", "n_tokens", "n_bytes",
-                                          "tokens")]
-            yield pa.RecordBatch.from_arrays(cols + [pa.array(shard, pa.int64())],
-                                             names=["split", "skey", "id", "epoch_copy", "thash", "n_tokens",
-                                                    "n_bytes", "tokens", "shard"])
-    return assign
+
+class _PieceWriter:
+    """One partition's documents of one split, in order: `<piece>.bin` tokens and `<piece>.idx` uint64 end offsets
+    relative to the piece. Written under a per-attempt name and renamed at the end, so a retried or speculative
+    task attempt never leaves a half-written piece under the final name (both attempts write the same bytes)."""
+
+    def __init__(self, piece_dir: str, split: str, pid: int, first: dict):
+        self.piece = f"{split}-p{pid:06d}"
+        self.first = first
+        self.suffix = f".{uuid.uuid4().hex}.tmp"
+        self.path = os.path.join(piece_dir, self.piece)
+        self.fb = open(self.path + ".bin" + self.suffix, "wb")
+        self.fi = open(self.path + ".idx" + self.suffix, "wb")
+        self.tokens = 0
+
+    def add(self, data, counts: np.ndarray) -> None:
+        self.fb.write(data)
+        self.fi.write((self.tokens + np.cumsum(counts, dtype=np.uint64)).astype("<u8").tobytes())
+        self.tokens += int(counts.sum())
+
+    def close(self) -> None:
+        self.fb.close()
+        self.fi.close()
+        os.replace(self.path + ".bin" + self.suffix, self.path + ".bin")
+        os.replace(self.path + ".idx" + self.suffix, self.path + ".idx")
+
+    def discard(self) -> None:
+        for f in (self.fb, self.fi):
+            f.close()
+        for ext in (".bin", ".idx"):
+            try:
+                os.remove(self.path + ext + self.suffix)
+            except FileNotFoundError:
+                pass
+
+
+def _encode_write_fn(resolved: dict, dtype_str: str, piece_dir: str):
+    """Encode one range partition (rows arrive in global order) and stream its tokens to one piece per split;
+    yields (split, domain) counts and each piece's first key, which the driver turns into global offsets."""
+    def encode_write(batches):
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        from pyspark import TaskContext
+
+        from udfs.tokenize import encode_with_eos, load_encoding
+
+        enc = load_encoding(resolved)
+        dtype = np.dtype(dtype_str)
+        pid = TaskContext.get().partitionId()
+        writers, stats = {}, {}
+        try:
+            for b in batches:
+                n = b.num_rows
+                if n == 0:
+                    continue
+                flat, counts = encode_with_eos(enc, b.column("text").to_pylist(), dtype)
+                ends = np.cumsum(counts)
+                n_bytes = pc.binary_length(pc.cast(b.column("text"), pa.binary())).to_numpy()
+                splits = b.column("split").to_pylist()
+                domains = b.column("domain").to_pylist()
+                for d in range(n):
+                    st = stats.setdefault((splits[d], domains[d]), [0, 0, 0])
+                    st[0] += 1
+                    st[1] += int(counts[d])
+                    st[2] += int(n_bytes[d])
+                i = 0
+                while i < n:  # rows are sorted by split: at most one train run and one val run per partition
+                    j = i + 1
+                    while j < n and splits[j] == splits[i]:
+                        j += 1
+                    w = writers.get(splits[i])
+                    if w is None:
+                        first = {c: b.column(c)[i].as_py() for c in ("skey", "id", "epoch_copy", "thash")}
+                        w = writers[splits[i]] = _PieceWriter(piece_dir, splits[i], pid, first)
+                    lo = int(ends[i - 1]) if i else 0
+                    w.add(memoryview(flat[lo:int(ends[j - 1])]), counts[i:j])
+                    i = j
+            for w in writers.values():
+                w.close()
+        except BaseException:
+            for w in writers.values():
+                w.discard()
+            raise
+        rows = [{"pid": pid, "split": sp, "domain": dom, "docs": v[0], "tokens": v[1], "bytes": v[2],
+                 "piece": writers[sp].piece, "first": writers[sp].first} for (sp, dom), v in sorted(stats.items())]
+        if rows:
+            yield pa.RecordBatch.from_pylist(rows, schema=_piece_schema())
+    return encode_write
+
+
+def _piece_schema():
+    import pyarrow as pa
+
+    first = pa.struct([("skey", pa.int64()), ("id", pa.string()), ("epoch_copy", pa.int64()), ("thash", pa.int64())])
+    return pa.schema([("pid", pa.int32()), ("split", pa.string()), ("domain", pa.string()), ("docs", pa.int64()),
+                      ("tokens", pa.int64()), ("bytes", pa.int64()), ("piece", pa.string()), ("first", first)])
 
 
 class _ShardWriter:
@@ -148,77 +226,73 @@ class _ShardWriter:
         self.fb = open(os.path.join(out_dir, self.bin_name), "wb")
         self.fi = open(os.path.join(out_dir, self.idx_name), "wb")
         self.hb, self.hi = hashlib.sha256(), hashlib.sha256()
-        self.tokens = self.documents = self.text_bytes = self.bin_bytes = self.idx_bytes = 0
+        self.tokens = self.documents = self.bin_bytes = self.idx_bytes = 0
 
-    def add(self, data: memoryview, ntok: np.ndarray, nbytes: np.ndarray) -> None:
-        ends = (self.tokens + np.cumsum(ntok, dtype=np.uint64)).astype("<u8").tobytes()
-        self.fb.write(data)
-        self.hb.update(data)
+    def add_range(self, bin_path: str, byte_lo: int, byte_hi: int, rel_ends: np.ndarray) -> None:
+        """Copy bytes [byte_lo, byte_hi) of a piece; `rel_ends` are the copied documents' end offsets (tokens)
+        relative to the first copied token."""
+        with open(bin_path, "rb") as f:
+            f.seek(byte_lo)
+            left = byte_hi - byte_lo
+            while left > 0:
+                block = f.read(min(left, 1 << 22))
+                if not block:
+                    raise RuntimeError(f"piece {bin_path} is shorter than its index")
+                self.fb.write(block)
+                self.hb.update(block)
+                left -= len(block)
+        ends = (self.tokens + rel_ends.astype(np.uint64)).astype("<u8").tobytes()
         self.fi.write(ends)
         self.hi.update(ends)
-        self.tokens += int(ntok.sum())
-        self.documents += len(ntok)
-        self.text_bytes += int(nbytes.sum())
-        self.bin_bytes += len(data)
+        self.tokens += int(rel_ends[-1])
+        self.documents += len(rel_ends)
+        self.bin_bytes += byte_hi - byte_lo
         self.idx_bytes += len(ends)
 
     def close(self) -> dict:
         self.fb.close()
         self.fi.close()
         return {"split": self.split, "shard": self.shard, "tokens": self.tokens, "documents": self.documents,
-                "text_bytes": self.text_bytes, "bin_name": self.bin_name, "bin_bytes": self.bin_bytes,
-                "bin_sha256": self.hb.hexdigest(), "idx_name": self.idx_name, "idx_bytes": self.idx_bytes,
-                "idx_sha256": self.hi.hexdigest()}
+                "bin_name": self.bin_name, "bin_bytes": self.bin_bytes, "bin_sha256": self.hb.hexdigest(),
+                "idx_name": self.idx_name, "idx_bytes": self.idx_bytes, "idx_sha256": self.hi.hexdigest()}
 
 
-def _write_fn(out_dir: str, itemsize: int):
-    def write(batches):
+def _assemble_fn(piece_dir: str, out_dir: str, itemsize: int, shard_tokens: int):
+    """For each (split, shard, pieces) row: the documents whose first token's split offset o has
+    o // shard_tokens == shard, copied in order from the pieces that hold them (pieces: JSON list of
+    [piece, global start offset])."""
+    def assemble(batches):
         import pyarrow as pa
 
-        done, w = [], None
+        done = []
         for b in batches:
-            if b.num_rows == 0:
-                continue
-            splits = b.column("split").to_pylist()
-            shards = b.column("shard").to_numpy()
-            ntok = b.column("n_tokens").to_numpy()
-            nbytes = b.column("n_bytes").to_numpy()
-            offs, data = _binary_parts(b.column("tokens"))
-            i = 0
-            while i < b.num_rows:  # one run of rows per (split, shard) within the batch
-                j = i + 1
-                while j < b.num_rows and shards[j] == shards[i] and splits[j] == splits[i]:
-                    j += 1
-                if w is None or (w.split, w.shard) != (splits[i], int(shards[i])):
-                    if w is not None:
-                        done.append(w.close())
-                    w = _ShardWriter(out_dir, splits[i], int(shards[i]))
-                if int(ntok[i:j].sum()) * itemsize != int(offs[j] - offs[i]):
-                    raise RuntimeError("token bytes do not match token counts")
-                w.add(data[offs[i]:offs[j]], ntok[i:j], nbytes[i:j])
-                i = j
-        if w is not None:
-            done.append(w.close())
+            for split, shard, spec in zip(b.column("split").to_pylist(), b.column("shard").to_pylist(),
+                                          b.column("pieces").to_pylist()):
+                lo_tok, hi_tok = shard * shard_tokens, (shard + 1) * shard_tokens
+                w = None
+                for piece, g0 in json.loads(spec):
+                    ends = np.fromfile(os.path.join(piece_dir, piece + ".idx"), dtype="<u8").astype(np.int64)
+                    starts = g0 + np.concatenate(([0], ends[:-1]))
+                    a, z = np.searchsorted(starts, [lo_tok, hi_tok], side="left")
+                    if a == z:
+                        continue
+                    base = int(ends[a - 1]) if a else 0
+                    if w is None:
+                        w = _ShardWriter(out_dir, split, shard)
+                    w.add_range(os.path.join(piece_dir, piece + ".bin"), base * itemsize,
+                                int(ends[z - 1]) * itemsize, ends[a:z] - base)
+                if w is not None:
+                    done.append(w.close())
         if done:
             yield pa.RecordBatch.from_pylist(done, schema=_shard_schema())
-    return write
-
-
-def _binary_parts(arr):
-    """(row start offsets as int64, data buffer) of an Arrow binary or large_binary array, without copying."""
-    import pyarrow as pa
-
-    width = 8 if pa.types.is_large_binary(arr.type) else 4
-    offs = np.frombuffer(arr.buffers()[1], dtype=np.int64 if width == 8 else np.int32, count=len(arr) + 1,
-                         offset=arr.offset * width).astype(np.int64)
-    return offs, memoryview(arr.buffers()[2])
+    return assemble
 
 
 def _shard_schema():
     import pyarrow as pa
 
     return pa.schema([("split", pa.string()), ("shard", pa.int64()), ("tokens", pa.int64()),
-                      ("documents", pa.int64()), ("text_bytes", pa.int64()), ("bin_name", pa.string()),
+                      ("documents", pa.int64()), ("bin_name", pa.string()),
                       ("bin_bytes", pa.int64()), ("bin_sha256", pa.string()), ("idx_name", pa.string()),
                       ("idx_bytes", pa.int64()), ("idx_sha256", pa.string())])
 
@@ -263,9 +337,6 @@ def pack(spark, df, out_dir: str, tokenizer: str = "gpt2", val_fraction: float =
          shard_tokens: int = 50_000_000, nanogpt_bins: bool = False, source: dict | None = None,
          mixture_weights: dict | None = None, partitions: int | None = None, extra: dict | None = None) -> dict:
     """Pack DataFrame `df` (document schema) into `out_dir`; returns the verified manifest."""
-    from pyspark import StorageLevel
-    from pyspark.sql import functions as F
-
     from jobs.stage import log
     from udfs.tokenize import load_encoding, resolve_spec, token_dtype
 
@@ -283,66 +354,72 @@ def pack(spark, df, out_dir: str, tokenizer: str = "gpt2", val_fraction: float =
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(out_dir)}-tmp-{uuid.uuid4().hex[:12]}")
     os.makedirs(tmp)
-    cached = None
+    pieces_dir = f"{tmp}-pieces"
+    t0 = time.time()
     try:
         extra_val = None
+        log(f"pack: ordering and encoding with {resolved['name'] or resolved['path']} ({partitions} partitions)")
         while True:
+            # Order first, encode after: range partitioning samples its input, and sampling the output of the
+            # (opaque) encoder would run the BPE twice. mapInArrow keeps each partition's row order, so each
+            # task writes its range of the global order as one piece per split.
+            shutil.rmtree(pieces_dir, ignore_errors=True)
+            os.makedirs(pieces_dir)
             rows = prepare(df, val_fraction, seed, extra_val)
-            toks = rows.mapInArrow(_encode_fn(resolved, dtype.str), TOKENS_DDL)
-            cached = (toks.repartitionByRange(partitions, *ORDER).sortWithinPartitions(*ORDER)
-                      .withColumn("pid", F.spark_partition_id()).persist(StorageLevel.MEMORY_AND_DISK))
-            # distributed prefix sum: each partition holds one contiguous range of the global order
-            parts = cached.groupBy("pid", "split", "domain").agg(
-                F.sum("n_tokens").alias("tokens"), F.count(F.lit(1)).alias("docs"),
-                F.sum("n_bytes").alias("bytes"), F.min(F.struct(*ORDER[1:])).alias("first")).collect()
+            ordered = rows.repartitionByRange(partitions, *ORDER).sortWithinPartitions(*ORDER)
+            parts = ordered.mapInArrow(_encode_write_fn(resolved, dtype.str, pieces_dir), PIECE_DDL).collect()
             if val_fraction == 0 or extra_val is not None or any(r["split"] == "val" for r in parts):
                 break
             extra_val = _first_val_id(df)
             if extra_val is None:
                 break
             log(f"pack: no document fell in val at fraction {val_fraction}; moving id {extra_val!r} there")
-            cached.unpersist()
 
-        offsets, totals, domain_tokens = {}, {}, {}
+        # distributed prefix sum: the pieces of a split, in key order, are consecutive ranges of its global order
+        totals, domain_tokens, specs = {}, {}, []
         for split in ("train", "val"):
-            per_part = {}
+            pieces = {}
             for r in parts:
                 if r["split"] != split:
                     continue
-                p = per_part.setdefault(int(r["pid"]), {"tokens": 0, "docs": 0, "bytes": 0, "first": None})
+                p = pieces.setdefault(r["piece"], {"tokens": 0, "docs": 0, "bytes": 0, "first": tuple(r["first"])})
                 p["tokens"] += int(r["tokens"])
                 p["docs"] += int(r["docs"])
                 p["bytes"] += int(r["bytes"])
-                first = tuple(r["first"])
-                p["first"] = first if p["first"] is None else min(p["first"], first)
                 if split == "train":
                     domain_tokens[r["domain"]] = domain_tokens.get(r["domain"], 0) + int(r["tokens"])
-            pos = 0
-            for pid, p in sorted(per_part.items(), key=lambda kv: kv[1]["first"]):
-                offsets[(pid, split)] = pos
+            pos, by_shard = 0, {}
+            for name, p in sorted(pieces.items(), key=lambda kv: kv[1]["first"]):
+                for shard in range(pos // shard_tokens, (pos + p["tokens"] - 1) // shard_tokens + 1):
+                    by_shard.setdefault(shard, []).append([name, pos])
                 pos += p["tokens"]
-            totals[split] = {"tokens": pos, "documents": sum(p["docs"] for p in per_part.values()),
-                             "text_bytes": sum(p["bytes"] for p in per_part.values())}
+            specs += [(split, shard, json.dumps(ps)) for shard, ps in sorted(by_shard.items())]
+            totals[split] = {"tokens": pos, "documents": sum(p["docs"] for p in pieces.values()),
+                             "text_bytes": sum(p["bytes"] for p in pieces.values())}
 
-        assigned = cached.mapInArrow(_assign_fn(offsets, shard_tokens),
-                                     "split string, skey bigint, id string, epoch_copy bigint, thash bigint, "
-                                     "n_tokens bigint, n_bytes bigint, tokens binary, shard bigint")
-        n_shards = sum(-(-t["tokens"] // shard_tokens) for t in totals.values())
-        write_parts = max(1, min(partitions, n_shards))
-        written = (assigned.repartition(write_parts, "split", "shard")
-                   .sortWithinPartitions("split", "shard", *ORDER[1:])
-                   .mapInArrow(_write_fn(tmp, dtype.itemsize), SHARD_DDL).collect())
+        n_tok = sum(t["tokens"] for t in totals.values())
+        log(f"pack: encoded {sum(t['documents'] for t in totals.values()):,} documents, {n_tok:,} tokens in "
+            f"{time.time() - t0:.1f}s")
+        t1 = time.time()
+        written = []
+        if specs:
+            written = (spark.createDataFrame(specs, "split string, shard bigint, pieces string")
+                       .repartition(max(1, min(partitions, len(specs))))
+                       .mapInArrow(_assemble_fn(pieces_dir, tmp, dtype.itemsize, shard_tokens), SHARD_DDL)
+                       .collect())
+        shutil.rmtree(pieces_dir, ignore_errors=True)
 
         manifest = _finalize(tmp, written, totals, dtype, resolved, enc, tokenizer, seed, source,
                              mixture_weights or _shares(domain_tokens), nanogpt_bins, extra)
-        log(f"pack: verifying {len(manifest['files'])} files")
+        log(f"pack: wrote {len(written)} shards in {time.time() - t1:.1f}s; verifying {len(manifest['files'])} files")
+        t2 = time.time()
         verify_packed(tmp)
+        log(f"pack: verified in {time.time() - t2:.1f}s; {n_tok / max(time.time() - t0, 1e-9):,.0f} tokens/s overall")
         _swap_in(tmp, out_dir)
         tmp = None
         return manifest
     finally:
-        if cached is not None:
-            cached.unpersist()
+        shutil.rmtree(pieces_dir, ignore_errors=True)
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -368,7 +445,7 @@ def _finalize(tmp, written, totals, dtype, resolved, enc, spec, seed, source, mi
             files[idx_name] = {"sha256": r["idx_sha256"], "bytes": r["idx_bytes"]}
             shards.append({"bin": bin_name, "idx": idx_name, "tokens": r["tokens"], "documents": r["documents"]})
         got = {"tokens": sum(s["tokens"] for s in shards), "documents": sum(s["documents"] for s in shards),
-               "text_bytes": sum(r["text_bytes"] for r in mine)}
+               "text_bytes": totals[split]["text_bytes"]}
         if got != totals[split]:
             raise RuntimeError(f"pack: {split} shards hold {got}, the global counts say {totals[split]}")
         splits[split] = {**got, "shards": shards}
@@ -508,7 +585,7 @@ def _report_fn(resolved_list: list):
     def report(batches):
         import pyarrow as pa
 
-        from udfs.tokenize import load_encoding, word_count
+        from udfs.tokenize import encode_with_eos, load_encoding, word_count
 
         encs = [(name, load_encoding(r)) for name, r in resolved_list]
         for b in batches:
@@ -518,7 +595,7 @@ def _report_fn(resolved_list: list):
             words = [word_count(t) for t in texts]
             acc = {}
             for name, enc in encs:
-                counts = [len(t) for t in enc.encode_ordinary_batch(texts, num_threads=1)]
+                counts = (encode_with_eos(enc, texts, np.uint32)[1] - 1).tolist()
                 for d, nb, nw, nt in zip(domains, nbytes, words, counts):
                     a = acc.setdefault((d, name), [0, 0, 0, 0])
                     a[0] += 1

@@ -149,6 +149,28 @@ def test_same_seed_identical_bytes_across_partition_counts(spark, tmp_path, mixe
     assert m2["files"]["train-00000.bin"]["sha256"] != ma["files"]["train-00000.bin"]["sha256"]
 
 
+def test_shard_rule_with_documents_longer_than_a_shard(spark, tmp_path, mixed_df):
+    """A document goes to shard (split offset of its first token) // shard_tokens; shard numbers that no document
+    starts in are skipped; encode pieces and temporary folders are gone afterwards."""
+    shard_tokens = 7  # most documents are longer than this
+    out = str(tmp_path / "packed")
+    m = pack(spark, mixed_df, out, tokenizer="gpt2", val_fraction=0.2, seed=5, shard_tokens=shard_tokens,
+             partitions=3)
+    for split in ("train", "val"):
+        pos, last = 0, -1
+        for sh in m["splits"][split]["shards"]:
+            ends = np.fromfile(os.path.join(out, sh["idx"]), dtype="<u8").astype(np.int64)
+            starts = pos + np.concatenate(([0], ends[:-1]))
+            numbers = set((starts // shard_tokens).tolist())
+            assert len(numbers) == 1, (split, sh["bin"], numbers)
+            assert numbers.pop() > last
+            last = int(starts[0] // shard_tokens)
+            pos += int(ends[-1])
+        assert pos == m["splits"][split]["tokens"]
+    assert any(sh["tokens"] > shard_tokens for sh in m["splits"]["train"]["shards"])
+    assert sorted(os.listdir(tmp_path)) == ["packed"]  # no pieces or temporary folders left
+
+
 def test_verify_detects_corruption_and_truncation(spark, tmp_path, mixed_df):
     good = str(tmp_path / "good")
     pack(spark, mixed_df, good, tokenizer="gpt2", val_fraction=0.1, seed=3, shard_tokens=400)

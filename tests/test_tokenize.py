@@ -120,3 +120,17 @@ def test_encode_with_eos_and_dtype():
     ends = np.cumsum(counts)
     assert (flat[ends - 1] == enc.eot_token).all()
     assert enc.decode_bytes(flat[ends[1]:ends[2] - 1].tolist()) == "日本語 🤖".encode()
+
+
+def test_encode_with_eos_equals_encode_ordinary_on_awkward_text():
+    """The numpy fast path must give encode_ordinary's tokens: special-token strings stay plain text, lone
+    surrogates (possible in Python strings, never in Arrow) are repaired the way tiktoken repairs them."""
+    texts = ["a <|endoftext|> b <|fim_prefix|>", "x\ud800y", "", "tab\tnul\x00 日本語 🤖", "word " * 3000]
+    for name in ("gpt2", "o200k_base"):
+        enc = T.load_encoding(name)
+        flat, counts = T.encode_with_eos(enc, texts, T.token_dtype(enc.n_vocab))
+        ref = [tok for t in texts for tok in enc.encode_ordinary(t) + [enc.eot_token]]
+        assert flat.tolist() == ref
+        assert counts.tolist() == [len(enc.encode_ordinary(t)) + 1 for t in texts]
+    empty, counts = T.encode_with_eos(T.load_encoding("gpt2"), [], np.uint16)
+    assert empty.dtype == np.uint16 and len(empty) == 0 and len(counts) == 0
