@@ -1,23 +1,27 @@
 """Tokenize a table and pack it into token shards for the trainer (`<lake>/packed/`, format lmrefinery-packed-v1).
 
-Steps (all Spark work is distributed; the driver only sees per-partition and per-shard summaries):
+Steps (all Spark work is distributed; the driver only sees per-piece and per-shard summaries):
 1. split: `val` when pmod(xxhash64("lmr-split", id), 1e6) < val_fraction * 1e6, so every epoch copy of a document
    lands in the same split whatever the seed; shuffle key: xxhash64(seed, id, epoch_copy).
-2. global order: range-partition and sort by (split, shuffle key, id, epoch_copy, text hash); ordering comes
+2. global order: range-partition and sort by (split, shuffle key, id, epoch_copy, text hash). Ordering comes
    before encoding because range partitioning samples its input, and sampling the encoder's output would run
    the BPE twice.
-3. encode: `mapInArrow` over the ordered Arrow batches, tiktoken's ordinary encoding into numpy buffers (one
-   encoder per Python worker), EOS after every document; tokens travel as little-endian bytes of the output dtype.
-   Per-partition token totals go to the driver, which turns them into each partition's starting offset (a
-   distributed prefix sum). A document whose first token lies at offset o of its split goes to shard
-   o // shard_tokens. This depends only on the global order, never on the number of partitions, so the bytes are
-   the same for 2 or 8 partitions.
-4. write: rows are repartitioned by (split, shard) and sorted inside the partition; executors stream each shard's
-   `.bin` and `.idx` (uint64 document end offsets) to disk, hashing as they go.
+3. encode: `mapInArrow` over each ordered partition, tiktoken's ordinary encoding into numpy buffers (one encoder
+   per Python worker), EOS after every document. Each task streams its range of the global order to one piece
+   per split (`.bin` tokens, `.idx` uint64 end offsets) in a temporary folder and returns only counts and the
+   piece's first key. The driver orders the pieces by that key and sums their token counts into each piece's
+   split offset (a distributed prefix sum).
+4. assemble: a document whose first token lies at offset o of its split belongs to shard o // shard_tokens. One
+   task per run of consecutive shard numbers copies the byte ranges of its documents out of the pieces and writes
+   each shard's `.bin` and `.idx` (uint64 document end offsets), hashing as it goes. The rule depends only on the
+   global order, never on the number of partitions, so the bytes are the same for 2 or 8 partitions.
 5. the driver numbers the shards contiguously, writes `manifest.json`, verifies every file (`verify_packed`) and
    renames the temporary folder to `<lake>/packed` (the old one is replaced only when the new one is complete).
 
-No process ever holds a split's tokens: executors hold Arrow batches, the driver holds offsets and summaries.
+No process ever holds a split's tokens: encode tasks hold Arrow batches, assemble tasks read piece indexes in
+bounded chunks, the driver holds offsets and summaries. Pieces and shards live on the output's filesystem (shared
+storage on a cluster, as for every table of the lake); the temporary folder is one hidden folder next to the
+output, removed on success and on any error the driver sees.
 """
 import os
 import sys
@@ -56,8 +60,6 @@ examples:
   python jobs/pack.py --lake ./lake --report-only --report-tokenizers gpt2,o200k_base,./lake/bpe8k.json
 """
 
-TOKENS_DDL = ("split string, skey bigint, id string, epoch_copy bigint, thash bigint, domain string, "
-              "n_tokens bigint, n_bytes bigint, tokens binary")
 SHARD_DDL = ("split string, shard bigint, tokens bigint, documents bigint, "
              "bin_name string, bin_bytes bigint, bin_sha256 string, idx_name string, idx_bytes bigint, "
              "idx_sha256 string")
@@ -89,32 +91,6 @@ def build_parser():
 
 
 # ---- the Python side of each step (runs in executors) ----------------------------------------------------------
-def _encode_fn(resolved: dict, dtype_str: str):
-    def encode(batches):
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        from udfs.tokenize import encode_with_eos, load_encoding
-
-        enc = load_encoding(resolved)
-        dtype = np.dtype(dtype_str)
-        for b in batches:
-            texts = b.column("text").to_pylist()
-            flat, counts = encode_with_eos(enc, texts, dtype)
-            # zero-copy: the token buffer becomes the data of a binary column (int32 offsets while they fit)
-            wide = flat.nbytes >= 2**31
-            offsets = np.zeros(len(texts) + 1, dtype=np.int64 if wide else np.int32)
-            np.cumsum(counts * dtype.itemsize, out=offsets[1:])
-            tokens = pa.Array.from_buffers(pa.large_binary() if wide else pa.binary(), len(texts),
-                                           [None, pa.py_buffer(offsets), pa.py_buffer(flat)])
-            n_bytes = pc.cast(pc.binary_length(pc.cast(b.column("text"), pa.binary())), pa.int64())
-            yield pa.RecordBatch.from_arrays(
-                [b.column("split"), b.column("skey"), b.column("id"), b.column("epoch_copy"), b.column("thash"),
-                 b.column("domain"), pa.array(counts, pa.int64()), n_bytes, tokens.cast(pa.binary())],
-                names=["split", "skey", "id", "epoch_copy", "thash", "domain", "n_tokens", "n_bytes", "tokens"])
-    return encode
-
-
 PIECE_DDL = ("pid int, split string, domain string, docs bigint, tokens bigint, bytes bigint, piece string, "
              "first struct<skey:bigint,id:string,epoch_copy:bigint,thash:bigint>")
 
@@ -219,10 +195,11 @@ def _piece_schema():
 class _ShardWriter:
     """Streams one shard's .bin and .idx to disk, hashing both."""
 
-    def __init__(self, out_dir: str, split: str, shard: int):
+    def __init__(self, out_dir: str, split: str, shard: int, attempt: str):
         self.split, self.shard = split, shard
-        self.bin_name = f"{split}-s{shard:09d}.bin.part"
-        self.idx_name = f"{split}-s{shard:09d}.idx.part"
+        # per-attempt names: a retried or speculative attempt never truncates a file another attempt reported
+        self.bin_name = f"{split}-s{shard:012d}-{attempt}.bin.part"
+        self.idx_name = f"{split}-s{shard:012d}-{attempt}.idx.part"
         self.fb = open(os.path.join(out_dir, self.bin_name), "wb")
         self.fi = open(os.path.join(out_dir, self.idx_name), "wb")
         self.hb, self.hi = hashlib.sha256(), hashlib.sha256()
@@ -258,29 +235,45 @@ class _ShardWriter:
 
 
 def _assemble_fn(piece_dir: str, out_dir: str, itemsize: int, shard_tokens: int):
-    """For each (split, shard, pieces) row: the documents whose first token's split offset o has
-    o // shard_tokens == shard, copied in order from the pieces that hold them (pieces: JSON list of
-    [piece, global start offset])."""
+    """Each input row is a run of consecutive shard numbers [lo, hi) of one split with the pieces that overlap
+    its token range (JSON list of [piece, global start offset]). A document goes to shard o // shard_tokens,
+    o = the split offset of its first token. Every piece's index is read once per run, in bounded chunks."""
+    chunk_docs = 1 << 20
+
     def assemble(batches):
         import pyarrow as pa
 
         done = []
+        attempt = uuid.uuid4().hex[:12]
         for b in batches:
-            for split, shard, spec in zip(b.column("split").to_pylist(), b.column("shard").to_pylist(),
-                                          b.column("pieces").to_pylist()):
-                lo_tok, hi_tok = shard * shard_tokens, (shard + 1) * shard_tokens
+            for split, lo, hi, spec in zip(*(b.column(c).to_pylist() for c in ("split", "lo", "hi", "pieces"))):
                 w = None
                 for piece, g0 in json.loads(spec):
-                    ends = np.fromfile(os.path.join(piece_dir, piece + ".idx"), dtype="<u8").astype(np.int64)
-                    starts = g0 + np.concatenate(([0], ends[:-1]))
-                    a, z = np.searchsorted(starts, [lo_tok, hi_tok], side="left")
-                    if a == z:
+                    ends = np.memmap(os.path.join(piece_dir, piece + ".idx"), dtype="<u8", mode="r")
+                    if len(ends) == 0:
                         continue
-                    base = int(ends[a - 1]) if a else 0
-                    if w is None:
-                        w = _ShardWriter(out_dir, split, shard)
-                    w.add_range(os.path.join(piece_dir, piece + ".bin"), base * itemsize,
-                                int(ends[z - 1]) * itemsize, ends[a:z] - base)
+
+                    def first_at(x):  # first document of the piece whose first token is at split offset >= x
+                        if x <= g0:
+                            return 0  # uint64 search keys: an int key would promote the index to float64
+                        return min(int(np.searchsorted(ends, np.uint64(x - g0))) + 1, len(ends))
+
+                    a, z = first_at(lo * shard_tokens), first_at(hi * shard_tokens)
+                    for c in range(a, z, chunk_docs):
+                        d = min(c + chunk_docs, z)
+                        stop = np.asarray(ends[c:d], dtype=np.int64)
+                        start = np.concatenate(([int(ends[c - 1]) if c else 0], stop[:-1]))
+                        shard = (g0 + start) // shard_tokens
+                        cuts = np.flatnonzero(np.diff(shard)) + 1
+                        for i, j in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [d - c]))):
+                            k = int(shard[i])
+                            if w is None or w.shard != k:
+                                if w is not None:
+                                    done.append(w.close())
+                                w = _ShardWriter(out_dir, split, k, attempt)
+                            base = int(start[i])
+                            w.add_range(os.path.join(piece_dir, piece + ".bin"), base * itemsize,
+                                        int(stop[j - 1]) * itemsize, stop[i:j] - base)
                 if w is not None:
                     done.append(w.close())
         if done:
@@ -354,16 +347,16 @@ def pack(spark, df, out_dir: str, tokenizer: str = "gpt2", val_fraction: float =
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(out_dir)}-tmp-{uuid.uuid4().hex[:12]}")
     os.makedirs(tmp)
-    pieces_dir = f"{tmp}-pieces"
     t0 = time.time()
     try:
-        extra_val = None
+        extra_val, attempt = None, 0
         log(f"pack: ordering and encoding with {resolved['name'] or resolved['path']} ({partitions} partitions)")
         while True:
             # Order first, encode after: range partitioning samples its input, and sampling the output of the
             # (opaque) encoder would run the BPE twice. mapInArrow keeps each partition's row order, so each
             # task writes its range of the global order as one piece per split.
-            shutil.rmtree(pieces_dir, ignore_errors=True)
+            attempt += 1
+            pieces_dir = os.path.join(tmp, f"pieces-{attempt}")  # inside tmp: one folder to clean after a crash
             os.makedirs(pieces_dir)
             rows = prepare(df, val_fraction, seed, extra_val)
             ordered = rows.repartitionByRange(partitions, *ORDER).sortWithinPartitions(*ORDER)
@@ -374,6 +367,7 @@ def pack(spark, df, out_dir: str, tokenizer: str = "gpt2", val_fraction: float =
             if extra_val is None:
                 break
             log(f"pack: no document fell in val at fraction {val_fraction}; moving id {extra_val!r} there")
+            shutil.rmtree(pieces_dir, ignore_errors=True)
 
         # distributed prefix sum: the pieces of a split, in key order, are consecutive ranges of its global order
         totals, domain_tokens, specs = {}, {}, []
@@ -388,12 +382,18 @@ def pack(spark, df, out_dir: str, tokenizer: str = "gpt2", val_fraction: float =
                 p["bytes"] += int(r["bytes"])
                 if split == "train":
                     domain_tokens[r["domain"]] = domain_tokens.get(r["domain"], 0) + int(r["tokens"])
-            pos, by_shard = 0, {}
+            pos, ranges = 0, []
             for name, p in sorted(pieces.items(), key=lambda kv: kv[1]["first"]):
-                for shard in range(pos // shard_tokens, (pos + p["tokens"] - 1) // shard_tokens + 1):
-                    by_shard.setdefault(shard, []).append([name, pos])
+                ranges.append((name, pos, pos + p["tokens"]))
                 pos += p["tokens"]
-            specs += [(split, shard, json.dumps(ps)) for shard, ps in sorted(by_shard.items())]
+            # one assemble task per run of consecutive shard numbers (equal token ranges), with the pieces
+            # that overlap the run; a shard never spans two runs
+            n_numbers = -(-pos // shard_tokens)
+            n_runs = min(n_numbers, partitions)
+            for r in range(n_runs):
+                lo, hi = r * n_numbers // n_runs, (r + 1) * n_numbers // n_runs
+                mine = [[name, g0] for name, g0, g1 in ranges if g0 < hi * shard_tokens and g1 > lo * shard_tokens]
+                specs.append((split, lo, hi, json.dumps(mine)))
             totals[split] = {"tokens": pos, "documents": sum(p["docs"] for p in pieces.values()),
                              "text_bytes": sum(p["bytes"] for p in pieces.values())}
 
@@ -403,12 +403,12 @@ def pack(spark, df, out_dir: str, tokenizer: str = "gpt2", val_fraction: float =
         t1 = time.time()
         written = []
         if specs:
-            written = (spark.createDataFrame(specs, "split string, shard bigint, pieces string")
-                       .repartition(max(1, min(partitions, len(specs))))
+            one_per_task = spark.sparkContext.parallelize(specs, len(specs))
+            written = (spark.createDataFrame(one_per_task, "split string, lo bigint, hi bigint, pieces string")
                        .mapInArrow(_assemble_fn(pieces_dir, tmp, dtype.itemsize, shard_tokens), SHARD_DDL)
                        .collect())
         shutil.rmtree(pieces_dir, ignore_errors=True)
-
+        written = [r.asDict() for r in written]
         manifest = _finalize(tmp, written, totals, dtype, resolved, enc, tokenizer, seed, source,
                              mixture_weights or _shares(domain_tokens), nanogpt_bins, extra)
         log(f"pack: wrote {len(written)} shards in {time.time() - t1:.1f}s; verifying {len(manifest['files'])} files")
@@ -419,7 +419,6 @@ def pack(spark, df, out_dir: str, tokenizer: str = "gpt2", val_fraction: float =
         tmp = None
         return manifest
     finally:
-        shutil.rmtree(pieces_dir, ignore_errors=True)
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -435,7 +434,7 @@ def _finalize(tmp, written, totals, dtype, resolved, enc, spec, seed, source, mi
 
     files, splits = {}, {}
     for split in ("train", "val"):
-        mine = sorted((r.asDict() for r in written if r["split"] == split), key=lambda r: r["shard"])
+        mine = sorted((r for r in written if r["split"] == split), key=lambda r: r["shard"])
         shards = []
         for k, r in enumerate(mine):
             bin_name, idx_name = f"{split}-{k:05d}.bin", f"{split}-{k:05d}.idx"
@@ -444,14 +443,15 @@ def _finalize(tmp, written, totals, dtype, resolved, enc, spec, seed, source, mi
             files[bin_name] = {"sha256": r["bin_sha256"], "bytes": r["bin_bytes"]}
             files[idx_name] = {"sha256": r["idx_sha256"], "bytes": r["idx_bytes"]}
             shards.append({"bin": bin_name, "idx": idx_name, "tokens": r["tokens"], "documents": r["documents"]})
+        # text bytes are counted at encode time only; tokens and documents are checked against the shards
         got = {"tokens": sum(s["tokens"] for s in shards), "documents": sum(s["documents"] for s in shards),
                "text_bytes": totals[split]["text_bytes"]}
         if got != totals[split]:
             raise RuntimeError(f"pack: {split} shards hold {got}, the global counts say {totals[split]}")
         splits[split] = {**got, "shards": shards}
-    leftovers = [f for f in os.listdir(tmp) if f.endswith(".part")]
-    if leftovers:
-        raise RuntimeError(f"pack: files written by no reported task: {leftovers[:3]}")
+    for f in os.listdir(tmp):  # files of task attempts that failed or lost to another attempt
+        if f.endswith(".part"):
+            os.remove(os.path.join(tmp, f))
 
     tok_file = None
     if resolved["kind"] == "bpe":
@@ -585,7 +585,7 @@ def _report_fn(resolved_list: list):
     def report(batches):
         import pyarrow as pa
 
-        from udfs.tokenize import encode_with_eos, load_encoding, word_count
+        from udfs.tokenize import load_encoding, ordinary_tokens, word_count
 
         encs = [(name, load_encoding(r)) for name, r in resolved_list]
         for b in batches:
@@ -595,7 +595,7 @@ def _report_fn(resolved_list: list):
             words = [word_count(t) for t in texts]
             acc = {}
             for name, enc in encs:
-                counts = (encode_with_eos(enc, texts, np.uint32)[1] - 1).tolist()
+                counts = [len(ordinary_tokens(enc, t)) for t in texts]
                 for d, nb, nw, nt in zip(domains, nbytes, words, counts):
                     a = acc.setdefault((d, name), [0, 0, 0, 0])
                     a[0] += 1
