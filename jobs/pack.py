@@ -249,9 +249,7 @@ def _assemble_fn(piece_dir: str, out_dir: str, itemsize: int, shard_tokens: int)
             for split, lo, hi, spec in zip(*(b.column(c).to_pylist() for c in ("split", "lo", "hi", "pieces"))):
                 w = None
                 for piece, g0 in json.loads(spec):
-                    ends = np.memmap(os.path.join(piece_dir, piece + ".idx"), dtype="<u8", mode="r")
-                    if len(ends) == 0:
-                        continue
+                    ends = np.memmap(os.path.join(piece_dir, piece + ".idx"), dtype="<u8", mode="r")  # never empty
 
                     def first_at(x):  # first document of the piece whose first token is at split offset >= x
                         if x <= g0:
@@ -349,14 +347,17 @@ def pack(spark, df, out_dir: str, tokenizer: str = "gpt2", val_fraction: float =
     os.makedirs(tmp)
     t0 = time.time()
     try:
-        extra_val, attempt = None, 0
+        extra_val, encode_round = None, 0
+        if 0 < val_fraction and round(val_fraction * SPLIT_BUCKETS) == 0:  # no id can hash into val: choose one now
+            extra_val = _first_val_id(df)
+            log(f"pack: --val-fraction {val_fraction} is under one split bucket (1e-6); id {extra_val!r} goes to val")
         log(f"pack: ordering and encoding with {resolved['name'] or resolved['path']} ({partitions} partitions)")
         while True:
             # Order first, encode after: range partitioning samples its input, and sampling the output of the
             # (opaque) encoder would run the BPE twice. mapInArrow keeps each partition's row order, so each
             # task writes its range of the global order as one piece per split.
-            attempt += 1
-            pieces_dir = os.path.join(tmp, f"pieces-{attempt}")  # inside tmp: one folder to clean after a crash
+            encode_round += 1
+            pieces_dir = os.path.join(tmp, f"pieces-{encode_round}")  # inside tmp: one folder to clean after a crash
             os.makedirs(pieces_dir)
             rows = prepare(df, val_fraction, seed, extra_val)
             ordered = rows.repartitionByRange(partitions, *ORDER).sortWithinPartitions(*ORDER)

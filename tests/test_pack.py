@@ -127,6 +127,14 @@ def test_o200k_uses_uint32(spark, tmp_path, mixed_df):
     assert any(max(t, default=0) > 65535 for docs in got.values() for t, _ in docs)
 
 
+def test_val_fraction_under_one_bucket_picks_the_val_id_before_encoding(spark, tmp_path, mixed_df, capfd):
+    capfd.readouterr()
+    m = pack(spark, mixed_df, str(tmp_path / "packed"), tokenizer="gpt2", val_fraction=1e-9, seed=1)
+    err = capfd.readouterr().err
+    assert m["splits"]["val"]["documents"] in (1, 2)  # one id (two rows if it is a code document with its copy)
+    assert "goes to val" in err and "no document fell in val" not in err  # no encode pass was wasted
+
+
 def test_same_seed_identical_bytes_across_partition_counts(spark, tmp_path, mixed_df):
     outs = []
     for parts in (2, 8):
