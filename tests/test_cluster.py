@@ -2,6 +2,7 @@
 installation, running `spark-submit --master spark://... jobs/dedup.py` with the code shipped as a --py-files zip.
 
 * the cluster's `deduped` / `duplicates` equal a local-mode run of the same job on a copy of the same lake;
+* `jobs/pack.py` on the cluster writes the same shard bytes as a local-mode run;
 * with LMR_CLUSTER_DRILL=1: a driver that dies between two table commits (LMR_FAIL_AFTER_WRITE) is re-run on the
   cluster to a consistent lake: conservation in the one metrics row, ids unique, deduped + duplicates == input, one
   commit per table;
@@ -15,7 +16,7 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.slow   # a local and a cluster run of dedup: ~3.5 min on 2 cores
+pytestmark = pytest.mark.slow   # local and cluster runs of dedup and pack: ~4.5 min on 2 cores
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "scripts"))
@@ -84,6 +85,26 @@ def test_cluster_dedup_equals_local_mode(base_lake, cluster):
         with open(os.path.join(wdir, app, ex, "stderr"), errors="replace") as f:
             assert "Running task" in f.read()
     assert "spark://127.0.0.1:" in " ".join(sub.argv) and "--py-files" in sub.argv
+
+
+def test_cluster_pack_equals_local_mode(base_lake, cluster):
+    """Pack's encode tasks write pieces that other executors' assemble tasks read: the shards from the cluster
+    (2 executors) are byte-identical to an in-process local-mode run with another partition count."""
+    import json
+
+    from jobs.pack import main as pack_main, verify_packed
+
+    lake = _copy(base_lake, "lake-pack")
+    args = ["--input-table", "filtered", "--shard-tokens", "3000", "--val-fraction", "0.1", "--force"]
+    on_cluster, local = os.path.join(lake, "packed-cluster"), os.path.join(lake, "packed-local")
+    sub = cluster.submit("jobs/pack.py", ["--lake", lake, "--out", on_cluster] + args)
+    assert sub.wait(timeout=900) == 0, sub.log()[-4000:]
+    assert pack_main(["--lake", lake, "--out", local] + args) == 0
+    a, b = (verify_packed(d) for d in (on_cluster, local))
+    assert a["files"] == b["files"] and len(a["files"]) > 4
+    assert a["splits"] == b["splits"] and a["splits"]["val"]["documents"] > 0
+    assert not [f for f in os.listdir(lake) if "-tmp-" in f]  # no temporary folder (pieces live inside it) left
+    assert json.load(open(os.path.join(on_cluster, "manifest.json")))["source"]["table"] == "filtered"
 
 
 @pytest.mark.skipif(os.environ.get("LMR_CLUSTER_DRILL") != "1",
