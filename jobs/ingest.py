@@ -27,8 +27,12 @@ source given by flags (--input, --format, --source, --domain). Formats: jsonl (a
 document per file or per blank-line separated paragraph), parquet, csv (header row required).
 
 Ids: `<source>/<value of --id-field>` when the source gives one, else `<source>/<sha1(source, file, line/row)>`;
-stable across re-runs. Quarantine reasons: invalid_utf8, invalid_unicode, invalid_json, not_an_object,
-missing_text_field, text_not_string, empty_text, too_large, blank_line, duplicate_id, unreadable_file.
+stable across re-runs. No single record can end the job: each one becomes a document or a quarantine row with
+a reason (invalid_utf8, invalid_unicode, invalid_json, too_deep, not_an_object, invalid_csv, missing_text_field,
+text_not_string, empty_text, too_large, invalid_record, unreadable_file, duplicate_id; see udfs/records.py).
+Blank lines are not records: they are counted (metrics extra.blank_lines), so
+lines = documents + quarantined + blank. A UTF-8 BOM at the start of a file is removed. Lines are read with a
+length limit (ingest.max_line_bytes, default 8 x max_doc_bytes), so memory stays bounded on any input.
 A re-run on unchanged files with the same config is skipped (see the metrics table); --force runs again.
 
 examples:
@@ -48,7 +52,7 @@ UNIT_DDL = (
     "kind string, id string, text string, url string, meta string, "
     f"trace {TRACE_DDL}, n_bytes bigint, text_sha256 string, reason string, detail string, raw binary, "
     "raw_length bigint, raw_truncated boolean, quarantine_id string, source string, domain string, "
-    "order_file string, order_pos bigint"
+    "order_file string, order_pos bigint, task_id int"
 )
 TASK_DDL = ("task_id int, source_idx int, fmt string, path string, file string, rel_file string, start bigint, "
             "end bigint, line_base bigint, row_group int, row_base bigint")
@@ -203,75 +207,108 @@ def assign_line_bases(spark, tasks):
         running[t["path"]] = t["line_base"] + counts[t["task_id"]]
 
 
+def unit_order_pos(u: dict) -> int:
+    """Position of a unit inside its file, for ordering and for "first seen at": byte offset, else row, else line."""
+    tr = u["trace"]
+    return tr["byte_offset"] if tr["byte_offset"] is not None else (
+        tr["row"] if tr["row"] is not None else tr["line"] or 0)
+
+
 def parse_tasks_fn(specs, limits, batch_rows: int = 2000, batch_bytes: int = 64 << 20):
-    """The function run inside `mapInArrow`: task rows in, unit rows (documents and quarantine) out."""
-    schema = _unit_arrow_schema()  # built on the driver: parsing DDL needs the JVM
+    """The function run inside `mapInArrow`: task rows in, unit rows (documents and quarantine) out.
+    Blank lines are not records: each task emits one `blank` row holding their count in `n_bytes`."""
+    from udfs.records import unit_arrow_schema
+
+    schema = unit_arrow_schema()
 
     def run(batches):
-        import gzip
-        import zlib
-
-        import pyarrow as pa
-
         from udfs import records as R
 
         rows, size = [], 0
         for b in batches:
             for t in b.to_pylist():
                 spec = specs[t["source_idx"]]
-                if t["fmt"] == "jsonl":
-                    units = R.iter_jsonl_chunk(spec, t["path"], t["file"], t["rel_file"], t["start"], t["end"],
-                                               t["line_base"], limits)
-                elif t["fmt"] == "text":
-                    units = R.iter_text_file(spec, t["path"], t["file"], t["rel_file"], limits)
-                elif t["fmt"] == "csv":
-                    units = R.iter_csv_file(spec, t["path"], t["file"], t["rel_file"], limits)
-                else:
-                    units = R.iter_parquet_row_group(spec, t["path"], t["file"], t["rel_file"], t["row_group"],
-                                                     t["row_base"], limits)
-                try:
-                    for u in units:
-                        u["source"], u["domain"] = spec.name, spec.domain
-                        u["order_file"] = t["file"]
-                        tr = u["trace"]
-                        u["order_pos"] = tr["byte_offset"] if tr["byte_offset"] is not None else (
-                            tr["row"] if tr["row"] is not None else tr["line"] or 0)
-                        rows.append(u)
-                        size += u.get("n_bytes") or u.get("raw_length") or 0
-                        if len(rows) >= batch_rows or size >= batch_bytes:
-                            yield pa.RecordBatch.from_pylist(rows, schema=schema)
-                            rows, size = [], 0
-                except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as e:
-                    rows.append({"kind": "quarantine", "reason": "unreadable_file", "detail": str(e)[:300],
-                                 "raw": b"", "raw_length": 0, "raw_truncated": False,
-                                 "trace": {"file": t["file"], "line": None, "row": None, "byte_offset": t["start"]},
-                                 "quarantine_id": R.stable_id(spec.name, t["rel_file"], -1 - t["start"]),
-                                 "source": spec.name, "domain": spec.domain, "order_file": t["file"],
-                                 "order_pos": t["start"]})
+                blank = 0
+                for u in R.iter_task_units(spec, t, limits):
+                    if u["kind"] == "blank":
+                        blank += 1
+                        continue
+                    u["source"], u["domain"], u["task_id"] = spec.name, spec.domain, t["task_id"]
+                    u["order_file"] = t["file"]
+                    u["order_pos"] = unit_order_pos(u)
+                    rows.append(u)
+                    size += u.get("n_bytes") or u.get("raw_length") or 0
+                    if len(rows) >= batch_rows or size >= batch_bytes:
+                        yield R.rows_to_batch(rows, schema, limits)
+                        rows, size = [], 0
+                if blank:
+                    rows.append({"kind": "blank", "n_bytes": blank, "source": spec.name, "domain": spec.domain,
+                                 "task_id": t["task_id"], "order_file": t["file"], "order_pos": t["start"]})
         if rows:
-            yield pa.RecordBatch.from_pylist(rows, schema=schema)
+            yield R.rows_to_batch(rows, schema, limits)
 
     return run
 
 
-def _unit_arrow_schema():
-    from pyspark.sql.pandas.types import to_arrow_schema
-    from pyspark.sql.types import _parse_datatype_string
+def duplicate_raw_fn(specs, limits, tasks):
+    """mapInArrow over duplicate-id rows (grouped by task): re-read each task's file to give every row the
+    original bytes of its line / row (documents do not carry them, duplicates are rare)."""
+    by_id = {t["task_id"]: t for t in tasks}
 
-    return to_arrow_schema(_parse_datatype_string(UNIT_DDL))
+    def run(batches):
+        import pyarrow as pa
+
+        from udfs import records as R
+
+        raw_max = limits.raw_payload_max_bytes
+        for b in batches:
+            rows = b.to_pylist()
+            wanted = {}
+            for r in rows:
+                wanted.setdefault(r["task_id"], set()).add(r["order_pos"])
+            found = {}
+            for tid, positions in wanted.items():
+                t = by_id[tid]
+                left = set(positions)
+                for u in R.iter_task_units(specs[t["source_idx"]], t, limits, keep_raw=True):
+                    if u["kind"] == "doc" and unit_order_pos(u) in left:
+                        found[(tid, unit_order_pos(u))] = u["raw"]
+                        left.discard(unit_order_pos(u))
+                        if not left:
+                            break
+            raws = [found.get((r["task_id"], r["order_pos"])) for r in rows]
+            raws = [x if x is not None else r["text"].encode("utf-8") for x, r in zip(raws, rows)]
+            yield pa.RecordBatch.from_pydict({
+                **{c: b.column(c) for c in b.schema.names if c != "text"},
+                "raw": pa.array([x[:raw_max] for x in raws], pa.binary()),
+                "raw_length": pa.array([len(x) for x in raws], pa.int64()),
+                "raw_truncated": pa.array([len(x) > raw_max for x in raws], pa.bool_()),
+            })
+
+    return run
+
+
+def resolve_limits(args, cfg):
+    from udfs.records import Limits
+
+    try:
+        return Limits(max_doc_bytes=int(args.max_doc_bytes or cfg.get("max_doc_bytes", 1 << 20)),
+                      raw_payload_max_bytes=int(cfg.get("raw_payload_max_bytes", 64 << 10)),
+                      max_line_bytes=None if cfg.get("max_line_bytes") is None else int(cfg["max_line_bytes"]),
+                      max_json_depth=int(cfg.get("max_json_depth", 100)),
+                      max_skip_bytes=int(cfg.get("max_skip_bytes", 64 << 20)))
+    except (TypeError, ValueError) as e:
+        raise UserError(f"ingest limits: {e}")
 
 
 # ---- the stage --------------------------------------------------------------------------------------------------------
 def main(argv=None):
     from pyspark.sql import functions as F
 
-    from udfs.records import Limits
-
     args = build_parser().parse_args(argv)
     cfg = load_config(args.conf, args.overrides).get("ingest", {}) or {}
     specs = load_sources(args, cfg)
-    limits = Limits(max_doc_bytes=int(args.max_doc_bytes or cfg.get("max_doc_bytes", 1 << 20)),
-                    raw_payload_max_bytes=int(cfg.get("raw_payload_max_bytes", 64 << 10)))
+    limits = resolve_limits(args, cfg)
     chunk_bytes = int(cfg.get("chunk_bytes", 32 << 20))
     tasks, fingerprint, total_bytes = plan_tasks(specs, chunk_bytes)
 
@@ -290,15 +327,17 @@ def main(argv=None):
     units = units.persist()
 
     docs = units.where(F.col("kind") == "doc")
-    dup_ids = (docs.groupBy("id").agg(F.count(F.lit(1)).alias("_n"),
-                                      F.min(F.struct("order_file", "order_pos")).alias("_first"))
+    first_key = F.struct("order_file", "order_pos", F.col("trace.line").alias("line"),
+                         F.col("trace.row").alias("row"))
+    dup_ids = (docs.groupBy("id").agg(F.count(F.lit(1)).alias("_n"), F.min(first_key).alias("_first"))
                .where(F.col("_n") > 1).select("id", "_first"))
     dup_cached = dup_ids.persist()
     # Usually few: broadcast them, so the two writes below do not shuffle every document's text for the join.
     if dup_cached.count() <= BROADCAST_DUP_IDS:
         dup_ids = F.broadcast(dup_cached)
     docs = docs.join(dup_ids, "id", "left").withColumn(
-        "_is_dup", F.col("_first").isNotNull() & (F.struct("order_file", "order_pos") != F.col("_first")))
+        "_is_dup", F.col("_first").isNotNull() & ((F.col("order_file") != F.col("_first.order_file")) |
+                                                  (F.col("order_pos") != F.col("_first.order_pos"))))
     # Same value for every attempt of the same run key, so a restarted run can find what an attempt committed.
     ingest_run = f"ingest-{run.config_hash}"
     run_id = F.lit(ingest_run)
@@ -306,19 +345,22 @@ def main(argv=None):
                  .withColumn("n_tokens_est", F.floor((F.col("n_bytes") + 3) / 4).cast("bigint"))
                  .withColumn("ingest_run", run_id)
                  .select(*DOCUMENT_COLUMNS))
-    raw_max = limits.raw_payload_max_bytes
-    dup_q = (docs.where(F.col("_is_dup"))
-             .withColumn("raw", F.substring(F.encode("text", "UTF-8"), 1, raw_max))
-             .withColumn("raw_length", F.col("n_bytes"))
-             .withColumn("raw_truncated", F.col("n_bytes") > raw_max)
-             .withColumn("reason", F.lit("duplicate_id"))
-             .withColumn("detail", F.concat(F.lit("first seen at "), F.col("_first.order_file"), F.lit(":"),
-                                            F.col("_first.order_pos").cast("string")))
-             .withColumn("quarantine_id", F.concat(F.col("id"), F.lit("#dup@"), F.col("order_file"), F.lit(":"),
-                                                   F.col("order_pos").cast("string"))))
+    first_at = F.concat(F.col("_first.order_file"), F.lit(":"),
+                        F.coalesce(F.col("_first.line").cast("string"),
+                                   F.concat(F.lit("row "), F.col("_first.row").cast("string"))))
+    dup_rows = (docs.where(F.col("_is_dup"))
+                .select("id", "source", "domain", "trace", "order_file", "order_pos", "task_id", "text",
+                        F.lit("duplicate_id").alias("reason"),
+                        F.concat(F.lit("first seen at "), first_at).alias("detail"),
+                        F.concat(F.col("id"), F.lit("#dup@"), F.col("order_file"), F.lit(":"),
+                                 F.col("order_pos").cast("string")).alias("quarantine_id")))
+    # the later record's original bytes (its JSONL line / CSV row), re-read from its file
+    dup_q = (dup_rows.repartition("task_id").sortWithinPartitions("task_id", "order_pos")
+             .mapInArrow(duplicate_raw_fn(specs, limits, tasks), DUP_DDL))
     q_cols = [c.split()[0] for c in QUARANTINE_DDL.split(", ")]
     quarantine = (units.where(F.col("kind") == "quarantine").unionByName(dup_q, allowMissingColumns=True)
                   .withColumn("ingest_run", run_id).select(*q_cols))
+    blank_lines = int(units.where(F.col("kind") == "blank").agg(F.sum("n_bytes")).first()[0] or 0)
 
     mode = "append" if args.append else "overwrite"
     run.write(documents, out_t, mode=mode)
@@ -333,7 +375,8 @@ def main(argv=None):
     extra = {
         "input_files": len(fingerprint), "input_bytes": total_bytes, "tasks": len(tasks),
         "parse_failure_rate": (stats["parse_failures"] / (docs_out + q_rows)) if docs_out + q_rows else 0.0,
-        "duplicate_ids": stats["reasons"].get("duplicate_id", 0),
+        "duplicate_ids": stats["reasons"].get("duplicate_id", 0), "blank_lines": blank_lines,
+        "input_units": docs_out + q_rows + blank_lines,
         "docs_per_s": (docs_out + q_rows) / seconds, "mb_per_s": total_bytes / 1e6 / seconds,
         "per_source": stats["per_source"], "quarantine_table": q_t,
     }
@@ -349,6 +392,9 @@ def main(argv=None):
     return 0
 
 
+DUP_DDL = (f"id string, source string, domain string, trace {TRACE_DDL}, order_file string, order_pos bigint, "
+           "task_id int, reason string, detail string, quarantine_id string, raw binary, raw_length bigint, "
+           "raw_truncated boolean")
 BROADCAST_DUP_IDS = 200_000  # duplicate ids up to this many are broadcast to the join, else shuffled
 PARSE_FAILURES = ("invalid_json", "invalid_utf8", "invalid_unicode", "not_an_object")
 

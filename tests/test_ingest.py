@@ -63,7 +63,7 @@ def make_corpus(root):
 
 
 EXPECTED_REASONS = {"invalid_json": 1, "not_an_object": 1, "missing_text_field": 3, "text_not_string": 1,
-                    "empty_text": 4, "too_large": 1, "blank_line": 1, "duplicate_id": 1, "invalid_unicode": 1,
+                    "empty_text": 4, "too_large": 1, "duplicate_id": 1, "invalid_unicode": 1,
                     "invalid_utf8": 3}
 
 
@@ -117,7 +117,10 @@ def test_each_quarantine_reason_with_raw_payload(ingested):
     big = by[("too_large", "web/big")]
     assert big["raw_length"] > 3000 and big["raw_truncated"] is False
     dup = by[("duplicate_id", "web/w1")]
-    assert dup["raw"] == b"same id as an earlier record" and dup["trace"]["line"] == 12
+    # the later line's original bytes, and where the first one is (file:line, not a byte offset)
+    assert dup["raw"] == json.dumps({"id": "w1", "text": "same id as an earlier record"}).encode()
+    assert dup["trace"]["line"] == 12 and dup["raw_length"] == len(dup["raw"])
+    assert dup["detail"].startswith("first seen at ") and dup["detail"].endswith("a.jsonl:2")
     assert all(r["trace"]["file"] for r in q)
 
 
@@ -128,6 +131,8 @@ def test_conservation_and_metrics(ingested):
     assert m["docs_out"] == docs and dict(m["reasons"]) == EXPECTED_REASONS
     extra = json.loads(m["extra"])
     assert extra["duplicate_ids"] == 1 and 0 < extra["parse_failure_rate"] < 1 and extra["docs_per_s"] > 0
+    # blank lines are not records but are counted: units = documents + quarantined + blank
+    assert extra["blank_lines"] == 1 and extra["input_units"] == docs + quar + 1
     audit = [json.loads(x) for x in open(os.path.join(ingested.root, "audit", "quarantine.jsonl"))]
     assert {a["reason"] for a in audit} == set(EXPECTED_REASONS)
 
@@ -204,3 +209,43 @@ def test_killed_during_spark_write_then_restarted_has_one_copy(spark, corpus, in
     out, err = p.communicate(timeout=300)
     assert p.returncode == 0, err.decode()[-2000:]
     _assert_one_copy(spark, lake, ingested)
+
+
+def test_hostile_records_never_end_the_job(spark, tmp_path):
+    """Deep nesting, a BOM, blank lines, a lone surrogate outside the text, an over-long line, an open CSV quote
+    and a gzip bomb: the job exits 0 and lines = documents + quarantined + blank, per source."""
+    import zlib
+
+    root = tmp_path / "in"
+    root.mkdir()
+    jl = [b'\xef\xbb\xbf{"id": "bom", "text": "' + PROSE.encode() + b'"}', b"", b"  ",
+          b'{"id": "deep", "text": "t", "x": ' + b"[" * 10000 + b"]" * 10000 + b"}",
+          b'{"id": "sur", "text": "fine", "m": "\\udc00"}', b'{"id": "long", "text": "' + b"z" * 100_000 + b'"}',
+          b'{"id": "ok", "text": "' + PROSE.encode() + b' again"}\r']
+    (root / "h.jsonl").write_bytes(b"\n".join(jl) + b"\n")
+    (root / "h.csv").write_bytes(b'\xef\xbb\xbfid,body\n1,"' + PROSE.encode() + b'"\n\n2,"never closed\nstill\n')
+    comp = zlib.compressobj(1, zlib.DEFLATED, 31)
+    with open(root / "bomb.jsonl.gz", "wb") as f:
+        f.write(comp.compress(b'{"id": "pre", "text": "' + PROSE.encode() + b'"}\n'))
+        for _ in range(8):
+            f.write(comp.compress(bytes(4 << 20)))
+        f.write(comp.flush())
+    sources = {"sources": [
+        {"name": "j", "domain": "web", "format": "jsonl", "path": str(root / "*.jsonl*"), "id_field": "id"},
+        {"name": "c", "domain": "forum", "format": "csv", "path": str(root / "h.csv"), "text_field": "body",
+         "id_field": "id"}]}
+    (root / "s.yaml").write_text(yaml.safe_dump(sources))
+    lake = str(tmp_path / "lake")
+    assert ingest.main(["--lake", lake, "--sources", str(root / "s.yaml"), "--max-doc-bytes", "2000",
+                        "--set", "ingest.max_skip_bytes=1000000"]) == 0
+    lk = Lake(spark, lake)
+    docs = sorted(r["id"] for r in lk.read("documents").select("id").collect())
+    assert docs == ["c/1", "j/bom", "j/ok", "j/pre"]
+    q = sorted((r["trace"]["file"].split("/")[-1], r["trace"]["line"], r["reason"])
+               for r in lk.read("quarantine").collect())
+    assert q == [("bomb.jsonl.gz", 2, "too_large"), ("h.csv", 4, "invalid_csv"), ("h.jsonl", 4, "too_deep"),
+                 ("h.jsonl", 5, "invalid_unicode"), ("h.jsonl", 6, "too_large")]
+    m = [r for r in lk.read_arrow("metrics").to_pylist() if r["stage"] == "ingest"][-1]
+    extra = json.loads(m["extra"])
+    lines = len(jl) + 2 + 2 + 1   # jsonl lines; gzip: 2 lines (the rest abandoned); csv: 2 rows + 1 blank line
+    assert extra["blank_lines"] == 3 and extra["input_units"] == lines == m["docs_out"] + m["docs_rejected"] + 3
