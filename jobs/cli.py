@@ -1,17 +1,15 @@
 """Argument parsing and error reporting shared by the jobs.
 
-Every job: exit 0 on success; on a user error (bad argument, missing table, unreadable input) one line
-`<job>: error: <cause>` on stderr and exit 2.
+Every job: exit 0 on success; on a user error (bad argument or config key, missing or broken table, unreadable
+input) one line `<job>: error: <cause>` on stderr and exit 2; `--debug` (or LMR_DEBUG=1) adds the traceback.
 """
 from __future__ import annotations
 
 import argparse
-import sys
-import traceback
 
+from udfs.common import UserError, run_main
 
-class UserError(Exception):
-    """An error caused by the input or arguments; printed as one line, no traceback."""
+__all__ = ["UserError", "base_parser", "run_main"]
 
 
 def base_parser(prog: str, description: str, input_table: str | None = None,
@@ -21,7 +19,8 @@ def base_parser(prog: str, description: str, input_table: str | None = None,
     p.add_argument("--lake", default="./lake", help="lake root folder holding the Delta tables (default ./lake)")
     p.add_argument("--conf", default=None, help="pipeline config YAML (default conf/pipeline.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set filter.langid.threshold=0.5 (repeatable)")
+                   help="override a config value, e.g. --set filter.langid.threshold=0.5 (repeatable); unknown "
+                        "keys and values of the wrong kind are refused")
     if input_table:
         p.add_argument("--input-table", default=input_table, help=f"table to read (default {input_table})")
     if output_table:
@@ -30,26 +29,5 @@ def base_parser(prog: str, description: str, input_table: str | None = None,
                    help="Spark master when run with plain python (default local[*]; spark-submit's wins)")
     p.add_argument("--force", action="store_true",
                    help="run even if the metrics table says this stage already ran on this input and config")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error (also LMR_DEBUG=1)")
     return p
-
-
-def run_main(prog: str, main, argv=None) -> int:
-    """Call `main(argv)`; map user errors to a one-line message and exit code 2."""
-    from jobs.config import ConfigError
-    from jobs.tables import TableError
-
-    try:
-        rc = main(argv)
-        return 0 if rc is None else int(rc)
-    except (UserError, ConfigError, TableError, FileNotFoundError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        print(f"{prog}: error: {msg}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # an internal failure: keep the traceback, but end with a one-line cause
-        traceback.print_exc()
-        line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"{prog}: failed: {e.__class__.__name__}: {line}", file=sys.stderr)
-        return 1

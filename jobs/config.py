@@ -1,64 +1,55 @@
-"""Pipeline configuration: conf/pipeline.yaml plus `--set a.b.c=value` overrides, and its stable hash."""
+"""Pipeline configuration: conf/pipeline.yaml plus `--set a.b.c=value` overrides, checked strictly, and its hash.
+
+conf/pipeline.yaml is the declaration of every stage parameter: its default, its kind (from the default, or from
+NULL_DEFAULT_TYPES for keys that default to null) and a one-line comment. A config file given with --conf and every
+--set are checked against it: an unknown key or a value of the wrong kind is refused with one line naming the key
+and the nearest known key (exit 2).
+"""
 from __future__ import annotations
 
-import copy
-import hashlib
-import json
 import os
 
-import yaml
+from udfs.common import REPO_ROOT, ConfigError, apply_overrides, check_config, config_hash, load_yaml
 
-from jobs.session import REPO_ROOT
+__all__ = ["ConfigError", "apply_overrides", "config_hash", "load_config", "load_yaml", "pipeline_schema"]
 
 DEFAULT_PIPELINE_CONF = os.path.join(REPO_ROOT, "conf", "pipeline.yaml")
 
+# keys whose default is null: the kinds a value may have
+NULL_DEFAULT_TYPES = {
+    "ingest.max_line_bytes": (int,),
+    "filter.langid.model_path": (str,),
+    "filter.classifier.model_path": (str,),
+    "dedup.bands": (int,),
+    "dedup.rows": (int,),
+    "dedup.quality_column": (str,),
+    "mix.weights": (dict, str),
+    "mix.token_budget": (int, float, str),
+}
+# mappings whose children are named by the user (domains); the stage checks what is below them
+FREE_FORM = ("filter.domains", "mix.weights")
 
-class ConfigError(ValueError):
-    pass
-
-
-def load_yaml(path: str) -> dict:
-    if not os.path.exists(path):
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"cannot parse YAML {path}: {str(e).splitlines()[0]}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
-    return data
+_schema_cache: dict = {}
 
 
-def apply_overrides(conf: dict, overrides: list[str] | None) -> dict:
-    """`["filter.langid.languages=en,de", "dedup.threshold=0.7"]` -> nested update. Values are parsed as YAML;
-    a bare comma-separated value becomes a list."""
-    conf = copy.deepcopy(conf)
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        parts = [p for p in key.strip().split(".") if p]
-        if not parts:
-            raise ConfigError(f"--set has an empty key: {item!r}")
-        value = yaml.safe_load(raw) if raw.strip() else ""
-        if isinstance(value, str) and "," in value:
-            value = [yaml.safe_load(v) for v in value.split(",")]
-        node = conf
-        for p in parts[:-1]:
-            if not isinstance(node.get(p), dict):
-                node[p] = {}
-            node = node[p]
-        node[parts[-1]] = value
-    return conf
+def pipeline_schema() -> dict:
+    if "schema" not in _schema_cache:
+        _schema_cache["schema"] = load_yaml(DEFAULT_PIPELINE_CONF)
+    return _schema_cache["schema"]
 
 
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> dict:
-    return apply_overrides(load_yaml(path or DEFAULT_PIPELINE_CONF), overrides)
-
-
-def config_hash(obj) -> str:
-    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    """The config file (default conf/pipeline.yaml) with `--set` overrides, checked against the declaration."""
+    conf = load_yaml(path or DEFAULT_PIPELINE_CONF)
+    schema = pipeline_schema()
+    if path:
+        try:
+            check_config(conf, schema, FREE_FORM, NULL_DEFAULT_TYPES)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+    conf = apply_overrides(conf, overrides)
+    try:
+        check_config(conf, schema, FREE_FORM, NULL_DEFAULT_TYPES)
+    except ConfigError as e:
+        raise ConfigError(f"--set: {e}") from None
+    return conf

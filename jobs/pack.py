@@ -721,11 +721,16 @@ def main(argv=None):
     enc = load_encoding(resolve_spec(str(cfg["tokenizer"])))
     run_cfg = {k: v for k, v in cfg.items() if k not in ("report_tokenizers", "input_table")}
     run = StageRun(lake, "pack", run_cfg, args.input_table, [], force=args.force,
-                   input_version=version, extra_key={"ranks_sha256": ranks_sha256(enc), "out": out_dir})
+                   input_version=version, extra_key={"ranks_sha256": ranks_sha256(enc), "out": out_dir},
+                   extra_leases=[f"packed:{out_dir}"])
     if run.already_done(quiet=True) and _still_there(out_dir, run.run_key):
         log(f"pack: {out_dir} already holds this input and config (verified sizes); skipping. Use --force to "
             f"run again.")
         return 0
+    run.hold()  # nobody else packs into out_dir now: temporary folders of dead pack runs can go
+    for leftover in _leftover_tmp_dirs(out_dir):
+        shutil.rmtree(leftover, ignore_errors=True)
+        log(f"pack: removed {leftover} (left by a pack run that died)")
 
     docs_in = df.count()
     manifest = pack(spark, df, out_dir, tokenizer=str(cfg["tokenizer"]), val_fraction=float(cfg["val_fraction"]),
@@ -745,6 +750,14 @@ def main(argv=None):
                extra={"out": out_dir, "dtype": manifest["dtype"], "tokenizer": manifest["tokenizer"],
                       "train_tokens": s["train"]["tokens"], "val_tokens": s["val"]["tokens"]})
     return 0
+
+
+def _leftover_tmp_dirs(out_dir: str) -> list[str]:
+    """Temporary folders `pack` makes beside `out_dir` (see `pack`); only call while holding its lease."""
+    parent, base = os.path.split(os.path.abspath(out_dir))
+    prefix = f".{base}-tmp-"
+    return [os.path.join(parent, d) for d in sorted(os.listdir(parent))
+            if d.startswith(prefix) and os.path.isdir(os.path.join(parent, d))] if os.path.isdir(parent) else []
 
 
 def _still_there(out_dir: str, run_key: str) -> bool:

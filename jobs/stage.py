@@ -19,7 +19,8 @@ import time
 import uuid
 
 from jobs.config import config_hash
-from jobs.tables import Lake, WriteResult
+from jobs.leases import Leases
+from jobs.tables import Lake, WriteResult, remove_uncommitted
 
 METRICS_TABLE = "metrics"
 
@@ -34,7 +35,8 @@ def log(msg: str) -> None:
 
 class StageRun:
     def __init__(self, lake: Lake, stage: str, config, input_table: str | None, output_tables: list[str],
-                 force: bool = False, input_version: int | None = None, extra_key=None):
+                 force: bool = False, input_version: int | None = None, extra_key=None,
+                 extra_leases: list[str] | None = None):
         self.lake = lake
         self.stage = stage
         self.started_at = dt.datetime.now(dt.timezone.utc)
@@ -51,11 +53,42 @@ class StageRun:
         self.force = force
         self.outputs: dict[str, int] = {}
         self.writes: dict[str, WriteResult] = {}
+        for t in self.output_tables:
+            lake.path(t)  # plain table names only: refused here, before any work
+        self.leases = Leases(lake.root, self.run_id, stage)
+        self.lease_names = self.output_tables + list(extra_leases or [])
+
+    # ---- concurrency and leftovers --------------------------------------------------------------------------
+    def hold(self) -> None:
+        """Take the write lease of every output (one line naming the other run if a live one holds it), then
+        remove what dead runs left in those tables: write folders that no commit references."""
+        if all(n in self.leases.held for n in self.lease_names):
+            return
+        self.leases.acquire(self.lease_names)
+        pause = float(os.environ.get("LMR_PAUSE_AFTER_LEASE", "0") or 0)  # concurrency drill: hold the lease a while
+        if pause > 0:
+            log(f"{self.stage}: LMR_PAUSE_AFTER_LEASE={pause}: holding the leases of {', '.join(self.lease_names)}")
+            time.sleep(pause)
+        for t in self.output_tables:
+            gone = remove_uncommitted(self.lake.path(t))
+            if gone:
+                log(f"{self.stage}: removed {len(gone)} uncommitted write folder(s) of dead runs from {t}")
+
+    def release(self) -> None:
+        self.leases.release()
 
     # ---- restart safety -------------------------------------------------------------------------------------
     def already_done(self, quiet: bool = False) -> dict | None:
         """The metrics row of an earlier run with the same input version and config whose outputs are still the
-        tables' current versions, else None. `--force` always runs."""
+        tables' current versions, else None. `--force` always runs. Takes the write leases first (`hold`), so
+        that the answer stays true while this run works; they are released again when the run is done."""
+        self.hold()
+        row = self._done_row(quiet)
+        if row is not None:
+            self.release()
+        return row
+
+    def _done_row(self, quiet: bool) -> dict | None:
         if self.force or not self.lake.exists(METRICS_TABLE):
             return None
         rows = self.lake.read_arrow(METRICS_TABLE).to_pylist()
@@ -76,6 +109,7 @@ class StageRun:
         return f"lmrefinery|{key}|{table}"
 
     def write(self, df, table: str, mode: str = "overwrite") -> WriteResult:
+        self.hold()
         res = self.lake.write(df, table, mode=mode, app_id=self.app_id(table))
         if os.environ.get("LMR_FAIL_AFTER_WRITE") == table:  # failure drill: die between two commits
             log(f"{self.stage}: LMR_FAIL_AFTER_WRITE={table}: exiting after committing {table}")
@@ -112,6 +146,7 @@ class StageRun:
             "extra": json.dumps(extra or {}, sort_keys=True, default=str),
         }
         _append_metrics(self.lake, row, app_id=f"lmrefinery|{self.run_id}|metrics")
+        self.release()
         log(_summary(row))
         return row
 
@@ -174,7 +209,3 @@ def count_docs_tokens(df, token_col: str = "n_tokens_est") -> tuple[int, int]:
 
     r = df.agg(F.count(F.lit(1)).alias("d"), F.coalesce(F.sum(token_col), F.lit(0)).alias("t")).collect()[0]
     return int(r["d"]), int(r["t"])
-
-
-def reason_counts(df, reason_col: str = "reason") -> dict:
-    return {r[reason_col]: int(r["count"]) for r in df.groupBy(reason_col).count().collect()}

@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import uuid
 from dataclasses import dataclass
 
 import pyarrow.parquet as pq
 
+from udfs.common import UserError
 
-class TableError(Exception):
+
+class TableError(UserError):
     """A table is missing or cannot be read/written; the message is one line for the user."""
 
 
@@ -60,6 +63,8 @@ class Lake:
     def __init__(self, spark, root: str, backend: str | None = None):
         self.spark = spark
         self.root = os.path.abspath(root)
+        if os.path.exists(self.root) and not os.path.isdir(self.root):
+            raise TableError(f"lake {self.root} is a file, not a folder (--lake names the folder of the tables)")
         backend = backend or os.environ.get("LMR_TABLE_BACKEND", "auto")
         if backend == "auto":
             backend = "delta-spark" if (spark is not None and _native_delta_available(spark)) else "delta-rs"
@@ -69,17 +74,27 @@ class Lake:
 
     # ---- metadata -------------------------------------------------------------------------------------------
     def path(self, name: str) -> str:
+        """The folder of table `name`; only plain names, so that nothing is ever written outside the lake."""
+        check_table_name(name)
         return os.path.join(self.root, name)
 
     def exists(self, name: str) -> bool:
-        return _delta_rs().DeltaTable.is_deltatable(self.path(name))
+        try:
+            return _delta_rs().DeltaTable.is_deltatable(self.path(name))
+        except TableError:
+            raise
+        except Exception as e:  # noqa: BLE001 - delta-rs reports a broken log here too
+            raise TableError(_log_error(self.path(name), name, e)) from None
 
     def _dt(self, name: str, version: int | None = None):
         if not self.exists(name):
             raise TableError(f"table '{name}' not found under lake {self.root} (run the stage that writes it first)")
-        dt = _delta_rs().DeltaTable(self.path(name))
-        if version is not None:
-            dt.load_as_version(version)
+        try:
+            dt = _delta_rs().DeltaTable(self.path(name))
+            if version is not None:
+                dt.load_as_version(version)
+        except Exception as e:  # noqa: BLE001
+            raise TableError(_log_error(self.path(name), name, e)) from None
         return dt
 
     def version(self, name: str) -> int | None:
@@ -105,6 +120,11 @@ class Lake:
             return reader.load(self.path(name))
         dt = self._dt(name, version)
         uris = list(dt.file_uris())
+        for uri in uris:  # a file deleted behind Delta's back: name it now, not in a Spark stack trace later
+            local = uri[7:] if uri.startswith("file://") else uri
+            if "://" not in local and not os.path.exists(local):
+                raise TableError(f"table '{name}' (version {dt.version()}): data file {local} is missing; the table "
+                                 f"was changed outside its Delta log (restore the file or rewrite the table)")
         if not uris:
             from pyspark.sql.pandas.types import from_arrow_schema
 
@@ -203,6 +223,78 @@ class Lake:
         return WriteResult(name, self.version(name), False, len(adds), total_rows)
 
 
+# ---- names, broken logs, leftovers ----------------------------------------------------------------------------
+_TABLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
+
+
+def check_table_name(name: str) -> str:
+    if not isinstance(name, str) or not _TABLE_NAME.fullmatch(name) or ".." in name:
+        raise TableError(f"table name {name!r} is not a plain name (letters, digits, '_', '.', '-'; no path "
+                         f"separators or '..'): tables live directly under the lake")
+    return name
+
+
+def _log_error(table_path: str, name: str, e: Exception) -> str:
+    """One line naming the table and, where one can be found, the log file that does not parse."""
+    log_dir = os.path.join(table_path, "_delta_log")
+    bad = None
+    if os.path.isdir(log_dir):
+        for fn in sorted(os.listdir(log_dir)):
+            if not fn.endswith(".json"):
+                continue
+            try:
+                with open(os.path.join(log_dir, fn), encoding="utf-8") as f:
+                    for line in f:
+                        if line.strip():
+                            json.loads(line)
+            except (ValueError, OSError):
+                bad = os.path.join(log_dir, fn)
+                break
+    first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+    where = f"log file {bad} does not parse" if bad else f"cannot read its Delta log ({first[:200]})"
+    return f"table '{name}' at {table_path}: {where}"
+
+
+def committed_folders(table_path: str) -> set[str]:
+    """Top-level folders of every data file any commit of the table's log ever added (JSON commits and
+    checkpoints): a `w-*` write folder outside this set belongs to a write that never committed."""
+    log_dir = os.path.join(table_path, "_delta_log")
+    out: set[str] = set()
+    if not os.path.isdir(log_dir):
+        return out
+    for fn in os.listdir(log_dir):
+        full = os.path.join(log_dir, fn)
+        if fn.endswith(".json"):
+            with open(full, encoding="utf-8") as f:
+                for line in f:
+                    if '"add"' in line:
+                        path = (json.loads(line).get("add") or {}).get("path")
+                        if path:
+                            out.add(path.split("/", 1)[0])
+        elif ".checkpoint" in fn and fn.endswith(".parquet"):
+            t = pq.read_table(full, columns=["add"])
+            for a in t.column("add").to_pylist():
+                if a and a.get("path"):
+                    out.add(a["path"].split("/", 1)[0])
+    return out
+
+
+def remove_uncommitted(table_path: str) -> list[str]:
+    """Delete the `w-*` folders of writes that never committed (call only while no live run writes the table:
+    the caller holds its lease). Returns the folders removed."""
+    import shutil
+
+    if not os.path.isdir(os.path.join(table_path, "_delta_log")):
+        return []
+    keep = committed_folders(table_path)
+    gone = []
+    for d in sorted(os.listdir(table_path)):
+        if d.startswith("w-") and d not in keep and os.path.isdir(os.path.join(table_path, d)):
+            shutil.rmtree(os.path.join(table_path, d), ignore_errors=True)
+            gone.append(d)
+    return gone
+
+
 def _strip_arrow_metadata(schema):
     return schema.remove_metadata()
 
@@ -232,13 +324,3 @@ def _arrow_schema_for_spark(schema):
         return t
 
     return pa.schema([pa.field(f.name, conv(f.type), f.nullable) for f in schema])
-
-
-# Functional spellings used in the design document.
-def read_table(spark, lake_root: str, name: str, version: int | None = None):
-    return Lake(spark, lake_root).read(name, version)
-
-
-def write_table(spark, df, lake_root: str, name: str, mode: str = "overwrite", app_id: str | None = None,
-                txn_version: int = 0) -> WriteResult:
-    return Lake(spark, lake_root).write(df, name, mode=mode, app_id=app_id, txn_version=txn_version)

@@ -16,17 +16,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 
 import numpy as np
 import torch
 
-from jobs.cli import UserError
+from udfs.common import UserError
 
 FORMAT = "lmrefinery-packed-v1"
 
 
 class ShardError(UserError):
     """The packed data does not match its manifest (missing file, wrong size, checksum or dtype)."""
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 
 
 def _sha256(path: str) -> str:
@@ -106,6 +110,10 @@ class PackedSplit:
         self.text_bytes = int(info.get("text_bytes", 0))
 
     def _check_file(self, name: str, verify: str) -> None:
+        # a manifest names files inside its own folder: no separators, no '..', nothing absolute
+        if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name) or ".." in name:
+            raise ShardError(f"manifest in {self.dir} names shard file {name!r}, which is not a plain file name in "
+                             f"that folder (refused)")
         path = os.path.join(self.dir, name)
         meta = self.manifest["files"].get(name)
         if meta is None:

@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from jobs.cli import UserError, run_main  # noqa: E402
+from udfs.common import UserError, run_main  # noqa: E402
 from model.data import BatchLoader, PackedSplit, load_manifest  # noqa: E402
 from model.gpt import GPT, GPTConfig  # noqa: E402
 from model.train import build_config, get_lr  # noqa: E402

@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from jobs.cli import UserError, run_main  # noqa: E402
+from udfs.common import UserError, run_main  # noqa: E402
 from model.gpt import GPT, GPTConfig  # noqa: E402
 
 

@@ -29,9 +29,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from jobs.cli import UserError, run_main  # noqa: E402
-from jobs.config import ConfigError, apply_overrides, load_yaml  # noqa: E402
-from jobs.session import REPO_ROOT  # noqa: E402
+from udfs.common import REPO_ROOT, ConfigError, UserError, apply_overrides, load_yaml, nearest, run_main  # noqa: E402,E501
 from model.data import (BatchLoader, PackedSplit, ShardError, bytes_per_token, eval_windows, load_manifest,  # noqa: E402
                         to_device)
 from model.gpt import GPT, GPTConfig  # noqa: E402
@@ -95,7 +93,8 @@ def build_config(path: str | None, overrides: list[str] | None) -> dict:
     loaded = apply_overrides(load_yaml(path or DEFAULT_CONFIG), overrides)
     unknown = sorted(set(loaded) - set(DEFAULTS))
     if unknown:
-        raise ConfigError(f"unknown config key(s): {', '.join(unknown)} (known: {', '.join(sorted(DEFAULTS))})")
+        raise ConfigError(f"unknown config key {unknown[0]!r}{nearest(unknown[0], DEFAULTS)}"
+                          + (f" (and {len(unknown) - 1} more unknown)" if len(unknown) > 1 else ""))
     cfg = dict(DEFAULTS)
     cfg.update({k: _coerce(k, v) for k, v in loaded.items()})
     if cfg["sampling"] not in ("random", "sequential"):

@@ -172,7 +172,7 @@ def test_flat_loss_near_ln_v_warns(packed, tmp_path, capsys):
 
 def test_config_errors_are_one_line(packed, tmp_path, capsys):
     run(packed, str(tmp_path / "e"), "max_stepz=3", expect=2)
-    assert "unknown config key(s): max_stepz" in capsys.readouterr().err
+    assert "unknown config key 'max_stepz' (did you mean 'max_steps'?)" in capsys.readouterr().err
     run(packed, str(tmp_path / "e"), "batch_size=many", expect=2)
     assert "cannot use 'many' as int" in capsys.readouterr().err
     cfg = train.build_config(None, ["lr=1e-3", "max_steps=5", "doc_mask=true", "stop_at_step=2"])

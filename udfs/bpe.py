@@ -25,7 +25,7 @@ import json
 import os
 from collections import Counter, defaultdict
 
-from udfs.tokenize import CL100K_PAT, ENDOFTEXT, R50K_PAT, serialize_ranks
+from udfs.token_format import CL100K_PAT, ENDOFTEXT, R50K_PAT, TokenizerError, serialize_ranks
 
 FORMAT = "lmrefinery-bpe-v1"
 PATTERNS = {"cl100k": CL100K_PAT, "gpt2": R50K_PAT}
@@ -162,8 +162,6 @@ def save_bpe(bpe: dict, path: str) -> str:
 
 def load_bpe(path: str) -> dict:
     """Read a `save_bpe` file, checking its format and the ranks hash."""
-    from udfs.tokenize import TokenizerError
-
     try:
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)

@@ -22,23 +22,11 @@ import threading
 
 import numpy as np
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENDOFTEXT = "<|endoftext|>"
-INSTALL_HINT = "python scripts/install_tokenizers.py"
+from udfs.token_format import (CL100K_PAT, ENDOFTEXT, O200K_PAT, R50K_PAT, TokenizerError,  # noqa: F401
+                               serialize_ranks)
 
-# The GPT-2 pre-tokenisation regex, as tiktoken spells it (tiktoken_ext/openai_public.py).
-R50K_PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
-CL100K_PAT = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|"""
-              r"""\s*[\r\n]|\s+(?!\S)|\s""")
-O200K_PAT = "|".join([
-    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-    r"""\p{N}{1,3}""",
-    r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
-    r"""\s*[\r\n]+""",
-    r"""\s+(?!\S)""",
-    r"""\s+""",
-])
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INSTALL_HINT = "python scripts/install_tokenizers.py"
 
 _BLOB = "https://openaipublic.blob.core.windows.net/encodings/"
 _R50K = {"ranks": "r50k_base", "url": _BLOB + "r50k_base.tiktoken",
@@ -62,10 +50,6 @@ OPENAI_ENCODINGS = {
 _NAME_BY_SHA = {}
 for _n, _info in OPENAI_ENCODINGS.items():
     _NAME_BY_SHA.setdefault(_info["sha256"], _n)
-
-
-class TokenizerError(FileNotFoundError):
-    """A tokenizer cannot be loaded; the message says what to do (a FileNotFoundError, so jobs exit 2)."""
 
 
 # ---- files ----------------------------------------------------------------------------------------------------
@@ -129,12 +113,6 @@ def parse_tiktoken_ranks(data: bytes, source: str = "<bytes>") -> dict[bytes, in
         except ValueError as e:
             raise TokenizerError(f"{source}: not a .tiktoken ranks file (bad line {line[:60]!r})") from e
     return ranks
-
-
-def serialize_ranks(ranks: dict[bytes, int]) -> bytes:
-    """The .tiktoken text form (`base64 rank` per line, by rank); its sha256 is a tokenizer's identity."""
-    return b"".join(base64.b64encode(tok) + b" " + str(r).encode() + b"\n"
-                    for tok, r in sorted(ranks.items(), key=lambda kv: kv[1]))
 
 
 # ---- encodings ------------------------------------------------------------------------------------------------
