@@ -22,31 +22,17 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jobs.cli import UserError, base_parser, run_main  # noqa: E402
-from jobs.config import load_config  # noqa: E402
+from jobs.cli import UserError, run_main  # noqa: E402
+from jobs.runner import Flag, Stage, stage_main  # noqa: E402
 from jobs.schema import estimate_tokens  # noqa: E402
-from jobs.session import REPO_ROOT, get_spark  # noqa: E402
-from jobs.stage import StageRun, count_docs_tokens, log  # noqa: E402
-from jobs.tables import Lake, TableError  # noqa: E402
+from jobs.session import REPO_ROOT  # noqa: E402
+from jobs.stage import count_docs_tokens, log  # noqa: E402
 from udfs import ngrams as ng  # noqa: E402
 
 DEFAULTS = {"ngram": 13, "policy": "drop", "fields": list(ng.DEFAULT_FIELDS), "id_field": "id", "segment": "item",
             "min_words": 8, "excise_window": 200, "excise_min_piece": 200, "excise_max_pieces": 10,
             "broadcast_max_ngrams": 1_000_000}
 MATCH_DDL = "array<struct<benchmark:string,item_id:string,ngram:string,n_ngrams:bigint>>"
-
-
-def build_parser():
-    p = base_parser("decontaminate", __doc__.split("\n\n")[0], input_table="deduped",
-                    output_table="decontaminated")
-    p.add_argument("--benchmarks", default=None,
-                   help="benchmark JSONL file(s): a path, a glob or a comma-separated list "
-                        "(default decontaminate.benchmarks in the config)")
-    p.add_argument("--ngram", type=int, default=None, help="n-gram length in words (default 13)")
-    p.add_argument("--policy", choices=["drop", "excise"], default=None,
-                   help="drop affected documents, or excise the matches GPT-3 style (default drop)")
-    p.add_argument("--contaminated-table", default="contaminated", help="table of affected documents")
-    return p
 
 
 def resolve_benchmark_paths(spec) -> list[str]:
@@ -217,13 +203,8 @@ def decide(spark, docs, items, cfg):
     return joined.mapInArrow(_apply_fn(cfg, lengths), out_schema), "join", n_grams, None
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    conf = load_config(args.conf, args.overrides)
-    cfg = {**DEFAULTS, **(conf.get("decontaminate") or {})}
-    for key, val in (("benchmarks", args.benchmarks), ("ngram", args.ngram), ("policy", args.policy)):
-        if val is not None:
-            cfg[key] = val
+def resolve(conf: dict, args) -> dict:
+    cfg = {**DEFAULTS, **conf}
     if int(cfg["ngram"]) < 1:
         raise UserError(f"--ngram must be >= 1, got {cfg['ngram']}")
     if cfg["policy"] not in ("drop", "excise"):
@@ -232,24 +213,26 @@ def main(argv=None):
         raise UserError(f"decontaminate.segment must be item or field, got {cfg['segment']!r}")
     if isinstance(cfg["fields"], str):
         cfg["fields"] = [cfg["fields"]]
+    return cfg
 
+
+def prepare(ctx) -> None:
+    """Read the benchmark files before Spark starts; their content digest is part of the run's identity."""
+    cfg = ctx.params
     paths = resolve_benchmark_paths(cfg["benchmarks"])
-    items, info = load_benchmarks(paths, cfg)
+    ctx.state["paths"] = paths
+    ctx.state["items"], ctx.state["info"] = load_benchmarks(paths, cfg)
+    ctx.run_config = {**cfg, "benchmarks": [ng.benchmark_name(p) for p in paths]}
+    ctx.extra_key = _files_digest(paths)
 
-    spark = get_spark("lmrefinery-decontaminate", master=args.master)
-    lake = Lake(spark, args.lake)
-    if not lake.exists(args.input_table):
-        raise TableError(f"table '{args.input_table}' not found under lake {lake.root} (run dedup first)")
-    run_cfg = {**cfg, "benchmarks": [ng.benchmark_name(p) for p in paths]}
-    run = StageRun(lake, "decontaminate", run_cfg, args.input_table, [args.output_table, args.contaminated_table],
-                   force=args.force, extra_key=_files_digest(paths))
-    if run.already_done():
-        return 0
 
+def plan(ctx) -> None:
+    cfg, lake, run, spark = ctx.params, ctx.lake, ctx.run, ctx.spark
+    paths, items, info = ctx.state["paths"], ctx.state["items"], ctx.state["info"]
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    docs = lake.read(args.input_table, version=run.input_version)
+    docs = ctx.input()
     decided, path, n_grams, bc = decide(spark, docs, items, cfg)
     decided = decided.persist(StorageLevel.MEMORY_AND_DISK)
     log(f"decontaminate: {len(items)} benchmark items from {len(paths)} file(s), {n_grams} n-grams "
@@ -265,8 +248,8 @@ def main(argv=None):
                     .select(*[c for c in docs.columns if c not in added], first["benchmark"].alias("benchmark"),
                             first["item_id"].alias("item_id"), first["ngram"].alias("ngram"),
                             F.col("_matches").alias("matches"), F.col("_action").alias("action"), F.col("_reason").alias("reason")))
-    run.write(clean, args.output_table)
-    run.write(contaminated, args.contaminated_table)
+    run.write(clean, ctx.tables["output_table"])
+    run.write(contaminated, ctx.tables["contaminated_table"])
 
     docs_in, tokens_in = count_docs_tokens(docs)
     stats = decided.groupBy("_dest", "_action", "_reason").agg(
@@ -293,11 +276,24 @@ def main(argv=None):
     run.finish(docs_in=docs_in, docs_out=docs_out, docs_rejected=docs_dropped, tokens_in=tokens_in,
                tokens_out=tokens_out, reasons=reasons, extra=report_doc)
     if docs_dropped + docs_excised:
-        run.write_audit(contaminated, args.contaminated_table)
+        run.write_audit(contaminated, ctx.tables["contaminated_table"])
     decided.unpersist()
     if bc is not None:
         bc.unpersist()
     return 0
+
+
+STAGE = Stage(
+    name="decontaminate", doc=__doc__.split("\n\n")[0], input_table="deduped",
+    outputs={"output_table": "decontaminated", "contaminated_table": "contaminated"},
+    input_hint="run dedup first, or pass --input-table",
+    flags=[Flag("--benchmarks", "benchmarks", "benchmark JSONL file(s): a path, a glob or a comma-separated list "
+                "(default decontaminate.benchmarks in the config)"),
+           Flag("--ngram", "ngram", "n-gram length in words (default 13)", type=int),
+           Flag("--policy", "policy", "drop affected documents, or excise the matches GPT-3 style (default drop)",
+                choices=("drop", "excise"))],
+    resolve=resolve, prepare=prepare, plan=plan)
+main = stage_main(STAGE)
 
 
 def contamination_report(decided, info) -> dict:

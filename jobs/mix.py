@@ -19,38 +19,17 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jobs.cli import UserError, base_parser, run_main  # noqa: E402
-from jobs.config import load_config  # noqa: E402
-from jobs.session import get_spark  # noqa: E402
-from jobs.stage import StageRun, log  # noqa: E402
-from jobs.tables import Lake, TableError  # noqa: E402
+from jobs.cli import UserError, run_main  # noqa: E402
+from jobs.runner import Flag, Stage, stage_main  # noqa: E402
+from jobs.stage import log  # noqa: E402
 from udfs import mixture as mx  # noqa: E402
 
 NULL_DOMAIN = "unknown"
 
 
-def build_parser():
-    p = base_parser("mix", __doc__.split("\n\n")[0], input_table="decontaminated", output_table="mixed")
-    p.add_argument("--strategy", choices=mx.STRATEGIES, default=None, help="how domain weights are set "
-                   "(default mix.strategy in the config)")
-    p.add_argument("--weights", default=None, help="manual: YAML/JSON {domain: weight}; doremi: the DoReMi JSON "
-                   "{\"domain_weights\": {...}}")
-    p.add_argument("--alpha", type=float, default=None, help="temperature: q_i ~ tokens_i^alpha (alpha = 1/T)")
-    p.add_argument("--token-budget", default=None, help="tokens in the mixture, e.g. 5000000 or 5M "
-                   "(default: all tokens available)")
-    p.add_argument("--max-epochs", type=int, default=None, help="most repetitions of a domain (default 4)")
-    p.add_argument("--force-epochs", action="store_true", default=None, help="allow more than --max-epochs")
-    p.add_argument("--seed", type=int, default=None, help="sampling seed (default mix.seed)")
-    return p
-
-
-def resolve_config(args, conf: dict) -> dict:
+def resolve(cfg: dict, args) -> dict:
     cfg = {"strategy": "proportional", "weights": None, "alpha": 0.5, "token_budget": None, "max_epochs": 4,
-           "force_epochs": False, "seed": 1234, **(conf.get("mix") or {})}
-    for key in ("strategy", "weights", "alpha", "token_budget", "max_epochs", "force_epochs", "seed"):
-        val = getattr(args, key)
-        if val is not None:
-            cfg[key] = val
+           "force_epochs": False, "seed": 1234, **cfg}
     if cfg["strategy"] not in mx.STRATEGIES:
         raise UserError(f"unknown strategy {cfg['strategy']!r} (one of {', '.join(mx.STRATEGIES)})")
     try:
@@ -63,10 +42,9 @@ def resolve_config(args, conf: dict) -> dict:
     return cfg
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    cfg = resolve_config(args, load_config(args.conf, args.overrides))
-
+def prepare(ctx) -> None:
+    """Read the weights file (manual, doremi) before Spark starts; the run is identified by its content."""
+    cfg = ctx.params
     file_weights = None
     if cfg["strategy"] in ("manual", "doremi"):
         if not cfg["weights"]:
@@ -76,23 +54,21 @@ def main(argv=None):
                                                 "domain_weights" if cfg["strategy"] == "doremi" else None)
         except mx.WeightError as e:
             raise UserError(str(e)) from None
-
-    spark = get_spark("lmrefinery-mix", master=args.master)
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    lake = Lake(spark, args.lake)
-    if not lake.exists(args.input_table):
-        raise TableError(f"table '{args.input_table}' not found under lake {lake.root} (run decontaminate first)")
+    ctx.state["file_weights"] = file_weights
     run_cfg = {k: v for k, v in cfg.items() if k != "weights"}
     run_cfg["file_weights"] = file_weights
     if cfg["strategy"] not in ("manual", "doremi"):
         run_cfg["alpha"] = cfg["alpha"] if cfg["strategy"] == "temperature" else None
-    run = StageRun(lake, "mix", run_cfg, args.input_table, [args.output_table], force=args.force)
-    if run.already_done():
-        return 0
+    ctx.run_config = run_cfg
 
-    docs = lake.read(args.input_table, version=run.input_version)
+
+def plan(ctx) -> None:
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    cfg, lake, run, spark = ctx.params, ctx.lake, ctx.run, ctx.spark
+    file_weights = ctx.state["file_weights"]
+    docs = ctx.input()
     docs = docs.withColumn("_dom", F.coalesce(F.col("domain"), F.lit(NULL_DOMAIN)))
     docs = docs.withColumn("_tok", F.coalesce(F.col("n_tokens_est"), F.lit(0)).cast("bigint"))
     counts = {r["_dom"]: (int(r["d"]), int(r["t"] or 0)) for r in
@@ -124,9 +100,9 @@ def main(argv=None):
     sampled = x.where(F.col("_copies") > 0)
     mixed = (sampled.withColumn("epoch_copy", F.explode(F.sequence(F.lit(0), F.col("_copies") - 1)))
              .select(*[c for c in docs.columns if c not in ("_dom", "_tok", "epoch_copy")], "epoch_copy"))
-    res = run.write(mixed, args.output_table)
+    res = run.write(mixed, ctx.output)
 
-    out = lake.read(args.output_table, version=res.version) if not res.skipped else lake.read(args.output_table)
+    out = lake.read(ctx.output, version=res.version) if not res.skipped else lake.read(ctx.output)
     achieved = {r["_dom"]: r.asDict() for r in
                 out.withColumn("_dom", F.coalesce(F.col("domain"), F.lit(NULL_DOMAIN)))
                 .groupBy("_dom").agg(F.count(F.lit(1)).alias("rows"),
@@ -162,7 +138,23 @@ def main(argv=None):
     run.finish(docs_in=docs_in, docs_out=docs_out, docs_rejected=docs_in - docs_out,
                tokens_in=sum(tok_counts.values()), tokens_out=tokens_out,
                reasons={"not_sampled": docs_in - docs_out} if docs_in > docs_out else {}, extra=extra)
-    return 0
+
+
+STAGE = Stage(
+    name="mix", doc=__doc__.split("\n\n")[0], input_table="decontaminated", outputs={"output_table": "mixed"},
+    input_hint="run decontaminate first, or pass --input-table",
+    flags=[Flag("--strategy", "strategy", "how domain weights are set (default mix.strategy in the config)",
+                choices=mx.STRATEGIES),
+           Flag("--weights", "weights", "manual: YAML/JSON {domain: weight}; doremi: the DoReMi JSON "
+                "{\"domain_weights\": {...}}"),
+           Flag("--alpha", "alpha", "temperature: q_i ~ tokens_i^alpha (alpha = 1/T)", type=float),
+           Flag("--token-budget", "token_budget", "tokens in the mixture, e.g. 5000000 or 5M (default: all tokens "
+                "available)"),
+           Flag("--max-epochs", "max_epochs", "most repetitions of a domain (default 4)", type=int),
+           Flag("--force-epochs", "force_epochs", "allow more than --max-epochs", store_true=True),
+           Flag("--seed", "seed", "sampling seed (default mix.seed)", type=int)],
+    resolve=resolve, prepare=prepare, plan=plan)
+main = stage_main(STAGE)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,8 @@ import uuid
 
 import numpy as np
 
-from jobs.cli import UserError, base_parser, run_main
+from jobs.cli import UserError, run_main
+from jobs.runner import Flag, Stage, stage_main
 
 FORMAT = "lmrefinery-packed-v1"
 SPLIT_SALT = "lmr-split"
@@ -69,25 +70,6 @@ ORDER = ["split", "skey", "id", "epoch_copy", "thash"]
 
 class PackedError(UserError):
     """A packed folder does not match its manifest (missing, truncated or corrupted file, wrong dtype...)."""
-
-
-def build_parser():
-    p = base_parser("pack", DESCRIPTION, input_table="mixed")
-    p.add_argument("--tokenizer", default=None,
-                   help="gpt2 | cl100k_base | o200k_base | PATH (trained BPE or .tiktoken file); default pack.tokenizer")
-    p.add_argument("--val-fraction", type=float, default=None, help="share of documents (by id hash) in val")
-    p.add_argument("--seed", type=int, default=None, help="document shuffle seed")
-    p.add_argument("--shard-tokens", type=int, default=None, help="target tokens per shard (documents are whole)")
-    p.add_argument("--nanogpt-bins", action="store_true", default=None,
-                   help="also write nanoGPT-style train.bin / val.bin (each split's shards concatenated)")
-    p.add_argument("--out", default=None, help="output folder (default <lake>/packed)")
-    p.add_argument("--compression-report", action="store_true",
-                   help="also write <lake>/reports/tokenizers.json: bytes/token and tokens/word per domain and "
-                        "tokenizer (pack.report_tokenizers plus the packing tokenizer)")
-    p.add_argument("--report-only", action="store_true", help="write the compression report and do not pack")
-    p.add_argument("--report-tokenizers", default=None, help="comma-separated tokenizers for the report")
-    p.set_defaults(input_table=None)  # None: pack.input_table from the config, else mixed
-    return p
 
 
 # ---- the Python side of each step (runs in executors) ----------------------------------------------------------
@@ -669,36 +651,35 @@ def _mix_weights(lake, table: str, version) -> dict | None:
     return None
 
 
-def main(argv=None):
-    from jobs.config import load_config
-    from jobs.session import get_spark
-    from jobs.stage import StageRun, log
-    from jobs.tables import Lake
+def resolve(cfg: dict, args) -> dict:
+    cfg = {"tokenizer": "gpt2", "val_fraction": 0.01, "seed": 1337, "shard_tokens": 50_000_000,
+           "nanogpt_bins": False, **cfg}
+    return cfg
+
+
+def prepare_run(ctx) -> None:
+    """The tokenizer (its ranks' sha256 is part of the run's identity) and the output folder."""
     from udfs.tokenize import load_encoding, ranks_sha256, resolve_spec
 
-    args = build_parser().parse_args(argv)
-    cfg = dict(load_config(args.conf, args.overrides).get("pack") or {})
-    for key, val in (("tokenizer", args.tokenizer), ("val_fraction", args.val_fraction), ("seed", args.seed),
-                     ("shard_tokens", args.shard_tokens), ("nanogpt_bins", args.nanogpt_bins)):
-        if val is not None:
-            cfg[key] = val
-    cfg.setdefault("tokenizer", "gpt2")
-    cfg.setdefault("val_fraction", 0.01)
-    cfg.setdefault("seed", 1337)
-    cfg.setdefault("shard_tokens", 50_000_000)
-    cfg.setdefault("nanogpt_bins", False)
-    args.input_table = args.input_table or cfg.get("input_table") or "mixed"
-    spark = get_spark("lmrefinery-pack", master=args.master)
-    lake = Lake(spark, args.lake)
-    version = lake.version(args.input_table)
-    if version is None:
-        raise UserError(f"table '{args.input_table}' not found under lake {lake.root} (run the mix stage first, "
-                        f"or pass --input-table)")
+    cfg, args = ctx.params, ctx.args
+    out_dir = os.path.abspath(args.out or os.path.join(os.path.abspath(args.lake), "packed"))
+    enc = load_encoding(resolve_spec(str(cfg["tokenizer"])))
+    ctx.state["out_dir"] = out_dir
+    ctx.run_config = {k: v for k, v in cfg.items() if k not in ("report_tokenizers", "input_table")}
+    ctx.extra_key = {"ranks_sha256": ranks_sha256(enc), "out": out_dir}
+
+
+def early(ctx):
+    """Check the input's columns; write the compression report when asked (and stop there for --report-only)."""
+    from jobs.stage import log
+
+    args, cfg, lake = ctx.args, ctx.params, ctx.lake
+    version = ctx.state["input_version"]
     df = lake.read(args.input_table, version)
     missing = {"id", "text", "domain"} - set(df.columns)
     if missing:
         raise UserError(f"table '{args.input_table}' lacks columns {sorted(missing)} (document schema expected)")
-
+    ctx.state["df"] = df
     if args.compression_report or args.report_only:
         names = (args.report_tokenizers.split(",") if args.report_tokenizers
                  else list(cfg.get("report_tokenizers") or DEFAULT_REPORT_TOKENIZERS))
@@ -716,22 +697,29 @@ def main(argv=None):
         log(f"pack: compression report written to {path}")
         if args.report_only:
             return 0
+    return None
 
-    out_dir = os.path.abspath(args.out or os.path.join(lake.root, "packed"))
-    enc = load_encoding(resolve_spec(str(cfg["tokenizer"])))
-    run_cfg = {k: v for k, v in cfg.items() if k not in ("report_tokenizers", "input_table")}
-    run = StageRun(lake, "pack", run_cfg, args.input_table, [], force=args.force,
-                   input_version=version, extra_key={"ranks_sha256": ranks_sha256(enc), "out": out_dir},
-                   extra_leases=[f"packed:{out_dir}"])
-    if run.already_done(quiet=True) and _still_there(out_dir, run.run_key):
+
+def still_done(ctx) -> bool:
+    from jobs.stage import log
+
+    out_dir = ctx.state["out_dir"]
+    if _still_there(out_dir, ctx.run.run_key):
         log(f"pack: {out_dir} already holds this input and config (verified sizes); skipping. Use --force to "
             f"run again.")
-        return 0
-    run.hold()  # nobody else packs into out_dir now: temporary folders of dead pack runs can go
+        return True
+    return False
+
+
+def plan(ctx) -> None:
+    from jobs.stage import log
+
+    args, cfg, lake, run, spark = ctx.args, ctx.params, ctx.lake, ctx.run, ctx.spark
+    out_dir, df, version = ctx.state["out_dir"], ctx.state["df"], ctx.state["input_version"]
+    # this run holds the lease of out_dir: temporary folders of dead pack runs can go
     for leftover in _leftover_tmp_dirs(out_dir):
         shutil.rmtree(leftover, ignore_errors=True)
         log(f"pack: removed {leftover} (left by a pack run that died)")
-
     docs_in = df.count()
     manifest = pack(spark, df, out_dir, tokenizer=str(cfg["tokenizer"]), val_fraction=float(cfg["val_fraction"]),
                     seed=int(cfg["seed"]), shard_tokens=int(cfg["shard_tokens"]),
@@ -750,6 +738,28 @@ def main(argv=None):
                extra={"out": out_dir, "dtype": manifest["dtype"], "tokenizer": manifest["tokenizer"],
                       "train_tokens": s["train"]["tokens"], "val_tokens": s["val"]["tokens"]})
     return 0
+
+
+STAGE = Stage(
+    name="pack", doc=DESCRIPTION, input_table="mixed", outputs={}, input_key="input_table",
+    input_hint="run the mix stage first, or pass --input-table",
+    flags=[Flag("--tokenizer", "tokenizer", "gpt2 | cl100k_base | o200k_base | PATH (trained BPE or .tiktoken "
+                "file); default pack.tokenizer"),
+           Flag("--val-fraction", "val_fraction", "share of documents (by id hash) in val", type=float),
+           Flag("--seed", "seed", "document shuffle seed", type=int),
+           Flag("--shard-tokens", "shard_tokens", "target tokens per shard (documents are whole)", type=int),
+           Flag("--nanogpt-bins", "nanogpt_bins", "also write nanoGPT-style train.bin / val.bin (each split's "
+                "shards concatenated)", store_true=True),
+           Flag("--out", None, "output folder (default <lake>/packed)"),
+           Flag("--compression-report", None, "also write <lake>/reports/tokenizers.json: bytes/token and "
+                "tokens/word per domain and tokenizer (pack.report_tokenizers plus the packing tokenizer)",
+                store_true=True, default=False),
+           Flag("--report-only", None, "write the compression report and do not pack", store_true=True,
+                default=False),
+           Flag("--report-tokenizers", None, "comma-separated tokenizers for the report")],
+    resolve=resolve, prepare=prepare_run, early=early, still_done=still_done, plan=plan,
+    extra_leases=lambda ctx: [f"packed:{ctx.state['out_dir']}"])
+main = stage_main(STAGE)
 
 
 def _leftover_tmp_dirs(out_dir: str) -> list[str]:

@@ -16,8 +16,7 @@ import time
 from jobs.cli import UserError, run_main
 from jobs.config import load_config
 from jobs.session import REPO_ROOT, get_spark
-
-STAGES = ["ingest", "filter", "dedup", "decontaminate", "mix", "pack"]
+from jobs.stage import PIPELINE as STAGES
 
 DESCRIPTION = """\
 Run the whole pipeline on one lake, skipping stages that already ran on the same input and config.
@@ -76,6 +75,9 @@ def main(argv=None):
     cfg = load_config(args.conf, args.overrides)
     pcfg = cfg.get("pipeline", {}) or {}
     stages = pcfg.get("stages", STAGES)
+    bad = [s for s in stages if s not in STAGES]
+    if bad:
+        raise UserError(f"pipeline.stages: unknown stage(s) {', '.join(map(str, bad))}; stages are {', '.join(STAGES)}")
     if args.stages:
         wanted = [s.strip() for s in args.stages.split(",") if s.strip()]
         unknown = [s for s in wanted if s not in STAGES]

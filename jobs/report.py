@@ -34,8 +34,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jobs.cli import UserError, run_main  # noqa: E402
+from jobs.stage import PIPELINE as STAGE_ORDER  # noqa: E402
 
-STAGE_ORDER = ["ingest", "filter", "dedup", "decontaminate", "mix", "pack"]
 # Plot ids in page order; tests and the screenshot check rely on these.
 PLOTS = ["funnel_docs", "funnel_tokens", "rejections", "languages", "duplicates", "mixture", "token_lengths",
          "tokenizers", "loss"]

@@ -23,14 +23,32 @@ from jobs.leases import Leases
 from jobs.tables import Lake, WriteResult, remove_uncommitted
 
 METRICS_TABLE = "metrics"
+# The pipeline's stages in order: jobs/pipeline.py runs them, the report orders its sections by them.
+PIPELINE = ["ingest", "filter", "dedup", "decontaminate", "mix", "pack"]
 
 
 class InvariantError(RuntimeError):
     pass
 
 
+def _logger():
+    import logging
+
+    logger = logging.getLogger("lmrefinery")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[lmrefinery %(asctime)s] %(message)s", datefmt="%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
+
+
 def log(msg: str) -> None:
-    print(f"[lmrefinery {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    """One progress line on stderr: `[lmrefinery HH:MM:SS] msg` (the `lmrefinery` logger, level INFO)."""
+    logger = _logger()
+    logger.handlers[0].stream = sys.stderr  # follow a replaced sys.stderr (pytest's capture, notebooks)
+    logger.info(msg)
 
 
 class StageRun:
@@ -103,6 +121,20 @@ class StageRun:
                         f"(run {row['run_id']}); skipping. Use --force to run again.")
                 return row
         return None
+
+    def outputs_committed(self) -> bool:
+        """Whether every output table's latest commit is this run's (an earlier attempt committed them all and
+        died before its metrics row): then nothing needs computing again."""
+        if not self.output_tables or self.force:
+            return False
+        for t in self.output_tables:
+            if not self.lake.exists(t) or self.lake.txn_version(t, self.app_id(t)) is None:
+                return False
+            info = self.lake.last_commit_info(t)
+            if self.app_id(t) not in (info.get("lmrefinery.app_id"), info.get("userMetadata")):
+                return False
+            self.outputs[t] = self.lake.version(t)
+        return True
 
     def app_id(self, table: str) -> str:
         key = self.run_key if not self.force else f"{self.run_key}|{self.run_id}"
