@@ -39,8 +39,13 @@ import numpy as np
 
 from jobs.cli import UserError, run_main
 from jobs.runner import Flag, Stage, stage_main
+from udfs import packed
 
-FORMAT = "lmrefinery-packed-v1"
+# the packed format lives in udfs/packed.py; these names stay importable from here
+FORMAT = packed.FORMAT
+PackedError = packed.PackedError
+read_documents = packed.read_documents
+
 SPLIT_SALT = "lmr-split"
 SPLIT_BUCKETS = 1_000_000
 DEFAULT_REPORT_TOKENIZERS = ["gpt2", "cl100k_base", "o200k_base"]
@@ -68,10 +73,6 @@ REPORT_DDL = "domain string, tokenizer string, docs bigint, bytes bigint, tokens
 ORDER = ["split", "skey", "id", "epoch_copy", "thash"]
 
 
-class PackedError(UserError):
-    """A packed folder does not match its manifest (missing, truncated or corrupted file, wrong dtype...)."""
-
-
 # ---- the Python side of each step (runs in executors) ----------------------------------------------------------
 PIECE_DDL = ("pid int, split string, domain string, docs bigint, tokens bigint, bytes bigint, piece string, "
              "first struct<skey:bigint,id:string,epoch_copy:bigint,thash:bigint>")
@@ -93,7 +94,7 @@ class _PieceWriter:
 
     def add(self, data, counts: np.ndarray) -> None:
         self.fb.write(data)
-        self.fi.write((self.tokens + np.cumsum(counts, dtype=np.uint64)).astype("<u8").tobytes())
+        self.fi.write(packed.index_bytes(self.tokens + np.cumsum(counts, dtype=np.uint64)))
         self.tokens += int(counts.sum())
 
     def close(self) -> None:
@@ -174,18 +175,16 @@ def _piece_schema():
                       ("tokens", pa.int64()), ("bytes", pa.int64()), ("piece", pa.string()), ("first", first)])
 
 
-class _ShardWriter:
-    """Streams one shard's .bin and .idx to disk, hashing both."""
+class _ShardWriter(packed.ShardWriter):
+    """One shard of an assemble task, under per-attempt names (numbered and renamed by the driver), filled with
+    byte ranges of pieces."""
 
     def __init__(self, out_dir: str, split: str, shard: int, attempt: str):
         self.split, self.shard = split, shard
         # per-attempt names: a retried or speculative attempt never truncates a file another attempt reported
         self.bin_name = f"{split}-s{shard:012d}-{attempt}.bin.part"
         self.idx_name = f"{split}-s{shard:012d}-{attempt}.idx.part"
-        self.fb = open(os.path.join(out_dir, self.bin_name), "wb")
-        self.fi = open(os.path.join(out_dir, self.idx_name), "wb")
-        self.hb, self.hi = hashlib.sha256(), hashlib.sha256()
-        self.tokens = self.documents = self.bin_bytes = self.idx_bytes = 0
+        super().__init__(os.path.join(out_dir, self.bin_name), os.path.join(out_dir, self.idx_name))
 
     def add_range(self, bin_path: str, byte_lo: int, byte_hi: int, rel_ends: np.ndarray) -> None:
         """Copy bytes [byte_lo, byte_hi) of a piece; `rel_ends` are the copied documents' end offsets (tokens)
@@ -197,23 +196,13 @@ class _ShardWriter:
                 block = f.read(min(left, 1 << 22))
                 if not block:
                     raise RuntimeError(f"piece {bin_path} is shorter than its index")
-                self.fb.write(block)
-                self.hb.update(block)
+                self.write_tokens(block)
                 left -= len(block)
-        ends = (self.tokens + rel_ends.astype(np.uint64)).astype("<u8").tobytes()
-        self.fi.write(ends)
-        self.hi.update(ends)
-        self.tokens += int(rel_ends[-1])
-        self.documents += len(rel_ends)
-        self.bin_bytes += byte_hi - byte_lo
-        self.idx_bytes += len(ends)
+        self.end_documents(rel_ends)
 
     def close(self) -> dict:
-        self.fb.close()
-        self.fi.close()
-        return {"split": self.split, "shard": self.shard, "tokens": self.tokens, "documents": self.documents,
-                "bin_name": self.bin_name, "bin_bytes": self.bin_bytes, "bin_sha256": self.hb.hexdigest(),
-                "idx_name": self.idx_name, "idx_bytes": self.idx_bytes, "idx_sha256": self.hi.hexdigest()}
+        return {"split": self.split, "shard": self.shard, "bin_name": self.bin_name, "idx_name": self.idx_name,
+                **super().close()}
 
 
 def _assemble_fn(piece_dir: str, out_dir: str, itemsize: int, shard_tokens: int):
@@ -231,7 +220,7 @@ def _assemble_fn(piece_dir: str, out_dir: str, itemsize: int, shard_tokens: int)
             for split, lo, hi, spec in zip(*(b.column(c).to_pylist() for c in ("split", "lo", "hi", "pieces"))):
                 w = None
                 for piece, g0 in json.loads(spec):
-                    ends = np.memmap(os.path.join(piece_dir, piece + ".idx"), dtype="<u8", mode="r")  # never empty
+                    ends = np.memmap(os.path.join(piece_dir, piece + ".idx"), dtype=packed.INDEX_DTYPE, mode="r")  # never empty
 
                     def first_at(x):  # first document of the piece whose first token is at split offset >= x
                         if x <= g0:
@@ -311,7 +300,7 @@ def pack(spark, df, out_dir: str, tokenizer: str = "gpt2", val_fraction: float =
          mixture_weights: dict | None = None, partitions: int | None = None, extra: dict | None = None) -> dict:
     """Pack DataFrame `df` (document schema) into `out_dir`; returns the verified manifest."""
     from jobs.stage import log
-    from udfs.tokenize import load_encoding, resolve_spec, token_dtype
+    from udfs.tokenize import load_encoding, resolve_spec
 
     if not 0 <= val_fraction < 1:
         raise UserError(f"--val-fraction must be in [0, 1), got {val_fraction}")
@@ -319,7 +308,7 @@ def pack(spark, df, out_dir: str, tokenizer: str = "gpt2", val_fraction: float =
         raise UserError(f"--shard-tokens must be positive, got {shard_tokens}")
     resolved = resolve_spec(tokenizer)
     enc = load_encoding(resolved)
-    dtype = token_dtype(enc.n_vocab)
+    dtype = packed.token_dtype(enc.n_vocab)
     partitions = int(partitions or spark.conf.get("spark.sql.shuffle.partitions"))
 
     out_dir = os.path.abspath(out_dir)
@@ -413,14 +402,16 @@ def _shares(domain_tokens: dict) -> dict:
 
 def _finalize(tmp, written, totals, dtype, resolved, enc, spec, seed, source, mixture_weights, nanogpt_bins,
               extra) -> dict:
-    from udfs.tokenize import sha256_file, tokenizer_manifest
+    """Number the written shards of each split contiguously, add the tokenizer file and nanoGPT bins when asked,
+    and write manifest.json (udfs/packed.py's layout)."""
+    from udfs.tokenize import tokenizer_manifest
 
     files, splits = {}, {}
     for split in ("train", "val"):
         mine = sorted((r for r in written if r["split"] == split), key=lambda r: r["shard"])
         shards = []
         for k, r in enumerate(mine):
-            bin_name, idx_name = f"{split}-{k:05d}.bin", f"{split}-{k:05d}.idx"
+            bin_name, idx_name = packed.shard_file_names(split, k)
             os.replace(os.path.join(tmp, r["bin_name"]), os.path.join(tmp, bin_name))
             os.replace(os.path.join(tmp, r["idx_name"]), os.path.join(tmp, idx_name))
             files[bin_name] = {"sha256": r["bin_sha256"], "bytes": r["bin_bytes"]}
@@ -440,8 +431,7 @@ def _finalize(tmp, written, totals, dtype, resolved, enc, spec, seed, source, mi
     if resolved["kind"] == "bpe":
         tok_file = "tokenizer.json"
         shutil.copyfile(resolved["path"], os.path.join(tmp, tok_file))
-        p = os.path.join(tmp, tok_file)
-        files[tok_file] = {"sha256": sha256_file(p), "bytes": os.path.getsize(p)}
+        files[tok_file] = packed.file_entry(os.path.join(tmp, tok_file))
     nanogpt = {}
     if nanogpt_bins:
         for split, info in splits.items():
@@ -456,26 +446,12 @@ def _finalize(tmp, written, totals, dtype, resolved, enc, spec, seed, source, mi
                             n += len(block)
             files[name] = {"sha256": h.hexdigest(), "bytes": n}
             nanogpt[split] = name
-    manifest = {
-        "format": FORMAT,
-        "tokenizer": tokenizer_manifest(spec, enc, tok_file),
-        "dtype": dtype.name,
-        "seed": int(seed),
-        "source": source or {"table": None, "version": None},
-        "mixture_weights": mixture_weights,
-        "splits": splits,
-        "files": dict(sorted(files.items())),
-        "created_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
+    tokenizer = tokenizer_manifest(spec, enc, tok_file)
     if resolved["kind"] != "openai":
-        manifest["tokenizer"]["spec"] = os.path.basename(resolved["path"]) if tok_file else spec
-    if nanogpt:
-        manifest["nanogpt_bins"] = nanogpt
-    if extra:
-        manifest.update(extra)
-    with open(os.path.join(tmp, "manifest.json"), "w") as f:
-        json.dump(manifest, f, indent=2)
-        f.write("\n")
+        tokenizer["spec"] = os.path.basename(resolved["path"]) if tok_file else spec
+    manifest = packed.build_manifest(tokenizer, dtype, seed, source, mixture_weights, splits, files,
+                                     extra={**({"nanogpt_bins": nanogpt} if nanogpt else {}), **(extra or {})})
+    packed.write_manifest(tmp, manifest)
     return manifest
 
 
@@ -490,81 +466,16 @@ def _swap_in(tmp: str, out_dir: str) -> None:
 
 
 def verify_packed(packed_dir: str, check_hashes: bool = True) -> dict:
-    """Check a packed folder against its manifest; returns the manifest or raises PackedError saying what is wrong.
-
-    Checks: every listed file exists with the listed size and sha256; dtype fits the vocabulary; each shard's
-    .bin holds exactly `tokens` tokens and its .idx `documents` increasing end offsets ending at `tokens`; every
-    document ends with EOS; no token id is outside the vocabulary; split totals equal the sum of their shards."""
-    from udfs.tokenize import sha256_file, token_dtype
-
-    path = os.path.join(packed_dir, "manifest.json")
-    try:
-        with open(path) as f:
-            m = json.load(f)
-    except FileNotFoundError:
-        raise PackedError(f"no manifest.json in {packed_dir}") from None
-    except ValueError as e:
-        raise PackedError(f"{path} is not valid JSON: {e}") from None
-    if m.get("format") != FORMAT:
-        raise PackedError(f"{path}: format {m.get('format')!r}, expected {FORMAT!r}")
-    vocab, eos = int(m["tokenizer"]["vocab_size"]), int(m["tokenizer"]["eos_id"])
-    want = token_dtype(vocab)
-    if np.dtype(m["dtype"]).newbyteorder("<") != want:
-        raise PackedError(f"{path}: dtype {m['dtype']} does not fit vocab_size {vocab} (expected {want.name})")
-    for name, meta in m["files"].items():
-        fp = os.path.join(packed_dir, name)
-        if not os.path.isfile(fp):
-            raise PackedError(f"{name}: file missing from {packed_dir}")
-        size = os.path.getsize(fp)
-        if size != int(meta["bytes"]):
-            raise PackedError(f"{name}: {size} bytes, manifest says {meta['bytes']} (truncated or overwritten)")
-        if check_hashes and sha256_file(fp) != meta["sha256"]:
-            raise PackedError(f"{name}: sha256 does not match the manifest (corrupted)")
-    for split, info in m["splits"].items():
-        tokens = docs = 0
-        for sh in info["shards"]:
-            for key in ("bin", "idx"):
-                if sh[key] not in m["files"]:
-                    raise PackedError(f"{sh[key]} is not listed in the manifest's files")
-            nbytes = os.path.getsize(os.path.join(packed_dir, sh["bin"]))
-            if nbytes != int(sh["tokens"]) * want.itemsize:
-                raise PackedError(f"{sh['bin']}: {nbytes} bytes is not {sh['tokens']} tokens of {want.name}")
-            idx = np.fromfile(os.path.join(packed_dir, sh["idx"]), dtype="<u8").astype(np.int64)
-            if len(idx) != int(sh["documents"]):
-                raise PackedError(f"{sh['idx']}: {len(idx)} offsets, manifest says {sh['documents']} documents")
-            if len(idx) and (idx[0] < 1 or np.any(np.diff(idx) < 1) or idx[-1] != int(sh["tokens"])):
-                raise PackedError(f"{sh['idx']}: offsets are not increasing up to the shard's {sh['tokens']} tokens")
-            data = np.memmap(os.path.join(packed_dir, sh["bin"]), dtype=want, mode="r") if nbytes else \
-                np.zeros(0, want)
-            if len(idx) and np.any(data[idx - 1] != eos):
-                raise PackedError(f"{sh['bin']}: a document does not end with eos_id {eos} (wrong dtype or corrupt)")
-            for s in range(0, len(data), 1 << 24):
-                if len(data) and int(data[s:s + (1 << 24)].max()) >= vocab:
-                    raise PackedError(f"{sh['bin']}: token id >= vocab_size {vocab}")
-            del data
-            tokens += int(sh["tokens"])
-            docs += int(sh["documents"])
-        if (tokens, docs) != (int(info["tokens"]), int(info["documents"])):
-            raise PackedError(f"split {split}: shards hold {tokens} tokens / {docs} documents, manifest says "
-                              f"{info['tokens']} / {info['documents']}")
-    return m
-
-
-def read_documents(packed_dir: str, split: str):
-    """Yield each document's token array (EOS included) of a split, in order, one shard at a time."""
-    m = verify_packed(packed_dir, check_hashes=False)
-    dtype = np.dtype(m["dtype"]).newbyteorder("<")
-    for sh in m["splits"][split]["shards"]:
-        data = np.fromfile(os.path.join(packed_dir, sh["bin"]), dtype=dtype)
-        idx = np.fromfile(os.path.join(packed_dir, sh["idx"]), dtype="<u8").astype(np.int64)
-        start = 0
-        for end in idx:
-            yield data[start:end]
-            start = end
+    """Check a whole packed folder against its manifest (`udfs.packed.verify`: every file's size and, with
+    `check_hashes`, sha256; shard sizes and indexes; EOS after every document; token ids inside the vocabulary;
+    split totals); returns the manifest or raises PackedError saying what is wrong."""
+    return packed.verify(packed_dir, level="full" if check_hashes else "size", check_ids=True)
 
 
 # ---- compression report ---------------------------------------------------------------------------------------
-def _report_fn(resolved_list: list):
+def compression_counts_fn(resolved_list: list):
+    """mapInArrow function: per (domain, tokenizer) docs, UTF-8 bytes, ordinary tokens (no EOS) and words of
+    each batch of (domain, text) rows; `resolved_list` is [(label, resolved spec)]. The report uses it too."""
     def report(batches):
         import pyarrow as pa
 
@@ -604,7 +515,7 @@ def compression_report(df, tokenizers: list[str]) -> dict:
     if "epoch_copy" in df.columns:
         docs = docs.dropDuplicates(["id"])
     docs = docs.select(F.coalesce(F.col("domain"), F.lit("unknown")).alias("domain"), "text")
-    rows = (docs.mapInArrow(_report_fn(resolved), REPORT_DDL).groupBy("domain", "tokenizer")
+    rows = (docs.mapInArrow(compression_counts_fn(resolved), REPORT_DDL).groupBy("domain", "tokenizer")
             .agg(*[F.sum(c).alias(c) for c in ("docs", "bytes", "tokens", "words")]).collect())
 
     def ratios(a):

@@ -1,4 +1,5 @@
-"""Packed-shard loader for the trainer (`lmrefinery-packed-v1`, see docs in /work/shared/design.md).
+"""Packed-shard loader for the trainer (`lmrefinery-packed-v1`; the format, its checks and the memory-mapped
+`PackedSplit` live in udfs/packed.py).
 
 A split is read as one virtual token stream: the concatenation of its memory-mapped shards (every document already
 ends with EOS, so a shard boundary is just another document boundary). Two sampling modes, both deterministic for a
@@ -13,53 +14,15 @@ The cursor (`state_dict()` / `load_state_dict()`) is a couple of integers, so re
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import re
-
 import numpy as np
 import torch
 
-from udfs.common import UserError
+from udfs import packed
 
-FORMAT = "lmrefinery-packed-v1"
-
-
-class ShardError(UserError):
-    """The packed data does not match its manifest (missing file, wrong size, checksum or dtype)."""
-
-
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def load_manifest(packed_dir: str) -> dict:
-    path = os.path.join(packed_dir, "manifest.json")
-    if not os.path.exists(path):
-        raise ShardError(f"no manifest.json in {packed_dir} (expected the output of jobs/pack.py)")
-    try:
-        with open(path) as f:
-            m = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ShardError(f"{path} is not valid JSON: {e}") from None
-    if m.get("format") != FORMAT:
-        raise ShardError(f"{path}: format is {m.get('format')!r}, expected {FORMAT!r}")
-    for key in ("tokenizer", "dtype", "splits", "files"):
-        if key not in m:
-            raise ShardError(f"{path}: missing key {key!r}")
-    return m
-
-
-def expected_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype("<u2") if vocab_size <= 65536 else np.dtype("<u4")
+# the format's home is udfs/packed.py; the trainer's names for its reader and checks
+PackedSplit = packed.PackedSplit
+load_manifest = packed.load_manifest
+ShardError = packed.PackedError  # the packed data does not match its manifest
 
 
 def bytes_per_token(manifest: dict, split: str = "val") -> float:
@@ -68,96 +31,6 @@ def bytes_per_token(manifest: dict, split: str = "val") -> float:
     if not s.get("tokens"):
         raise ShardError(f"split {split!r} has no tokens")
     return float(s["text_bytes"]) / float(s["tokens"])
-
-
-class PackedSplit:
-    """The shards of one split, verified against the manifest and memory-mapped."""
-
-    def __init__(self, packed_dir: str, split: str, manifest: dict | None = None, verify: str = "full"):
-        """verify: "full" (sizes, sha256, index consistency), "size" (no hashing), or "none"."""
-        self.dir = packed_dir
-        self.split = split
-        self.manifest = manifest or load_manifest(packed_dir)
-        m = self.manifest
-        if split not in m["splits"]:
-            raise ShardError(f"manifest has no split {split!r} (has {sorted(m['splits'])})")
-        tok = m["tokenizer"]
-        self.vocab_size = int(tok["vocab_size"])
-        self.eos_id = int(tok["eos_id"])
-        want = expected_dtype(self.vocab_size)
-        if np.dtype(m["dtype"]).newbyteorder("<") != want:
-            raise ShardError(f"manifest dtype {m['dtype']!r} does not fit vocab_size {self.vocab_size} "
-                             f"(expected {want.name})")
-        self.dtype = want
-        info = m["splits"][split]
-        self.shards, self.docs_per_shard = [], []
-        for sh in info["shards"]:
-            self._check_file(sh["bin"], verify)
-            self._check_file(sh["idx"], verify)
-            path = os.path.join(packed_dir, sh["bin"])
-            nbytes = os.path.getsize(path)
-            if nbytes != int(sh["tokens"]) * want.itemsize:
-                raise ShardError(f"{sh['bin']}: {nbytes} bytes is not {sh['tokens']} tokens of {want.name}")
-            if verify != "none":
-                self._check_index(sh, want)
-            self.shards.append(np.memmap(path, dtype=want, mode="r") if nbytes else np.zeros(0, want))
-            self.docs_per_shard.append(int(sh["documents"]))
-        lens = [len(s) for s in self.shards]
-        if sum(lens) != int(info["tokens"]):
-            raise ShardError(f"split {split!r}: shards hold {sum(lens)} tokens, manifest says {info['tokens']}")
-        self.offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-        self.n_tokens = int(self.offsets[-1])
-        self.text_bytes = int(info.get("text_bytes", 0))
-
-    def _check_file(self, name: str, verify: str) -> None:
-        # a manifest names files inside its own folder: no separators, no '..', nothing absolute
-        if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name) or ".." in name:
-            raise ShardError(f"manifest in {self.dir} names shard file {name!r}, which is not a plain file name in "
-                             f"that folder (refused)")
-        path = os.path.join(self.dir, name)
-        meta = self.manifest["files"].get(name)
-        if meta is None:
-            raise ShardError(f"{name} is not listed in the manifest's files")
-        if not os.path.exists(path):
-            raise ShardError(f"shard file missing: {path}")
-        if verify == "none":
-            return
-        size = os.path.getsize(path)
-        if size != int(meta["bytes"]):
-            raise ShardError(f"{name}: size {size} bytes, manifest says {meta['bytes']} (truncated or replaced?)")
-        if verify == "full":
-            got = _sha256(path)
-            if got != meta["sha256"]:
-                raise ShardError(f"{name}: sha256 {got[:12]}... does not match the manifest's "
-                                 f"{str(meta['sha256'])[:12]}... (corrupted shard)")
-
-    def _check_index(self, sh: dict, dt: np.dtype) -> None:
-        idx = np.fromfile(os.path.join(self.dir, sh["idx"]), dtype="<u8")
-        if len(idx) != int(sh["documents"]):
-            raise ShardError(f"{sh['idx']}: {len(idx)} entries, manifest says {sh['documents']} documents")
-        if len(idx) and (int(idx[-1]) != int(sh["tokens"]) or np.any(np.diff(idx.astype(np.int64)) <= 0)):
-            raise ShardError(f"{sh['idx']}: document end offsets are not increasing up to {sh['tokens']}")
-        if len(idx):
-            # the token before every document end must be EOS; a mismatch means the dtype or layout is wrong
-            data = np.memmap(os.path.join(self.dir, sh["bin"]), dtype=dt, mode="r")
-            ends = data[idx.astype(np.int64) - 1]
-            if np.any(ends != self.eos_id):
-                raise ShardError(f"{sh['bin']}: documents do not end with eos_id {self.eos_id} at the offsets in "
-                                 f"{sh['idx']} (wrong dtype or corrupted shard)")
-
-    def read(self, start: int, length: int) -> np.ndarray:
-        """Tokens [start, start+length) of the virtual concatenation, as int64."""
-        out = np.empty(length, dtype=np.int64)
-        pos, filled = start, 0
-        i = int(np.searchsorted(self.offsets, start, side="right")) - 1
-        while filled < length:
-            lo = pos - int(self.offsets[i])
-            take = min(length - filled, len(self.shards[i]) - lo)
-            out[filled:filled + take] = self.shards[i][lo:lo + take]
-            filled += take
-            pos += take
-            i += 1
-        return out
 
 
 class BatchLoader:

@@ -8,12 +8,12 @@ byte-level tiktoken encoding (256 byte tokens + `<|endoftext|>` = 256) that need
 from __future__ import annotations
 
 import argparse
-import datetime
-import hashlib
 import json
 import os
 
 import numpy as np
+
+from udfs import packed
 
 BYTES_PAT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
@@ -27,26 +27,20 @@ def byte_encoding():
                              special_tokens={"<|endoftext|>": 256})
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_packed(out_dir: str, splits: dict[str, list[str]], enc=None, shard_tokens: int = 1 << 20,
                  seed: int = 1337, tokenizer_name: str = "bytes", tokenizer_spec: str = "bytes",
                  save_tokenizer: bool = True) -> dict:
     """Tokenize `splits` ({"train": [doc, ...], "val": [...]}), append EOS to each document, cut into shards of
     about `shard_tokens` (whole documents), write .bin/.idx and manifest.json. Returns the manifest.
     With `save_tokenizer` the encoding is saved as `tokenizer.json` (lmrefinery-bpe-v1) and named in the manifest."""
+    from udfs.tokenize import tokenizer_manifest
+
     enc = enc or byte_encoding()
     os.makedirs(out_dir, exist_ok=True)
     V, eos = enc.n_vocab, enc.eot_token
-    dtype = np.uint16 if V <= 65536 else np.uint32
-    from udfs.tokenize import ranks_sha256
+    dtype = packed.token_dtype(V)
 
+    files, split_info = {}, {}
     tok_file = None
     if save_tokenizer:
         # saved as a zero-merge byte-level BPE, so udfs.tokenize.encoding_from_manifest can load it back
@@ -55,15 +49,7 @@ def write_packed(out_dir: str, splits: dict[str, list[str]], enc=None, shard_tok
         tok_file = "tokenizer.json"
         save_bpe({"name": enc.name, "pat_str": enc._pat_str, "special_tokens": enc._special_tokens,
                   "vocab_size": V, "ranks": enc._mergeable_ranks}, os.path.join(out_dir, tok_file))
-    manifest = {
-        "format": "lmrefinery-packed-v1",
-        "tokenizer": {"name": tokenizer_name, "spec": tokenizer_spec, "ranks_sha256": ranks_sha256(enc),
-                      "vocab_size": V, "eos_id": eos, "file": tok_file},
-        "dtype": np.dtype(dtype).name, "seed": seed,
-        "source": {"table": "toy", "version": 0}, "mixture_weights": {},
-        "splits": {}, "files": {},
-        "created_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
+        files[tok_file] = packed.file_entry(os.path.join(out_dir, tok_file))
     for split, docs in splits.items():
         shards, cur, n = [], [], 0
         info = {"tokens": 0, "documents": 0, "text_bytes": 0, "shards": shards}
@@ -72,16 +58,13 @@ def write_packed(out_dir: str, splits: dict[str, list[str]], enc=None, shard_tok
             nonlocal cur, n
             if not cur:
                 return
-            i = len(shards)
-            bin_name, idx_name = f"{split}-{i:05d}.bin", f"{split}-{i:05d}.idx"
-            toks = np.concatenate(cur).astype(dtype)
-            ends = np.cumsum([len(c) for c in cur]).astype("<u8")
-            toks.astype(np.dtype(dtype).newbyteorder("<")).tofile(os.path.join(out_dir, bin_name))
-            ends.tofile(os.path.join(out_dir, idx_name))
-            shards.append({"bin": bin_name, "idx": idx_name, "tokens": int(len(toks)), "documents": len(cur)})
-            for name in (bin_name, idx_name):
-                p = os.path.join(out_dir, name)
-                manifest["files"][name] = {"sha256": _sha256(p), "bytes": os.path.getsize(p)}
+            bin_name, idx_name = packed.shard_file_names(split, len(shards))
+            w = packed.ShardWriter(os.path.join(out_dir, bin_name), os.path.join(out_dir, idx_name))
+            w.add(np.concatenate(cur).astype(dtype), [len(c) for c in cur])
+            r = w.close()
+            shards.append({"bin": bin_name, "idx": idx_name, "tokens": r["tokens"], "documents": r["documents"]})
+            files[bin_name] = {"sha256": r["bin_sha256"], "bytes": r["bin_bytes"]}
+            files[idx_name] = {"sha256": r["idx_sha256"], "bytes": r["idx_bytes"]}
             cur, n = [], 0
 
         for doc in docs:
@@ -94,9 +77,10 @@ def write_packed(out_dir: str, splits: dict[str, list[str]], enc=None, shard_tok
             if n >= shard_tokens:
                 flush()
         flush()
-        manifest["splits"][split] = info
-    with open(os.path.join(out_dir, "manifest.json"), "w") as f:
-        json.dump(manifest, f, indent=2)
+        split_info[split] = info
+    tokenizer = {**tokenizer_manifest(tokenizer_spec, enc, tok_file), "name": tokenizer_name}
+    manifest = packed.build_manifest(tokenizer, dtype, seed, {"table": "toy", "version": 0}, {}, split_info, files)
+    packed.write_manifest(out_dir, manifest)
     return manifest
 
 

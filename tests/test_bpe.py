@@ -159,8 +159,10 @@ def test_train_tokenizer_config_and_out_path(tmp_path, capsys):
     assert tt.output_path(str(tmp_path / "new") + "/") == str(tmp_path / "new" / "tokenizer.json")
     assert tt.output_path(str(tmp_path / "bpe8k.json")) == str(tmp_path / "bpe8k.json")
     # bad values are one-line errors (exit 2) before Spark starts
-    for sets, msg in ((["train_tokenizer.vocab_sise=1000"], "unknown train_tokenizer config key(s): vocab_sise"),
-                      (["train_tokenizer.vocab_size=big"], "train_tokenizer.vocab_size must be an integer"),
+    for sets, msg in ((["train_tokenizer.vocab_sise=1000"], "unknown config key 'train_tokenizer.vocab_sise' (did "
+                                                            "you mean 'train_tokenizer.vocab_size'?)"),
+                      (["train_tokenizer.vocab_size=big"], "config key 'train_tokenizer.vocab_size' must be an "
+                                                           "integer, got 'big'"),
                       (["train_tokenizer.vocab_size=100"], "--vocab-size must be at least 257")):
         argv = ["--lake", str(tmp_path / "lake"), "--out", str(tmp_path / "t.json")]
         for s in sets:

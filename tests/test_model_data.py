@@ -143,7 +143,7 @@ def test_flipped_byte_is_refused_by_checksum(copy):
 def test_truncated_shard_is_refused_by_size(copy):
     p = os.path.join(copy, "train-00000.bin")
     os.truncate(p, os.path.getsize(p) - 2)
-    with pytest.raises(ShardError, match=r"train-00000\.bin: size .* manifest says"):
+    with pytest.raises(ShardError, match=r"train-00000\.bin: \d+ bytes, manifest says \d+ \(truncated"):
         PackedSplit(copy, "train", verify="size")
 
 
@@ -172,7 +172,7 @@ def test_shard_rewritten_as_uint32_is_refused(copy):
 
 def test_missing_file_and_bad_index_are_refused(copy):
     os.remove(os.path.join(copy, "val-00000.bin"))
-    with pytest.raises(ShardError, match="shard file missing"):
+    with pytest.raises(ShardError, match=r"val-00000\.bin: file missing"):
         PackedSplit(copy, "val")
     # an index that does not end at EOS positions
     import hashlib
@@ -185,7 +185,7 @@ def test_missing_file_and_bad_index_are_refused(copy):
     idx.tofile(p)
     m["files"][sh["idx"]]["sha256"] = hashlib.sha256(open(p, "rb").read()).hexdigest()
     _write_manifest(copy, m)
-    with pytest.raises(ShardError, match="do not end with eos_id"):
+    with pytest.raises(ShardError, match="does not end with eos_id"):
         PackedSplit(copy, "train")
     os.remove(os.path.join(copy, "manifest.json"))
     with pytest.raises(ShardError, match="no manifest.json"):
@@ -203,3 +203,25 @@ def test_trainer_refuses_corrupted_shards_with_one_line_error(copy, tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert err[-1].startswith("train: error: val-00000.bin: sha256") and "corrupted shard" in err[-1]
+
+
+def test_one_format_home_for_writer_verifier_and_reader(packed, copy):
+    """The toy packer, the pack job's verify and the trainer's loader share udfs/packed.py."""
+    from model.toy_pack import byte_encoding
+    from udfs import packed as fmt
+
+    assert ShardError is fmt.PackedError and PackedSplit is fmt.PackedSplit
+    m = fmt.verify(packed, level="full", check_ids=True)  # what jobs.pack.verify_packed runs
+    assert m["files"]["tokenizer.json"]["bytes"] == os.path.getsize(os.path.join(packed, "tokenizer.json"))
+    enc = byte_encoding()
+    docs = split_docs(paragraphs_from_files(LICENSES))["val"]
+    got = [enc.decode(t[:-1].tolist()) for t in fmt.read_documents(packed, "val")]
+    assert got == docs
+    d = PackedSplit(packed, "val")
+    assert np.array_equal(d.doc_ends(0), np.fromfile(os.path.join(packed, "val-00000.idx"), dtype="<u8"))
+    # a whole-folder check refuses names outside the folder too, not only the trainer's per-split check
+    m = _manifest(copy)
+    m["files"]["../x.bin"] = {"bytes": 0, "sha256": "0"}
+    _write_manifest(copy, m)
+    with pytest.raises(ShardError, match=r"names file '../x.bin', which is not a plain file name"):
+        fmt.verify(copy)

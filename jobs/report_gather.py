@@ -1,0 +1,378 @@
+"""Report, part 1: gathering. Reads the lake (metrics through delta-rs; Spark only when a fallback must aggregate a
+big table), the packed folder and the training run into plain data (dicts, lists, numpy arrays) for the plots
+(jobs/report_plots.py) and the page (jobs/report.py). Every function returns None when its data is missing.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import glob
+import json
+import os
+
+from jobs.stage import PIPELINE as STAGE_ORDER
+from udfs import packed as packed_format
+
+
+# ---- data gathering (small results only) --------------------------------------------------------------------
+class Sources:
+    """Lazy access to the lake: metrics through delta-rs, Spark only on demand."""
+
+    def __init__(self, root: str, master: str | None = None):
+        from jobs.tables import Lake
+
+        self.root = os.path.abspath(root)
+        self.master = master
+        self.lake = Lake(None, self.root, backend="delta-rs")
+        self._spark_lake = None
+
+    def exists(self, name: str) -> bool:
+        return self.lake.exists(name)
+
+    def metrics_rows(self) -> list[dict]:
+        if not self.exists("metrics"):
+            return []
+        rows = self.lake.read_arrow("metrics").to_pylist()
+        for r in rows:
+            r["reasons"] = dict(r.get("reasons") or [])
+            r["outputs"] = dict(r.get("outputs") or [])
+            try:
+                r["extra"] = json.loads(r.get("extra") or "{}")
+            except ValueError:
+                r["extra"] = {}
+        return sorted(rows, key=lambda r: r["started_at"])
+
+    def arrow_dataset(self, name: str, version: int | None = None):
+        """A pyarrow dataset over the data files of a table's snapshot (latest, or `version`), read on the driver."""
+        import pyarrow.dataset as pads
+
+        paths = [u[len("file://"):] if u.startswith("file://") else u for u in self.lake.files(name, version)]
+        return pads.dataset(paths, format="parquet")
+
+    def spark_lake(self):
+        if self._spark_lake is None:
+            from jobs.session import get_spark
+            from jobs.tables import Lake
+
+            self._spark_lake = Lake(get_spark("lmrefinery-report", master=self.master), self.root)
+        return self._spark_lake
+
+
+def latest_per_stage(rows: list[dict]) -> dict[str, dict]:
+    latest: dict[str, dict] = {}
+    for r in rows:  # rows are sorted by started_at
+        latest[r["stage"]] = r
+    return latest
+
+
+def stage_sort_key(stage: str):
+    return (STAGE_ORDER.index(stage) if stage in STAGE_ORDER else len(STAGE_ORDER), stage)
+
+
+def funnel(latest: dict[str, dict]) -> list[dict]:
+    """One row per stage in pipeline order with the counts exactly as in its metrics row."""
+    keys = ("docs_in", "docs_out", "docs_rejected", "tokens_in", "tokens_out", "doc_acceptance", "token_acceptance",
+            "input_table", "output_table")
+    out = []
+    for s in sorted(latest, key=stage_sort_key):
+        row = {"stage": s, **{k: latest[s].get(k) for k in keys}}
+        # mix counts unique documents out; its table holds their epoch copies too (extra.rows_out)
+        row["rows_out"] = (latest[s].get("extra") or {}).get("rows_out", row["docs_out"])
+        tok = (latest[s].get("extra") or {}).get("tokenizer")
+        row["unit"] = f"{tok.get('name') or 'tokenizer'} tokens" if s == "pack" and isinstance(tok, dict) else None
+        out.append(row)
+    return out
+
+
+def chain_mismatches(fun: list[dict]) -> list[str]:
+    """Where a stage read the table the stage before it wrote, its documents (and estimated tokens) in should be
+    that stage's out; list every place where they are not (pack counts real tokenizer tokens: not compared)."""
+    out = []
+    for prev, cur in zip(fun, fun[1:]):
+        if not prev.get("output_table") or prev.get("output_table") != cur.get("input_table"):
+            continue
+        keys = [("rows", "docs", "documents")] + ([("tokens", "tokens", "tokens")] if cur["stage"] != "pack" else [])
+        for out_key, in_key, word in keys:
+            a, b = prev.get(f"{out_key}_out"), cur.get(f"{in_key}_in")
+            if a is not None and b is not None and a != b:
+                out.append(f"{cur['stage']} read {b:,} {word} from {cur['input_table']}, but {prev['stage']} "
+                           f"reported writing {a:,} (latest metrics rows; a re-run of one stage only, or "
+                           f"inconsistent counting)")
+    return out
+
+
+def language_distribution(src: Sources, latest: dict[str, dict]) -> dict | None:
+    """{"in": {lang: docs}, "kept": {lang: docs}, "from": where} or None."""
+    extra = (latest.get("filter") or {}).get("extra") or {}
+    if isinstance(extra.get("languages_in"), dict):
+        return {"in": extra["languages_in"], "kept": extra.get("languages_kept") or {},
+                "from": "filter metrics (extra.languages_in / languages_kept)"}
+    if not (src.exists("filtered") or src.exists("rejected")):
+        return None
+    return language_distribution_from_tables(src.spark_lake())
+
+
+def language_distribution_from_tables(lake) -> dict | None:
+    from pyspark.sql import functions as F
+
+    counts = {}
+    for name in ("filtered", "rejected"):
+        if not lake.exists(name):
+            continue
+        df = lake.read(name)
+        if "lang" not in df.columns:
+            continue
+        rows = df.groupBy(F.coalesce("lang", F.lit("unknown")).alias("lang")).count().collect()
+        counts[name] = {r["lang"]: int(r["count"]) for r in rows}
+    if not counts:
+        return None
+    kept = counts.get("filtered", {})
+    total = dict(kept)
+    for lang, n in counts.get("rejected", {}).items():
+        total[lang] = total.get(lang, 0) + n
+    return {"in": dict(sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "kept": dict(sorted(kept.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "from": "lang column of the filtered / rejected tables"}
+
+
+def duplicate_clusters(src: Sources, latest: dict[str, dict]) -> dict | None:
+    """{"hist": {size bucket: clusters}, "methods": {method: docs removed}, "from": where} or None."""
+    row = latest.get("dedup")
+    if row and isinstance(row["extra"].get("cluster_size_histogram"), dict):
+        return {"hist": row["extra"]["cluster_size_histogram"], "methods": dict(row["reasons"]),
+                "from": "dedup metrics (extra.cluster_size_histogram)"}
+    if not src.exists("duplicates"):
+        return None
+    return duplicate_clusters_from_table(src.spark_lake())
+
+
+def size_bucket(size: int) -> str:
+    """The dedup job's buckets: 2, 3, 4, 5-8, 9-16, ..."""
+    if size <= 4:
+        return str(size)
+    hi = 1 << (size - 1).bit_length()
+    return f"{hi // 2 + 1}-{hi}"
+
+
+def duplicate_clusters_from_table(lake) -> dict | None:
+    from pyspark.sql import functions as F
+
+    df = lake.read("duplicates")
+    if "kept_id" not in df.columns:
+        return None
+    sizes = df.groupBy("kept_id").count().select((F.col("count") + 1).alias("size")).groupBy("size").count()
+    hist: dict = {}
+    for r in sorted(sizes.collect(), key=lambda r: r["size"]):
+        b = size_bucket(int(r["size"]))
+        hist[b] = hist.get(b, 0) + int(r["count"])
+    methods = {}
+    if "method" in df.columns:
+        methods = {r["method"]: int(r["count"]) for r in df.groupBy("method").count().collect()}
+    return {"hist": hist, "methods": methods, "from": "duplicates table (kept_id)"}
+
+
+def mixture(latest: dict[str, dict]) -> dict | None:
+    row = latest.get("mix")
+    if not row or not isinstance(row["extra"].get("domains"), list) or not row["extra"]["domains"]:
+        return None
+    return {"strategy": row["extra"].get("strategy"), "domains": row["extra"]["domains"],
+            "token_budget": row["extra"].get("token_budget"), "warnings": row["extra"].get("warnings") or []}
+
+
+def load_manifest(packed: str) -> dict | None:
+    """The packed folder's manifest as it is (unverified: the report shows what is there), None without one."""
+    if not os.path.exists(os.path.join(packed, packed_format.MANIFEST)):
+        return None
+    return packed_format.read_manifest(packed)
+
+
+def token_lengths(packed: str, manifest: dict | None) -> dict | None:
+    """Document lengths in tokens (EOS not counted) per split, from the .idx end offsets."""
+    import numpy as np
+
+    if not manifest:
+        return None
+    out = {}
+    for split, info in (manifest.get("splits") or {}).items():
+        parts = []
+        for sh in info.get("shards") or []:
+            p = os.path.join(packed, sh["idx"])
+            if not os.path.exists(p):
+                continue
+            parts.append(np.diff(packed_format.read_index(p), prepend=0) - 1)
+        if parts:
+            out[split] = np.concatenate(parts)
+    return out or None
+
+
+def tokenizer_compression(src: Sources, packed: str, manifest: dict | None, sample_docs: int = 500) -> dict | None:
+    """{"tokenizers": [...], "rows": [(domain, {tok: bytes_per_token})], "tokens_per_word": {...}, "from": where}.
+
+    From `<lake>/reports/tokenizers.json` (jobs/pack.py --compression-report, whole table, Spark) when present; else
+    measured here on a bounded sample of the packed source table (`sample_docs` unique documents per domain, read
+    with delta-rs, encoded with the same function the pack job uses); else the packed manifest (one tokenizer)."""
+    path = os.path.join(src.root, "reports", "tokenizers.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            rep = json.load(f)
+        return _compression_rows(rep, os.path.relpath(path, src.root) + " (jobs/pack.py --compression-report)")
+    if manifest and sample_docs > 0:
+        rep = compression_sample(src, packed, manifest, sample_docs)
+        if rep:
+            return rep
+    if not manifest:
+        return None
+    name = (manifest.get("tokenizer") or {}).get("name") or "packed tokenizer"
+    rows = []
+    for split, info in sorted((manifest.get("splits") or {}).items()):
+        if info.get("tokens") and info.get("text_bytes"):
+            # the manifest's token counts include one EOS per document; text bytes do not
+            toks = info["tokens"] - info.get("documents", 0)
+            rows.append((split, {name: round(info["text_bytes"] / toks, 4) if toks > 0 else None}))
+    if not rows:
+        return None
+    return {"tokenizers": [name], "rows": rows, "tokens_per_word": {},
+            "from": "packed manifest (text_bytes / tokens per split, EOS excluded)"}
+
+
+def _compression_rows(rep: dict, where: str) -> dict:
+    toks = list(rep.get("tokenizers") or [])
+    rows = [(d, {t: (per.get(t) or {}).get("bytes_per_token") for t in toks})
+            for d, per in sorted((rep.get("domains") or {}).items())]
+    rows.append(("ALL", {t: (rep.get("all", {}).get(t) or {}).get("bytes_per_token") for t in toks}))
+    words = {t: (rep.get("all", {}).get(t) or {}).get("tokens_per_word") for t in toks}
+    return {"tokenizers": toks, "rows": rows, "tokens_per_word": words, "from": where}
+
+
+def _report_tokenizers(packed: str, manifest: dict) -> list[tuple[str, dict]]:
+    """(label, resolved spec) for gpt2 / cl100k_base / o200k_base and the packing tokenizer, those present here."""
+    from jobs.pack import DEFAULT_REPORT_TOKENIZERS
+    from udfs.tokenize import resolve_spec
+
+    tok = manifest.get("tokenizer") or {}
+    specs = [(t, t) for t in DEFAULT_REPORT_TOKENIZERS]
+    if tok.get("file"):  # a trained BPE shipped inside the packed folder
+        specs.append(("packed: " + str(tok.get("spec") or tok["file"]), os.path.join(packed, tok["file"])))
+    elif tok.get("name") and tok["name"] not in DEFAULT_REPORT_TOKENIZERS:
+        specs.append((tok["name"], tok.get("spec") or tok["name"]))
+    out = []
+    for label, spec in specs:
+        try:
+            out.append((label, resolve_spec(spec)))
+        except Exception:  # ranks file not installed here: leave that tokenizer out
+            continue
+    return out
+
+
+def compression_sample(src: Sources, packed: str, manifest: dict, per_domain: int,
+                       scan_bytes: int = 256 << 20) -> dict | None:
+    """Bytes/token and tokens/word per domain and tokenizer on the first `per_domain` unique documents of each
+    domain in the packed source table (scan stops after `scan_bytes` of Arrow data). Driver only, no Spark."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from jobs.pack import compression_counts_fn
+
+    source = manifest.get("source") or {}
+    table, version = source.get("table"), source.get("version")
+    if not table or not src.exists(table):
+        return None
+    try:
+        ds = src.arrow_dataset(table, version)
+    except Exception:  # that version was vacuumed: the latest one is close enough for a compression estimate
+        ds, version = src.arrow_dataset(table), src.lake.version(table)
+    names = ds.schema.names
+    if "text" not in names or "domain" not in names:
+        return None
+    cols = ["domain", "text"] + (["epoch_copy"] if "epoch_copy" in names else [])
+    taken: dict[str, list[str]] = {}
+    scanned = 0
+    for b in ds.to_batches(columns=cols, batch_size=2048):
+        scanned += b.nbytes
+        if "epoch_copy" in cols:
+            b = b.filter(pc.equal(b.column("epoch_copy"), 0))
+        for d, t in zip(b.column("domain").to_pylist(), b.column("text").to_pylist()):
+            if t is None:
+                continue
+            got = taken.setdefault(d or "unknown", [])
+            if len(got) < per_domain:
+                got.append(t)
+        if scanned >= scan_bytes:
+            break
+    tokenizers = _report_tokenizers(packed, manifest)
+    if not taken or not tokenizers:
+        return None
+    doms = sorted(taken)
+    batch = pa.RecordBatch.from_arrays(
+        [pa.array([d for d in doms for _ in taken[d]], pa.string()), pa.array([t for d in doms for t in taken[d]])],
+        names=["domain", "text"])
+    acc: dict = {}
+    for out in compression_counts_fn([(label, r) for label, r in tokenizers])(iter([batch])):
+        for r in out.to_pylist():
+            a = acc.setdefault((r["domain"], r["tokenizer"]), {"docs": 0, "bytes": 0, "tokens": 0, "words": 0})
+            for k in a:
+                a[k] += int(r[k])
+
+    def ratios(a):
+        return {**a, "bytes_per_token": round(a["bytes"] / a["tokens"], 4) if a["tokens"] else None,
+                "tokens_per_word": round(a["tokens"] / a["words"], 4) if a["words"] else None}
+
+    domains: dict = {}
+    overall: dict = {}
+    for (d, t), a in sorted(acc.items()):
+        domains.setdefault(d, {})[t] = ratios(a)
+        o = overall.setdefault(t, {k: 0 for k in a})
+        for k in a:
+            o[k] += a[k]
+    rep = {"tokenizers": [label for label, _ in tokenizers], "domains": domains,
+           "all": {t: ratios(a) for t, a in overall.items()}}
+    n = sum(len(v) for v in taken.values())
+    where = (f"a sample of table {table} v{version}: the first {per_domain:,} unique documents per domain "
+             f"({n:,} documents), measured by this report; jobs/pack.py --compression-report measures the "
+             f"whole table")
+    res = _compression_rows(rep, where)
+    res["sample_docs"] = {d: len(v) for d, v in taken.items()}
+    return res
+
+
+def load_run(run_dir: str) -> list[dict] | None:
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return None
+    rows = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    continue  # a line cut off by a killed run
+    return rows or None
+
+
+def audit_links(root: str, out_dir: str) -> list[tuple[str, str, str]]:
+    links = []
+    for pattern, note in ((os.path.join(root, "audit", "*.jsonl"), "audit sample (a few records per reason)"),
+                          (os.path.join(root, "reports", "*.json"), "stage report")):
+        for p in sorted(glob.glob(pattern)):
+            with open(p, "rb") as f:
+                n = sum(1 for _ in f) if p.endswith(".jsonl") else None
+            links.append((os.path.relpath(p, root), os.path.relpath(p, out_dir),
+                          note + (f", {n} lines" if n is not None else "")))
+    return links
+
+
+def gather(src: Sources, run_dir: str, packed: str, out_dir: str, compression_docs: int = 500) -> dict:
+    rows = src.metrics_rows()
+    latest = latest_per_stage(rows)
+    manifest = load_manifest(packed)
+    return {
+        "lake": src.root, "generated_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "metrics": rows, "latest": latest, "funnel": funnel(latest),
+        "languages": language_distribution(src, latest), "duplicates": duplicate_clusters(src, latest),
+        "mixture": mixture(latest), "packed": packed, "manifest": manifest,
+        "token_lengths": token_lengths(packed, manifest),
+        "tokenizers": tokenizer_compression(src, packed, manifest, compression_docs),
+        "run_path": os.path.join(run_dir, "metrics.jsonl"),
+        "run": load_run(run_dir), "links": audit_links(src.root, out_dir),
+    }
