@@ -7,11 +7,18 @@ Reads `filtered` (--input-table), writes survivors to `deduped` and every remove
 `cluster_id` (smallest id of its final cluster), `kept_id` (the cluster's survivor, which is in `deduped`) and
 `method` (exact or minhash). Nothing disappears: docs_in == |deduped| + |duplicates|.
 
-1. Exact: documents whose normalised text (udfs.normalise) has the same 128-bit digest form a group.
+Normalisation (udfs.normalise): NFKC, case fold, punctuation (Unicode P*) removed, whitespace collapsed;
+`--set dedup.strip_punctuation=false` keeps punctuation.
+1. Exact: documents whose normalised text has the same 128-bit digest form a group.
 2. Near, among exact survivors: MinHash signatures of word n-gram shingles (udfs.minhash, vectorised per Arrow
    batch), cut into `bands` bands of `rows` values; documents sharing a band bucket are candidate pairs, checked
    (exact shingle Jaccard by default) against the threshold; connected components of the verified pairs
    (jobs.components, in Spark) are the clusters.
+   Bands x rows (unless --bands/--rows): with verification (exact, estimate) the fewest expected missed pairs
+   (false-negative mass above the threshold) whose false-positive mass below it is <= dedup.max_fp_mass
+   (udfs.minhash.recall_param), since a false candidate only costs its check; with --verify none datasketch's
+   fp_weight/fn_weight balance (optimal_param), since every candidate is then a duplicate. The job logs the choice
+   with P(candidate) at the threshold and 0.05 above it.
 Survivor of a group or cluster: highest `quality_column` if configured, ties and otherwise the smallest `id`, so
 the result depends on neither partitioning nor run.
 """
@@ -47,7 +54,7 @@ def build_parser():
 
 def resolve_params(cfg: dict, args) -> dict:
     """Config section + CLI flags -> the validated parameters of this run (CLI wins)."""
-    from udfs.minhash import SCHEMES, optimal_param
+    from udfs.minhash import DEFAULT_MAX_FP_MASS, SCHEMES, optimal_param, recall_param
 
     p = dict(cfg or {})
     for key, val in (("threshold", args.threshold), ("ngram", args.ngram), ("num_perm", args.num_perm),
@@ -64,13 +71,14 @@ def resolve_params(cfg: dict, args) -> dict:
     p.setdefault("seed", 1)
     p.setdefault("scheme", "affine32")
     p.setdefault("verify", "exact")
-    p.setdefault("strip_punctuation", False)
+    p.setdefault("strip_punctuation", True)
     p.setdefault("exact_only", False)
     p.setdefault("quality_column", None)
     p.setdefault("max_bucket_pairs", 32)
     p.setdefault("cc_max_iterations", 60)
     p.setdefault("fp_weight", 0.5)
     p.setdefault("fn_weight", 0.5)
+    p.setdefault("max_fp_mass", DEFAULT_MAX_FP_MASS)
     if not 0.0 < float(p["threshold"]) < 1.0:
         raise UserError(f"--threshold must be in (0, 1), got {p['threshold']}")
     if int(p["ngram"]) < 1 or int(p["num_perm"]) < 1:
@@ -80,16 +88,40 @@ def resolve_params(cfg: dict, args) -> dict:
     if p["verify"] not in VERIFY_MODES:
         raise UserError(f"dedup.verify must be one of {', '.join(VERIFY_MODES)}, got {p['verify']!r}")
     bands, rows = p.get("bands"), p.get("rows")
+    p["bands_given"] = bands is not None
     if (bands is None) != (rows is None):
         raise UserError("give both --bands and --rows, or neither (then they are chosen from --threshold)")
     if bands is None:
-        bands, rows = optimal_param(float(p["threshold"]), int(p["num_perm"]), float(p["fp_weight"]),
-                                    float(p["fn_weight"]))
+        if p["verify"] == "none":
+            bands, rows = optimal_param(float(p["threshold"]), int(p["num_perm"]), float(p["fp_weight"]),
+                                        float(p["fn_weight"]))
+        else:
+            if not float(p["max_fp_mass"]) > 0:
+                raise UserError(f"dedup.max_fp_mass must be > 0, got {p['max_fp_mass']}")
+            bands, rows = recall_param(float(p["threshold"]), int(p["num_perm"]), float(p["max_fp_mass"]))
     if int(bands) < 1 or int(rows) < 1 or int(bands) * int(rows) > int(p["num_perm"]):
         raise UserError(f"need bands >= 1, rows >= 1 and bands*rows <= num_perm ({p['num_perm']}), "
                         f"got {bands}x{rows}")
     p["bands"], p["rows"] = int(bands), int(rows)
     return p
+
+
+def lsh_summary(params: dict) -> dict:
+    """How bands x rows were chosen and what they predict: P(candidate) at the threshold and 0.05 above it (the
+    recall of the banding for pairs at exactly that similarity), and the false-positive / false-negative masses."""
+    from udfs.minhash import candidate_probability, lsh_error_mass
+
+    t, b, r = float(params["threshold"]), params["bands"], params["rows"]
+    if params.get("bands_given"):
+        how = "given (--bands/--rows or dedup.bands/rows)"
+    elif params["verify"] == "none":
+        how = f"balanced for verify=none (fp_weight={params['fp_weight']}, fn_weight={params['fn_weight']})"
+    else:
+        how = f"recall-first for verify={params['verify']} (max_fp_mass={params['max_fp_mass']})"
+    fp, fn = lsh_error_mass(t, b, r)
+    return {"bands": b, "rows": r, "choice": how, "p_candidate_at_threshold": candidate_probability(t, b, r),
+            "p_candidate_at_threshold_plus_0.05": candidate_probability(min(t + 0.05, 1.0), b, r),
+            "fp_mass": fp, "fn_mass": fn}
 
 
 # ---- Python workers: Arrow batches in, Arrow batches out -------------------------------------------------------
@@ -205,8 +237,9 @@ def find_duplicates(df, params: dict, timings: dict | None = None):
     # 2. LSH buckets -> candidate pairs (all pairs in small buckets, a star to the smallest id in large ones)
     t0 = time.time()
     cap = int(params["max_bucket_pairs"])
-    banded = survivors.where(F.col("bkeys").isNotNull()).select("id", F.posexplode("bkeys").alias("band", "bkey"))
-    buckets = (banded.groupBy("band", "bkey").agg(F.sort_array(F.collect_list("id")).alias("ids"))
+    # a bucket key already mixes in its band number (udfs.minhash.band_keys), so it alone names the bucket
+    banded = survivors.where(F.col("bkeys").isNotNull()).select("id", F.explode("bkeys").alias("bkey"))
+    buckets = (banded.groupBy("bkey").agg(F.sort_array(F.collect_list("id")).alias("ids"))
                .where(F.size("ids") > 1))
     all_pairs = F.expr("flatten(transform(sequence(0, size(ids) - 2), i -> "
                        "transform(sequence(i + 1, size(ids) - 1), j -> named_struct('a', ids[i], 'b', ids[j]))))")
@@ -313,9 +346,15 @@ def main(argv=None):
             raise UserError(f"table '{args.input_table}' has no column '{col}'")
     from udfs.minhash import backend
 
+    lsh = lsh_summary(params)
     log(f"dedup: threshold={params['threshold']} ngram={params['ngram']} num_perm={params['num_perm']} "
         f"bands={params['bands']} rows={params['rows']} verify={params['verify']} exact_only={params['exact_only']} "
-        f"(minhash backend on driver: {backend()})")
+        f"strip_punctuation={params['strip_punctuation']} (minhash backend on driver: {backend()})")
+    if not params["exact_only"]:
+        log(f"dedup: LSH {lsh['bands']} bands x {lsh['rows']} rows, {lsh['choice']}: predicted recall "
+            f"P(candidate) = {lsh['p_candidate_at_threshold']:.4f} at J={params['threshold']}, "
+            f"{lsh['p_candidate_at_threshold_plus_0.05']:.4f} at J={min(params['threshold'] + 0.05, 1.0):.2f}; "
+            f"false-positive mass {lsh['fp_mass']:.4f}, false-negative mass {lsh['fn_mass']:.2e}")
     timings: dict = {}
     removed, info = find_duplicates(df, params, timings)
 
@@ -340,7 +379,9 @@ def main(argv=None):
         "cluster_size_histogram": hist,
         "clusters": sum(hist.values()),
         "params": {k: params[k] for k in ("threshold", "ngram", "num_perm", "bands", "rows", "seed", "scheme",
-                                          "verify", "exact_only", "strip_punctuation", "quality_column")},
+                                          "verify", "exact_only", "strip_punctuation", "quality_column",
+                                          "max_fp_mass")},
+        "lsh": lsh,
         "timings_s": timings,
         **{k: v for k, v in info.items() if k not in ("docs_in", "tokens_in")},
     }

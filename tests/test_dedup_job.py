@@ -162,21 +162,54 @@ def test_partitions_2_give_the_same_output(spark, tmp_path, corpus):
 
 
 def test_params_from_threshold_and_workers_without_spark(corpus):
-    """bands/rows chosen from the threshold (datasketch: 9x13 for 0.8 and 128 permutations); the Arrow workers
-    called directly: estimate verification approximates the exact Jaccard."""
+    """bands/rows chosen from the threshold: for verified candidates (the default) the fewest missed pairs under the
+    false-positive cap (16x8 at 0.8 and 128 permutations, not datasketch's balanced 9x13); with --verify none the
+    balanced choice. The Arrow workers called directly: estimate verification approximates the exact Jaccard."""
     import pyarrow as pa
+    from datasketch.lsh import _optimal_param
 
-    from jobs.dedup import _keys_fn, _verify_fn, build_parser, resolve_params
+    from jobs.cli import UserError
+    from jobs.dedup import _keys_fn, _verify_fn, build_parser, lsh_summary, resolve_params
+    from udfs.minhash import candidate_probability, lsh_error_mass
 
     def params(*argv, **cfg):
         return resolve_params(cfg, build_parser().parse_args(list(argv)))
 
     p = params()
-    assert (p["bands"], p["rows"], p["threshold"], p["verify"]) == (9, 13, 0.8, "exact")
+    assert (p["bands"], p["rows"], p["threshold"], p["verify"]) == (16, 8, 0.8, "exact")
+    assert p["strip_punctuation"] is True and p["max_fp_mass"] == 0.15
+    s = lsh_summary(p)
+    assert s["p_candidate_at_threshold"] == pytest.approx(candidate_probability(0.8, 16, 8)) and \
+        s["p_candidate_at_threshold"] > 0.94 and s["p_candidate_at_threshold_plus_0.05"] > 0.99
+    assert s["fp_mass"] <= 0.15 and s["choice"].startswith("recall-first for verify=exact")
+    assert (params("--verify", "estimate")["bands"], params("--verify", "estimate")["rows"]) == (16, 8)
+    # verify=none: every candidate is a duplicate, so false positives count as much as misses (datasketch's choice)
+    p = params("--verify", "none")
+    assert (p["bands"], p["rows"]) == (9, 13) == _optimal_param(0.8, 128, 0.5, 0.5)
+    assert lsh_summary(p)["choice"].startswith("balanced for verify=none")
+    p = params("--verify", "none", "--num-perm", "64", threshold=0.5)
+    assert (p["bands"], p["rows"]) == (14, 4) == _optimal_param(0.5, 64, 0.5, 0.5)
+    # the cap: tighter means fewer candidates (and a lower predicted recall), never above the cap
+    for cap in (0.02, 0.05, 0.3):
+        p = params(max_fp_mass=cap)
+        fp, _ = lsh_error_mass(0.8, p["bands"], p["rows"])
+        assert fp <= cap and p["bands"] * p["rows"] <= 128
+    assert (params(max_fp_mass=0.05)["bands"], params(max_fp_mass=0.05)["rows"]) == (10, 11)
     p = params("--num-perm", "64", threshold=0.5)
-    assert (p["bands"], p["rows"]) == (14, 4)
+    assert lsh_error_mass(0.5, p["bands"], p["rows"])[0] <= 0.15
+    assert candidate_probability(0.5, p["bands"], p["rows"]) > candidate_probability(0.5, 14, 4)
+    with pytest.raises(UserError):
+        params(max_fp_mass=0)
+    # the shipped conf/pipeline.yaml agrees with these defaults, and --set reaches the cap
+    from jobs.config import load_config
+
+    p = resolve_params(load_config()["dedup"], build_parser().parse_args([]))
+    assert (p["bands"], p["rows"], p["strip_punctuation"], p["max_fp_mass"], p["verify"]) == (16, 8, True, 0.15, "exact")
+    p = resolve_params(load_config(None, ["dedup.max_fp_mass=0.05"])["dedup"], build_parser().parse_args([]))
+    assert (p["bands"], p["rows"]) == (10, 11)
     p = params("--bands", "16", "--rows", "8", "--seed", "3")
     assert (p["bands"], p["rows"], p["seed"]) == (16, 8, 3)
+    assert lsh_summary(params("--bands", "4", "--rows", "2"))["choice"].startswith("given")
 
     rows, _, _ = corpus
     by_id = {r["id"]: r["text"] for r in rows}
@@ -187,7 +220,7 @@ def test_params_from_threshold_and_workers_without_spark(corpus):
     out = next(_keys_fn(params())(iter([batch])))
     ek, bk = out.column("ekey").to_pylist(), out.column("bkeys").to_pylist()
     assert ek[2] == ek[3] and len(set(ek)) == 3                     # x1 and x2 normalise to the same text
-    assert bk[1] is None and len(bk[0]) == 9 and bk[2] == bk[3]     # empty text: no band keys
+    assert bk[1] is None and len(bk[0]) == 16 and bk[2] == bk[3]    # empty text: no band keys
 
     pairs = [("n0a", "n0b"), ("n0a", "n0c"), ("t1", "t2"), ("x0", "x1")]
     vb = pa.RecordBatch.from_pydict({"src": [a for a, _ in pairs], "dst": [b for _, b in pairs],
@@ -221,6 +254,109 @@ def test_quality_column_picks_survivor(spark, tmp_path):
     assert ded == ["c", "d"]
     assert {(i, k, m) for i, c, k, m in dup} == {("a", "c", "exact"), ("b", "c", "minhash")}
     assert {c for _, c, _, _ in dup} == {"a"}
+
+
+def test_defaults_strip_punctuation_and_log_the_lsh_choice(spark, tmp_path, capsys):
+    """Default config: a re-punctuated, re-cased copy is an exact duplicate of the normalised text, a copy with one
+    word changed a near duplicate; the log names bands x rows and the predicted recall. With punctuation kept
+    (the previous default) the re-punctuated copy is neither."""
+    from jobs.dedup import main
+    from jobs.tables import Lake
+
+    rng = random.Random(11)
+    w = words(rng, 120)
+    text = " ".join(w)
+    repunct = " ".join(x + ("," if i % 3 == 0 else ";" if i % 7 == 0 else "") for i, x in enumerate(w)).upper()
+    near = " ".join(substitute(rng, w, positions=[60]))
+    assert jaccard(text, repunct) == 1.0 and jaccard(text, repunct, strip_punct=False) < 0.1
+    assert 0.9 < jaccard(text, near) < 1.0
+    rows = [document_row("a", text), document_row("b", repunct), document_row("c", near),
+            document_row("d", " ".join(words(rng, 120)))]
+    lake = Lake(spark, str(tmp_path / "lake"))
+    lake.write(documents_df(spark, rows), "filtered")
+    capsys.readouterr()
+    assert main(["--lake", lake.root]) == 0
+    err = capsys.readouterr().err
+    assert "bands=16 rows=8 verify=exact" in err and "strip_punctuation=True" in err
+    assert ("LSH 16 bands x 8 rows, recall-first for verify=exact (max_fp_mass=0.15): predicted recall "
+            "P(candidate) = 0.9470 at J=0.8, 0.9938 at J=0.85") in err
+    ded, dup = _outputs(lake)
+    assert ded == ["a", "d"] and {(i, k, m) for i, _, k, m in dup} == {("b", "a", "exact"), ("c", "a", "minhash")}
+    m = [r for r in lake.read_arrow("metrics").to_pylist() if r["stage"] == "dedup"][-1]
+    extra = json.loads(m["extra"])
+    assert extra["lsh"]["bands"] == 16 and extra["lsh"]["p_candidate_at_threshold"] == pytest.approx(0.947, abs=1e-3)
+    assert extra["params"]["strip_punctuation"] is True
+
+    assert main(["--lake", lake.root, "--set", "dedup.strip_punctuation=false"]) == 0
+    ded, dup = _outputs(lake)
+    assert ded == ["a", "b", "d"] and {(i, k, m) for i, _, k, m in dup} == {("c", "a", "minhash")}
+
+
+PARAGRAPHS = [
+    "The quick survey of the river valley took most of the morning. Our guide pointed out the old mill, the two "
+    "bridges and the road that once carried timber to the coast. By noon the fog had lifted and we could see the "
+    "hills on the far side, green after the long rains of the spring.",
+    "Each volunteer is asked to bring a notebook, a pencil and a pair of sturdy boots. We meet at the library at "
+    "eight o'clock sharp; latecomers will have to find their own way to the first site. Lunch is provided, but "
+    "please tell the organisers in advance about any dietary needs.",
+    "When the committee met again in autumn, the members agreed that the report should be rewritten in plain "
+    "language. Several readers had complained that the tables were hard to follow. The new version, which appeared "
+    "in December, explains every figure in a sentence or two and lists its sources at the end.",
+]
+
+
+def _bench_module():
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    try:
+        import bench_dedup
+    finally:
+        sys.path.pop(0)
+    return bench_dedup
+
+
+def test_bench_variants_have_their_edit_kind_and_scores_count_pairs():
+    """bench/bench_dedup.py without Spark: every edit kind changes what it says (surface kinds keep J = 1.0 on the
+    job's normalisation, word edits reach their target), and the pair-level scores count TP / FP / FN right."""
+    b = _bench_module()
+    rng = random.Random(5)
+    vocab = ["apple", "window", "garden", "letter", "silver", "engine", "market", "island"]
+    for text in PARAGRAPHS:
+        assert b._is_prose(text) and not b._is_prose("x = f(a, b) + g[0] * 2;  # {'k': v} -> None == 0")
+        for kind in b.KINDS:
+            v = b.make_variant(rng, text, kind, vocab, 5)
+            j, j_raw = jaccard(text, v), jaccard(text, v, strip_punct=False)
+            assert v != text, kind
+            if kind in ("case", "whitespace", "punctuation"):
+                assert j == 1.0, kind
+                if kind == "punctuation":
+                    assert j_raw < 1.0
+                else:
+                    assert j_raw == 1.0
+            elif kind == "sentence_move":
+                assert sorted(v.split()) == sorted(text.split()) and 0.7 < j < 1.0
+            else:
+                assert j < 1.0, kind
+        # word edits stop at the first edit that reaches the target
+        v = b._edit_to_target(random.Random(1), text, 0.8, ("substitute",), vocab, 5)
+        assert jaccard(text, v) <= 0.8
+    docs, planted = b.make_eval_corpus(5, PARAGRAPHS * 2, seed=3, pair_fraction=1.0)
+    assert len(docs) == 5 and len(planted) == 2
+    for (x, y), (kind, j, _) in planted.items():
+        assert kind in b.KINDS and j == jaccard(dict(docs)[x], dict(docs)[y])
+
+    planted = {("a", "b"): ("substitute", 0.9, 0.9), ("c", "d"): ("insert", 0.7, 0.7),
+               ("e", "f"): ("delete", 0.82, 0.82), ("g", "h"): ("case", 1.0, 1.0)}
+    text = {k: PARAGRAPHS[0] for k in "abcdefgh"}
+    text["x"] = PARAGRAPHS[1]
+    labels = {"a": "a", "b": "a", "c": "c", "d": "c", "e": "e", "f": "f", "g": "g", "h": "g", "x": "a"}
+    sc = b.score(labels, planted, text, 0.8, {}, 5)
+    # true: ab, ef, gh; predicted: ab, cd, gh, and ax, bx (unplanted, J computed: < 0.8)
+    assert (sc["overall"]["tp"], sc["overall"]["fp"], sc["overall"]["fn"]) == (2, 3, 1)
+    assert sc["overall"]["precision"] == pytest.approx(2 / 5) and sc["overall"]["recall"] == pytest.approx(2 / 3)
+    assert (sc["outside_band"]["tp"], sc["outside_band"]["fp"], sc["outside_band"]["fn"]) == (2, 3, 0)
+    assert sc["kind:delete"]["fn"] == 1 and sc["kind:insert"]["fp"] == 1 and sc["kind:unplanted"]["fp"] == 2
+    assert sc["bin:[0.80,0.85)"]["recall"] == 0.0 and sc["bin:1.00"]["recall"] == 1.0
+    assert sc["predicted_pairs"] == 5
 
 
 def test_connected_components_matches_union_find(spark):

@@ -80,12 +80,95 @@ def test_optimal_param_equals_datasketch(threshold, num_perm):
 
 
 def test_normalise_rules():
-    assert normalise("  Hello,\u00a0\u00a0WORLD!\n\tＡＢＣ ﬁne  ") == "hello, world! abc fine"
+    # default: NFKC (full-width, ligature, no-break space), case fold, punctuation deleted, whitespace collapsed
+    assert normalise("  Hello,\u00a0\u00a0WORLD!\n\tＡＢＣ ﬁne  ") == "hello world abc fine"
+    assert normalise("  Hello,\u00a0\u00a0WORLD!\n\tＡＢＣ ﬁne  ", strip_punct=False) == "hello, world! abc fine"
     assert normalise("Straße") == "strasse"
-    assert normalise("Hello, World! (it's)", strip_punct=True) == "hello world its"
-    assert normalise(None) == "" and normalise("   ") == ""
-    assert exact_key("A  b") == exact_key("a b") != exact_key("a b.")
-    assert exact_key("a b.", strip_punct=True) == exact_key("A B", strip_punct=True)
+    assert normalise("Hello, World! (it's)") == "hello world its"
+    # Unicode punctuation (P*) goes too: curly quotes, dashes, ellipsis, guillemets, inverted marks, CJK marks
+    marks = "\u201cQuoted\u201d \u2013 dash\u2014and\u2026 \u00abfr\u00bb \u00bfqu\u00e9? \u3010x\u3011\u3002"
+    assert normalise(marks) == "quoted dashand fr qué x"
+    # a token made only of punctuation disappears with its spaces; symbols (S*) are not punctuation and stay
+    assert normalise("a - b -- c ... d") == "a b c d"
+    assert normalise("1 + 1 = 2 $5") == "1 + 1 = 2 $5"
+    # every kind of whitespace collapses, NFKC turns the ideographic and em spaces into plain ones
+    assert normalise("a\u3000b\u2003c\r\n\td\u00a0 e") == "a b c d e"
+    assert normalise(None) == "" and normalise("   ") == "" and normalise("?!...") == ""
+    assert exact_key("A  b") == exact_key("a b") == exact_key("a b.") == exact_key("A, B!")
+    assert exact_key("a b.", strip_punct=False) != exact_key("A B", strip_punct=False)
+    assert exact_key("A  b", strip_punct=False) == exact_key("a b", strip_punct=False)
+
+
+def test_punctuation_changes_do_not_change_shingles_by_default():
+    text = "The licensee may copy, modify and distribute the work; see the terms (section 2) for details."
+    repunct = ("The licensee may copy modify, and distribute the \u201cwork\u201d \u2013 see the terms section 2 "
+               "for details!")
+    assert shingles(repunct) == shingles(text) and jaccard(text, repunct) == 1.0
+    assert jaccard(text, repunct, strip_punct=False) < 0.3      # the previous default: most shingles differ
+    assert shingles(text.upper() + "  \n") == shingles(text)
+    sig = mh.signatures([text, repunct])
+    assert (sig[0] == sig[1]).all()
+    sig = mh.signatures([text, repunct], strip_punct=False)
+    assert mh.estimated_jaccard(sig[0], sig[1]) < 0.5
+
+
+def _numeric_masses(threshold, b, r, n=200001):
+    """FP / FN mass by the trapezoid rule on a fine grid (independent of the Gauss-Legendre code)."""
+    def trap(lo, hi, f):
+        s = np.linspace(lo, hi, n)
+        y = f(s)
+        return float((hi - lo) / (n - 1) * (y.sum() - (y[0] + y[-1]) / 2))
+
+    return (trap(0, threshold, lambda s: 1 - (1 - s ** r) ** b),
+            trap(threshold, 1, lambda s: (1 - s ** r) ** b))
+
+
+def test_lsh_error_mass_matches_numeric_integration():
+    for t, b, r in ((0.8, 9, 13), (0.8, 16, 8), (0.5, 25, 5), (0.9, 1, 128)):
+        fp, fn = mh.lsh_error_mass(t, b, r)
+        nfp, nfn = _numeric_masses(t, b, r)
+        assert fp == pytest.approx(nfp, abs=1e-8) and fn == pytest.approx(nfn, abs=1e-8)
+
+
+def test_recall_param_favours_recall_under_the_cap():
+    # threshold 0.8, 128 permutations: the balanced choice 9 x 13 finds only 40% of the pairs at J = 0.8
+    assert mh.optimal_param(0.8, 128) == (9, 13)
+    assert mh.candidate_probability(0.8, 9, 13) < 0.4
+    b, r = mh.recall_param(0.8, 128)
+    assert (b, r) != (9, 13) and b * r <= 128
+    assert (b, r) == (16, 8)
+    assert mh.candidate_probability(0.8, b, r) >= 0.94
+    assert mh.candidate_probability(0.85, b, r) >= 0.99
+    fp, fn = mh.lsh_error_mass(0.8, b, r)
+    assert fp <= mh.DEFAULT_MAX_FP_MASS
+    assert fn < mh.lsh_error_mass(0.8, 9, 13)[1] / 20
+    # it is the least false-negative mass among all bandings within the cap (brute force, numeric integration)
+    feasible = []
+    for bb in range(1, 129):
+        for rr in range(1, 128 // bb + 1):
+            nfp, nfn = _numeric_masses(0.8, bb, rr, n=4001)
+            if nfp <= mh.DEFAULT_MAX_FP_MASS - 1e-4:
+                feasible.append((nfn, bb, rr))
+    assert min(feasible)[1:] == (b, r)
+
+
+@pytest.mark.parametrize("threshold,num_perm", [(0.5, 64), (0.7, 128), (0.8, 128), (0.9, 128), (0.8, 256)])
+def test_recall_param_cap_is_respected_and_monotone(threshold, num_perm):
+    prev_fn = None
+    for cap in (0.01, 0.05, 0.1, 0.15, 0.3):
+        b, r = mh.recall_param(threshold, num_perm, cap)
+        fp, fn = mh.lsh_error_mass(threshold, b, r)
+        assert b * r <= num_perm and fp <= cap
+        assert prev_fn is None or fn <= prev_fn          # a looser cap never misses more
+        prev_fn = fn
+    # at the default cap, the pairs at the threshold are found more often than with the balanced choice
+    b, r = mh.recall_param(threshold, num_perm)
+    assert mh.candidate_probability(threshold, b, r) > mh.candidate_probability(threshold,
+                                                                               *mh.optimal_param(threshold, num_perm))
+    with pytest.raises(ValueError):
+        mh.recall_param(threshold, num_perm, 0.0)
+    with pytest.raises(ValueError):
+        mh.recall_param(1.0, num_perm)
 
 
 def test_band_keys_and_estimates():
@@ -100,6 +183,37 @@ def test_band_keys_and_estimates():
     with pytest.raises(ValueError):
         mh.band_keys(sig, 10, 13)
     assert mh.estimated_jaccard(sig[0], sig[1]) == pytest.approx(13 / 128)
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_exact_jaccard_batch_equals_reference_on_both_backends(monkeypatch, backend):
+    if backend == "numba":
+        pytest.importorskip("numba")
+    monkeypatch.setenv("LMR_MINHASH_BACKEND", "auto" if backend == "numba" else "numpy")
+    rng = random.Random(11)
+    texts = _texts(80, seed=4) + ["a b c d e a b c d e a b c d e", "a b c d e", "", "x, y. z!"]
+    a = [rng.choice(texts) for _ in range(300)] + ["", "", "a b c d e f"]
+    b = []
+    for t in a[:300]:
+        w = t.split()
+        if w and rng.random() < 0.7:
+            for _ in range(rng.randint(1, 4)):
+                w[rng.randrange(len(w))] = rng.choice(WORDS)
+        b.append(" ".join(w) if rng.random() < 0.9 else rng.choice(texts))
+    b += ["", "a b c d e", "A, b c d e f!"]
+    for strip in (True, False):
+        got = mh.exact_jaccard_batch(a, b, 5, strip)
+        want = [jaccard(x, y, 5, strip) for x, y in zip(a, b)]
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    assert list(mh.exact_jaccard_batch(["", "", "a b c d e f"], ["", "a b c d e", "A, b c d e f!"])) == [1.0, 0.0, 1.0]
+    hv, offs = mh.shingle_hashes64([normalise(t) for t in texts], 5)
+    sets = [set(shingles(t, 5)) for t in texts]
+    distinct = {sh for s_ in sets for sh in s_}
+    by_hash = {}
+    for i, t in enumerate(texts):
+        for h, sh in zip(hv[offs[i]:offs[i + 1]].tolist(), shingles(t, 5)):
+            assert by_hash.setdefault(h, sh) == sh                  # no two shingles share a hash
+    assert len(by_hash) == len(distinct)
 
 
 def test_exact_jaccard_batch_matches_reference_and_estimate_tracks_it():

@@ -1,12 +1,14 @@
 """MinHash signatures and LSH banding over whole batches of documents, bit-exact with `datasketch.MinHash`.
 
     sig = signatures(texts, ngram=5, num_perm=128, seed=1)      # (n_docs, 128) uint32
-    keys = band_keys(sig, bands=9, rows=13)                       # (n_docs, 9) int64, one bucket key per band
-    b, r = optimal_param(0.8, 128)                                # datasketch's _optimal_param
+    keys = band_keys(sig, bands=16, rows=8)                       # (n_docs, 16) int64, one bucket key per band
+    b, r = recall_param(0.8, 128)                                 # 16 x 8: fewest missed pairs under a candidate cap
+    b, r = optimal_param(0.8, 128)                                # 9 x 13: datasketch's _optimal_param
 
 A signature row equals `datasketch.MinHash(num_perm, seed, scheme).update_batch(shingles(text, ngram))` for the
-word n-gram shingles of `udfs.normalise` (UTF-8 bytes), hashed with datasketch's `sha1_hash32` (the first four
-bytes of SHA-1, little-endian) and permuted with parameters drawn from `np.random.RandomState(seed)`:
+word n-gram shingles of `udfs.normalise` (UTF-8 bytes; by default of the text with punctuation removed), hashed
+with datasketch's `sha1_hash32` (the first four bytes of SHA-1, little-endian) and permuted with parameters drawn
+from `np.random.RandomState(seed)`:
 
 * `affine32` (datasketch >= 2.0 default): h' = fmix32(h); phv = (a * h' + b) mod 2^32, a odd.
 * `legacy` (datasketch < 2.0): phv = ((a * h + b) mod 2^64 mod (2^61 - 1)) & (2^32 - 1), values stored as uint64.
@@ -16,7 +18,9 @@ A document without shingles (empty after normalisation) keeps the all-max signat
 The batch is one UTF-8 buffer (normalised texts joined by newlines) with shingle byte ranges found by numpy, so no
 Python object is made per shingle. With numba installed one compiled kernel hashes (SHA-1), permutes and
 min-reduces; without it SHA-1 runs through hashlib over memoryview slices and the permutations through numpy.
-Both paths give identical results (`LMR_MINHASH_BACKEND=numpy` forces the second).
+Both paths give identical results (`LMR_MINHASH_BACKEND=numpy` forces the second). `exact_jaccard_batch` (candidate
+verification) hashes shingles to 64 bits and intersects sorted hash arrays in a compiled kernel; the fallback uses
+blake2b and Python sets: other hash values, the same Jaccard.
 """
 from __future__ import annotations
 
@@ -60,11 +64,26 @@ def _fp_fn_mass(threshold: float, b: int, r: int, nodes: np.ndarray, weights: np
     return float(fp), float(fn)
 
 
-def optimal_param(threshold: float, num_perm: int, fp_weight: float = 0.5, fn_weight: float = 0.5) -> tuple[int, int]:
-    """(bands, rows) with bands*rows <= num_perm minimising fp_weight * P(false positive mass below the
-    threshold) + fn_weight * P(false negative mass above it), as datasketch's `MinHashLSH` chooses them."""
+def _check_threshold(threshold: float) -> None:
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+
+
+def lsh_error_mass(threshold: float, bands: int, rows: int) -> tuple[float, float]:
+    """(false-positive mass, false-negative mass) of banding `bands` x `rows` at `threshold`:
+    the integrals of P(candidate | s) over s in [0, threshold] and of 1 - P(candidate | s) over [threshold, 1]."""
+    _check_threshold(threshold)
+    nodes, weights = np.polynomial.legendre.leggauss(bands * rows // 2 + 2)
+    return _fp_fn_mass(threshold, bands, rows, nodes, weights)
+
+
+def optimal_param(threshold: float, num_perm: int, fp_weight: float = 0.5, fn_weight: float = 0.5) -> tuple[int, int]:
+    """(bands, rows) with bands*rows <= num_perm minimising fp_weight * P(false positive mass below the
+    threshold) + fn_weight * P(false negative mass above it), as datasketch's `MinHashLSH` chooses them.
+
+    This is the right choice when candidates are not verified (every candidate pair becomes a duplicate, so both
+    errors cost the same); with verification see `recall_param`."""
+    _check_threshold(threshold)
     nodes, weights = np.polynomial.legendre.leggauss(num_perm // 2 + 2)
     best, opt = float("inf"), (0, 0)
     for b in range(1, num_perm + 1):
@@ -73,6 +92,34 @@ def optimal_param(threshold: float, num_perm: int, fp_weight: float = 0.5, fn_we
             err = fp * fp_weight + fn * fn_weight
             if err < best:
                 best, opt = err, (b, r)
+    return opt
+
+
+# Cap on the false-positive mass for `recall_param`. At 0.15 the banding chosen at threshold 0.8 and 128
+# permutations is 16 x 8: P(candidate) 0.947 at J = 0.8 and 0.994 at 0.85, for 5.5x the false-positive mass of
+# datasketch's balanced 9 x 13 (P 0.399 at 0.8) -- see bench/README.md for what it costs in wall time.
+DEFAULT_MAX_FP_MASS = 0.15
+
+
+def recall_param(threshold: float, num_perm: int, max_fp_mass: float = DEFAULT_MAX_FP_MASS) -> tuple[int, int]:
+    """(bands, rows) with bands*rows <= num_perm minimising the false-negative mass above the threshold, among those
+    whose false-positive mass below it is at most `max_fp_mass`; ties go to fewer bands (fewer band keys to shuffle),
+    then fewer rows.
+
+    For verified candidates (exact or estimated Jaccard checked against the threshold): a false positive of the
+    banding is rejected by verification and costs only its check, a false negative is a duplicate that stays. The
+    false-positive mass (the share of candidate pairs among pairs with similarity spread uniformly over
+    [0, threshold]) is the cost proxy the cap bounds; 1 x num_perm (mass ~0) always satisfies a positive cap."""
+    _check_threshold(threshold)
+    if not max_fp_mass > 0:
+        raise ValueError(f"max_fp_mass must be > 0, got {max_fp_mass}")
+    nodes, weights = np.polynomial.legendre.leggauss(num_perm // 2 + 2)
+    best, opt = (float("inf"),), (0, 0)
+    for b in range(1, num_perm + 1):
+        for r in range(1, num_perm // b + 1):
+            fp, fn = _fp_fn_mass(threshold, b, r, nodes, weights)
+            if fp <= max_fp_mass and (fn, b, r) < best:
+                best, opt = (fn, b, r), (b, r)
     return opt
 
 
@@ -212,6 +259,48 @@ if njit is not None:
         for j in range(starts.shape[0]):
             out[j] = _sha1_hash32_nb(buf, starts[j], ends[j], block, w)
 
+    _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+    _FNV_PRIME = np.uint64(0x100000001B3)
+    _X1 = np.uint64(0xFF51AFD7ED558CCD)
+    _X2 = np.uint64(0xC4CEB9FE1A85EC53)
+    _S33 = np.uint64(33)
+
+    @njit(cache=True)
+    def _hash64_many(buf, starts, ends, out):
+        """FNV-1a 64 of each byte range, finished with the murmur3 fmix64 avalanche (set membership only)."""
+        for j in range(starts.shape[0]):
+            h = _FNV_OFFSET
+            for p in range(starts[j], ends[j]):
+                h = (h ^ np.uint64(buf[p])) * _FNV_PRIME
+            h = (h ^ (h >> _S33)) * _X1
+            h = (h ^ (h >> _S33)) * _X2
+            out[j] = h ^ (h >> _S33)
+
+    @njit(cache=True)
+    def _jaccard_kernel(ha, oa, hb, ob, out):
+        """Jaccard of the hash sets ha[oa[i]:oa[i+1]] and hb[ob[i]:ob[i+1]] for every pair i (sort, then merge)."""
+        for i in range(out.shape[0]):
+            a = np.sort(ha[oa[i]:oa[i + 1]])
+            b = np.sort(hb[ob[i]:ob[i + 1]])
+            na, nb, inter, ua, ub = a.shape[0], b.shape[0], 0, 0, 0
+            x, y = 0, 0
+            while x < na or y < nb:
+                if y >= nb or (x < na and a[x] < b[y]):
+                    v = a[x]
+                    ua += 1
+                elif x >= na or b[y] < a[x]:
+                    v = b[y]
+                    ub += 1
+                else:
+                    v = a[x]
+                    inter += 1
+                while x < na and a[x] == v:
+                    x += 1
+                while y < nb and b[y] == v:
+                    y += 1
+            union = ua + ub + inter
+            out[i] = 1.0 if union == 0 else inter / union
+
 
 def backend() -> str:
     """'numba' (compiled kernel) or 'numpy' (hashlib + numpy); LMR_MINHASH_BACKEND=numpy forces the latter."""
@@ -266,7 +355,7 @@ def _numpy_signatures(buf, starts, ends, doc_offsets, a, b, scheme, out, chunk_s
 
 # ---- public API -----------------------------------------------------------------------------------------------------
 def signatures(texts, ngram: int = 5, num_perm: int = 128, seed: int = 1, scheme: str = "affine32",
-               strip_punct: bool = False, normalised: bool = False, perms=None) -> np.ndarray:
+               strip_punct: bool = True, normalised: bool = False, perms=None) -> np.ndarray:
     """MinHash signatures (n_docs, num_perm) of a batch of texts; see the module docstring for the contract."""
     norm = list(texts) if normalised else [normalise(t, strip_punct) for t in texts]
     a, b = perms if perms is not None else permutations(num_perm, seed, scheme)
@@ -287,8 +376,9 @@ def signatures(texts, ngram: int = 5, num_perm: int = 128, seed: int = 1, scheme
 def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """(n_docs, bands) int64 bucket keys: a 64-bit mix of each band's `rows` values (and the band number).
 
-    Equal bands always give equal keys; unequal bands collide with probability about 2^-64, which at worst adds a
-    candidate pair that verification then rejects."""
+    Equal bands always give equal keys; unequal bands, or the same values in two different bands, collide with
+    probability about 2^-64, which at worst adds a candidate pair that verification then rejects. So a key alone
+    names a bucket (jobs/dedup.py groups by it without the band number)."""
     if bands * rows > sig.shape[1]:
         raise ValueError(f"bands*rows = {bands * rows} exceeds num_perm = {sig.shape[1]}")
     s = sig[:, :bands * rows].astype(np.uint64).reshape(len(sig), bands, rows)
@@ -312,27 +402,41 @@ def estimated_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
     return np.mean(np.asarray(sig_a) == np.asarray(sig_b), axis=-1)
 
 
-def exact_jaccard_batch(texts_a, texts_b, ngram: int = 5, strip_punct: bool = False) -> np.ndarray:
-    """Exact Jaccard of shingle sets, pair by pair (hashes of shingles stand in for the shingles)."""
-    norm_a = [normalise(t, strip_punct) for t in texts_a]
-    norm_b = [normalise(t, strip_punct) for t in texts_b]
-    out = np.empty(len(norm_a), np.float64)
-    for side, norm in enumerate((norm_a, norm_b)):
-        buf, starts, ends, offs = shingle_spans(norm, ngram)
-        hv = _sha1_64_spans(buf, starts, ends)
-        if side == 0:
-            sets_a = [set(hv[offs[i]:offs[i + 1]].tolist()) for i in range(len(norm))]
-        else:
-            for i in range(len(norm)):
-                sb, sa = set(hv[offs[i]:offs[i + 1]].tolist()), sets_a[i]
-                union = len(sa | sb)
-                out[i] = 1.0 if union == 0 else len(sa & sb) / union
-    return out
-
-
-def _sha1_64_spans(buf, starts, ends) -> np.ndarray:
-    # 64 bits make set collisions negligible for exact Jaccard; blake2b is fast for short inputs
+def shingle_hashes64(norm_texts: list[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
+    """(hashes uint64, doc_offsets) of every shingle of each normalised text, for exact set comparisons: 64 bits
+    make a collision inside one pair's shingle sets negligible (~n^2 / 2^65). numba: FNV-1a 64 + fmix64; numpy
+    fallback: 8-byte blake2b. The two give different hash values, hence the same Jaccard values."""
+    buf, starts, ends, offs = shingle_spans(norm_texts, ngram)
+    if len(starts) == 0:
+        return np.zeros(0, np.uint64), offs
+    if backend() == "numba":
+        out = np.zeros(len(starts), np.uint64)
+        _hash64_many(buf, starts, ends, out)
+        return out, offs
     mv = memoryview(buf)
     b2 = hashlib.blake2b
     d = b"".join([b2(mv[s:e], digest_size=8).digest() for s, e in zip(starts.tolist(), ends.tolist())])
-    return np.frombuffer(d, np.uint64) if d else np.zeros(0, np.uint64)
+    return np.frombuffer(d, np.uint64), offs
+
+
+def exact_jaccard_batch(texts_a, texts_b, ngram: int = 5, strip_punct: bool = True,
+                        normalised: bool = False) -> np.ndarray:
+    """Exact Jaccard of shingle sets, pair by pair (64-bit hashes of shingles stand in for the shingles); 1.0 for
+    two documents without shingles."""
+    norm_a = list(texts_a) if normalised else [normalise(t, strip_punct) for t in texts_a]
+    norm_b = list(texts_b) if normalised else [normalise(t, strip_punct) for t in texts_b]
+    if len(norm_a) != len(norm_b):
+        raise ValueError(f"{len(norm_a)} texts against {len(norm_b)}")
+    out = np.empty(len(norm_a), np.float64)
+    if not norm_a:
+        return out
+    ha, oa = shingle_hashes64(norm_a, ngram)
+    hb, ob = shingle_hashes64(norm_b, ngram)
+    if backend() == "numba":
+        _jaccard_kernel(ha, oa, hb, ob, out)
+        return out
+    for i in range(len(norm_a)):
+        sa, sb = set(ha[oa[i]:oa[i + 1]].tolist()), set(hb[ob[i]:ob[i + 1]].tolist())
+        union = len(sa | sb)
+        out[i] = 1.0 if union == 0 else len(sa & sb) / union
+    return out

@@ -1,11 +1,16 @@
 """Text normalisation for deduplication: what counts as "the same text".
 
-    normalise("Hello,\u00a0 WORLD!")                      -> "hello, world!"
-    normalise("Hello,\u00a0 WORLD!", strip_punct=True)    -> "hello world"
+    normalise("Hello,\u00a0 WORLD!")                      -> "hello world"
+    normalise("Hello,\u00a0 WORLD!", strip_punct=False)   -> "hello, world!"
 
-Unicode NFKC (compatibility forms fold: full-width letters, ligatures, no-break spaces), case fold, optional
-removal of punctuation (Unicode category P*), then whitespace collapsed to single spaces with no leading or
-trailing space. The result never contains a newline, which `udfs.minhash` relies on to concatenate a batch.
+Unicode NFKC (compatibility forms fold: full-width letters, ligatures, no-break spaces), case fold, removal of
+punctuation (Unicode category P*: deleted, so "it's" -> "its"; `strip_punct=False` keeps it), then whitespace
+collapsed to single spaces with no leading or trailing space. The result never contains a newline, which
+`udfs.minhash` relies on to concatenate a batch.
+
+Punctuation is removed by default (as datatrove and text-dedup do before shingling): re-punctuated copies of a
+text (quotes, dashes, commas added or dropped) are otherwise far apart in word 5-gram space, since one changed
+token changes every shingle covering it. The dedup job's `dedup.strip_punctuation` (default true) is this flag.
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ def _punct_table() -> dict:
     return _PUNCT_TABLE
 
 
-def normalise(text: str | None, strip_punct: bool = False) -> str:
+def normalise(text: str | None, strip_punct: bool = True) -> str:
     if not text:
         return ""
     t = unicodedata.normalize("NFKC", text).casefold()
@@ -34,16 +39,16 @@ def normalise(text: str | None, strip_punct: bool = False) -> str:
     return " ".join(t.split())
 
 
-def exact_key(text: str | None, strip_punct: bool = False) -> bytes:
+def exact_key(text: str | None, strip_punct: bool = True) -> bytes:
     """16-byte digest of the normalised text: equal keys <=> equal normalised text (up to blake2b collisions)."""
     return hashlib.blake2b(normalise(text, strip_punct).encode("utf-8"), digest_size=16).digest()
 
 
-def words(text: str | None, strip_punct: bool = False) -> list[str]:
+def words(text: str | None, strip_punct: bool = True) -> list[str]:
     return normalise(text, strip_punct).split(" ") if text else []
 
 
-def shingles(text: str | None, n: int = 5, strip_punct: bool = False) -> list[bytes]:
+def shingles(text: str | None, n: int = 5, strip_punct: bool = True) -> list[bytes]:
     """Word n-gram shingles of the normalised text as UTF-8 bytes (the exact values MinHash hashes).
 
     A document with fewer than `n` words is one shingle (its whole normalised text); an empty one has none.
@@ -57,7 +62,7 @@ def shingles(text: str | None, n: int = 5, strip_punct: bool = False) -> list[by
     return [" ".join(w[i:i + n]).encode("utf-8") for i in range(len(w) - n + 1)]
 
 
-def jaccard(a: str | None, b: str | None, n: int = 5, strip_punct: bool = False) -> float:
+def jaccard(a: str | None, b: str | None, n: int = 5, strip_punct: bool = True) -> float:
     """Exact Jaccard similarity of the two documents' shingle sets (1.0 for two empty documents)."""
     sa, sb = set(shingles(a, n, strip_punct)), set(shingles(b, n, strip_punct))
     if not sa and not sb:
