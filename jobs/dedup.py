@@ -28,28 +28,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jobs.cli import UserError, base_parser, run_main  # noqa: E402
-from jobs.config import load_config  # noqa: E402
-from jobs.session import get_spark  # noqa: E402
-from jobs.stage import StageRun, log  # noqa: E402
-from jobs.tables import Lake  # noqa: E402
+from jobs.cli import UserError, run_main  # noqa: E402
+from jobs.runner import Flag, Stage, stage_main  # noqa: E402
+from jobs.stage import log  # noqa: E402
 
 VERIFY_MODES = ("exact", "estimate", "none")
-
-
-def build_parser():
-    p = base_parser("dedup", __doc__.split("\n\n")[0], input_table="filtered", output_table="deduped")
-    p.add_argument("--duplicates-table", default="duplicates", help="table of removed records (default duplicates)")
-    p.add_argument("--threshold", type=float, default=None, help="Jaccard similarity of near duplicates (conf 0.8)")
-    p.add_argument("--ngram", type=int, default=None, help="word n-gram shingle size (conf 5)")
-    p.add_argument("--num-perm", type=int, default=None, help="MinHash permutations (conf 128)")
-    p.add_argument("--bands", type=int, default=None, help="LSH bands (with --rows; default: chosen from threshold)")
-    p.add_argument("--rows", type=int, default=None, help="LSH rows per band (with --bands)")
-    p.add_argument("--seed", type=int, default=None, help="MinHash permutation seed (conf 1)")
-    p.add_argument("--verify", choices=VERIFY_MODES, default=None,
-                   help="check candidate pairs by exact shingle Jaccard, MinHash estimate, or not at all (conf exact)")
-    p.add_argument("--exact-only", action="store_true", help="only remove exact duplicates of the normalised text")
-    return p
 
 
 def resolve_params(cfg: dict, args) -> dict:
@@ -326,24 +309,15 @@ def _written_rows(lake, run, table) -> int:
     return lake.read(table).count()
 
 
-def main(argv=None):
+def plan(ctx) -> None:
     from pyspark.sql import functions as F
 
-    args = build_parser().parse_args(argv)
-    cfg = load_config(args.conf, args.overrides).get("dedup") or {}
-    params = resolve_params(cfg, args)
-    spark = get_spark("lmrefinery-dedup", master=args.master)
-    lake = Lake(spark, args.lake)
-    if args.output_table == args.duplicates_table:
-        raise UserError("--output-table and --duplicates-table must differ")
-    run = StageRun(lake, "dedup", params, args.input_table, [args.output_table, args.duplicates_table],
-                   force=args.force)
-    if run.already_done():
-        return 0
-    df = lake.read(args.input_table)
+    params, lake, run = ctx.params, ctx.lake, ctx.run
+    out_t, dup_t = ctx.tables["output_table"], ctx.tables["duplicates_table"]
+    df = ctx.input()
     for col in ("id", "text") + ((params["quality_column"],) if params["quality_column"] else ()):
         if col not in df.columns:
-            raise UserError(f"table '{args.input_table}' has no column '{col}'")
+            raise UserError(f"table '{ctx.args.input_table}' has no column '{col}'")
     from udfs.minhash import backend
 
     lsh = lsh_summary(params)
@@ -361,13 +335,13 @@ def main(argv=None):
     t0 = time.time()
     deduped = df.join(removed.select("id"), "id", "left_anti")
     duplicates = df.join(removed.drop("n_tokens"), "id", "inner")
-    run.write(deduped, args.output_table)
-    run.write(duplicates, args.duplicates_table)
+    run.write(deduped, out_t)
+    run.write(duplicates, dup_t)
     timings["write"] = round(time.time() - t0, 3)
 
     # counts from what was written, so the conservation check is about the tables, not the plan
     has_tokens = "n_tokens_est" in df.columns
-    docs_out, docs_dup = (_written_rows(lake, run, t) for t in (args.output_table, args.duplicates_table))
+    docs_out, docs_dup = (_written_rows(lake, run, t) for t in (out_t, dup_t))
     by_method = {r["method"]: (int(r["d"]), int(r["t"] or 0)) for r in
                  removed.groupBy("method").agg(F.count(F.lit(1)).alias("d"), F.sum("n_tokens").alias("t")).collect()}
     exact_d, exact_t = by_method.get("exact", (0, 0))
@@ -389,8 +363,49 @@ def main(argv=None):
                tokens_in=info["tokens_in"] if has_tokens else None,
                tokens_out=info["tokens_in"] - exact_t - near_t if has_tokens else None,
                reasons={"exact": exact_d, "minhash": near_d}, extra=extra)
-    run.write_audit(lake.read(args.duplicates_table), args.duplicates_table, reason_col="method")
+    run.write_audit(lake.read(dup_t), dup_t, reason_col="method")
     return 0
+
+
+def recover(ctx) -> None:
+    """Both tables hold this run's output but its metrics row is missing (the driver died after the second
+    commit): count the committed tables instead of deduplicating again."""
+    from pyspark.sql import functions as F
+
+    lake, run = ctx.lake, ctx.run
+    out_t, dup_t = ctx.tables["output_table"], ctx.tables["duplicates_table"]
+    docs_out, docs_dup = (_written_rows(lake, run, t) for t in (out_t, dup_t))
+    dups = lake.read(dup_t, version=run.outputs[dup_t])
+    has_tokens = "n_tokens_est" in dups.columns
+    tok = F.sum("n_tokens_est") if has_tokens else F.lit(0)
+    by_method = {r["method"]: (int(r["d"]), int(r["t"] or 0)) for r in
+                 dups.groupBy("method").agg(F.count(F.lit(1)).alias("d"), tok.alias("t")).collect()}
+    kept_t = (lake.read(out_t, version=run.outputs[out_t]).agg(F.sum("n_tokens_est")).first()[0] or 0
+              if has_tokens else None)
+    removed_t = sum(t for _, t in by_method.values())
+    run.finish(docs_in=docs_out + docs_dup, docs_out=docs_out, docs_rejected=docs_dup,
+               tokens_in=kept_t + removed_t if has_tokens else None, tokens_out=kept_t,
+               reasons={"exact": by_method.get("exact", (0, 0))[0], "minhash": by_method.get("minhash", (0, 0))[0]},
+               extra={"recovered_from_committed_tables": True, "lsh": lsh_summary(ctx.params)})
+    run.write_audit(lake.read(dup_t), dup_t, reason_col="method")
+
+
+STAGE = Stage(
+    name="dedup", doc=__doc__.split("\n\n")[0], input_table="filtered",
+    outputs={"output_table": "deduped", "duplicates_table": "duplicates"},
+    input_hint="run the filter stage first, or pass --input-table",
+    flags=[Flag("--threshold", "threshold", "Jaccard similarity of near duplicates (conf 0.8)", type=float),
+           Flag("--ngram", "ngram", "word n-gram shingle size (conf 5)", type=int),
+           Flag("--num-perm", "num_perm", "MinHash permutations (conf 128)", type=int),
+           Flag("--bands", "bands", "LSH bands (with --rows; default: chosen from threshold)", type=int),
+           Flag("--rows", "rows", "LSH rows per band (with --bands)", type=int),
+           Flag("--seed", "seed", "MinHash permutation seed (conf 1)", type=int),
+           Flag("--verify", "verify", "check candidate pairs by exact shingle Jaccard, MinHash estimate, or not at "
+                "all (conf exact)", choices=VERIFY_MODES),
+           Flag("--exact-only", "exact_only", "only remove exact duplicates of the normalised text",
+                store_true=True)],
+    resolve=lambda cfg, args: resolve_params(cfg, args), plan=plan, recover=recover)
+main = stage_main(STAGE)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@
 Used to show that a refactoring leaves the bundled sample's tables and shards byte for byte the same: run the
 pipeline (`jobs/pipeline.py --no-train`) with the old and the new code and compare the two digests
 (tests/test_pipeline.py compares against the committed one). The `metrics` table (timestamps, run ids, seconds)
-and `manifest.json` (run ids) are left out; the manifest's per-file sha256 is what is compared for the shards.
+and `manifest.json` (run ids) are left out, and so is the `ingest_run` column (it hashes the input files' mtimes);
+the manifest's per-file sha256 is what is compared for the shards.
 Reads with delta-rs, no Spark.
 """
 from __future__ import annotations
@@ -19,6 +20,8 @@ import os
 import sys
 
 SKIP_TABLES = {"metrics"}
+# run identity, not content: ingest_run carries the hash of the input files' names, sizes and mtimes
+SKIP_COLUMNS = {"ingest_run"}
 
 
 def _canon(v):
@@ -37,7 +40,7 @@ def table_digest(path: str) -> dict:
     from deltalake import DeltaTable
 
     t = DeltaTable(path).to_pyarrow_table()
-    cols = sorted(t.column_names)
+    cols = sorted(c for c in t.column_names if c not in SKIP_COLUMNS)
     lines = sorted(json.dumps(_canon({c: r[c] for c in cols}), sort_keys=True, ensure_ascii=False, default=str)
                    for r in t.to_pylist())
     h = hashlib.sha256()

@@ -169,7 +169,11 @@ def test_params_from_threshold_and_workers_without_spark(corpus):
     from datasketch.lsh import _optimal_param
 
     from jobs.cli import UserError
-    from jobs.dedup import _keys_fn, _verify_fn, build_parser, lsh_summary, resolve_params
+    from jobs.dedup import STAGE, _keys_fn, _verify_fn, lsh_summary, resolve_params
+    from jobs.runner import build_parser as stage_parser
+
+    def build_parser():
+        return stage_parser(STAGE)
     from udfs.minhash import candidate_probability, lsh_error_mass
 
     def params(*argv, **cfg):

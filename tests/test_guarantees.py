@@ -270,3 +270,89 @@ def test_import_graph_has_no_cycle_and_model_does_not_import_jobs():
         if m not in state:
             visit(m, [])
     assert cycles
+
+
+# ---- the stage contract --------------------------------------------------------------------------------------------
+def test_every_pipeline_stage_is_a_declared_stage():
+    import importlib
+
+    from jobs.runner import Stage
+    from jobs.stage import PIPELINE
+
+    for name in PIPELINE:
+        mod = importlib.import_module(f"jobs.{name}")
+        assert isinstance(mod.STAGE, Stage) and mod.STAGE.name == name, name
+        assert mod.main.__doc__.startswith(f"Run the {name} stage"), name
+
+
+def test_help_lists_every_parameter_with_its_default(capsys):
+    from jobs import mix
+
+    with pytest.raises(SystemExit):
+        mix.main(["--help"])
+    out = capsys.readouterr().out
+    for line in ("mix.strategy = proportional", "mix.max_epochs = 4", "mix.seed = 1234", "--max-epochs MAX_EPOCHS"):
+        assert line in out, line
+
+
+def test_a_new_stage_is_one_declaration(spark, tmp_path, capfd):
+    """A stage declared in a few lines gets the CLI, input pinning, leases, skip-if-done and metrics."""
+    from pyspark.sql import functions as F
+
+    from jobs import ingest
+    from jobs.runner import Flag, Stage, run_stage
+
+    def plan(ctx):
+        df = ctx.input()
+        out = df.withColumn("text", F.upper("text"))
+        ctx.run.write(out, ctx.output)
+        n = df.count()
+        ctx.run.finish(docs_in=n, docs_out=n, docs_rejected=0)
+
+    shout = Stage(name="shout", doc="Upper-case every document.", input_table="documents",
+                  outputs={"output_table": "shouted"}, plan=plan,
+                  flags=[Flag("--dry", None, "unused", store_true=True, default=False)])
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"text": f"{PROSE} {i}"}) + "\n" for i in range(10)))
+    lake = str(tmp_path / "lake")
+    assert ingest.main(["--lake", lake, "--input", str(src), "--format", "jsonl", "--source", "s",
+                        "--domain", "d"]) == 0
+    assert run_stage(shout, ["--lake", lake]) == 0
+    lk = Lake(spark, lake)
+    assert {r["text"] for r in lk.read("shouted").collect()} == {f"{PROSE} {i}".upper() for i in range(10)}
+    v = lk.version("shouted")
+    capfd.readouterr()
+    assert run_stage(shout, ["--lake", lake]) == 0
+    assert lk.version("shouted") == v and "shout: already done" in capfd.readouterr().err
+    assert [r["stage"] for r in lk.read_arrow("metrics").to_pylist()].count("shout") == 1
+    from jobs.tables import TableError
+
+    with pytest.raises(TableError, match="not a plain name"):
+        run_stage(shout, ["--lake", lake, "--output-table", "../out"])
+
+
+def test_dedup_rerun_after_both_commits_does_not_recompute(spark, tmp_path):
+    """The driver dies after committing both tables, before the metrics row: the re-run records the metrics from
+    the committed tables instead of deduplicating again."""
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    from jobs.schema import document_row
+
+    lake = str(tmp_path / "lake")
+    texts = [f"{PROSE} number {i} of the series, with more words to shingle" for i in range(20)]
+    rows = [document_row(f"s/{i}", t) for i, t in enumerate(texts + texts[:5])]
+    rows = [dict(r, id=f"s/{i}") for i, r in enumerate(rows)]
+    write_deltalake(os.path.join(lake, "filtered"), pa.Table.from_pylist(rows))
+    p = _job("jobs/dedup.py", "--lake", lake, "--master", "local[1]", env={"LMR_FAIL_AFTER_WRITE": "duplicates"})
+    assert p.returncode == 137, p.stderr[-2000:]
+    lk = Lake(spark, lake)
+    assert lk.exists("deduped") and lk.exists("duplicates") and not lk.exists("metrics")
+    versions = (lk.version("deduped"), lk.version("duplicates"))
+    p = _job("jobs/dedup.py", "--lake", lake, "--master", "local[1]")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "recording the metrics from them without computing again" in p.stderr
+    assert "dedup: LSH" not in p.stderr  # no dedup work was started
+    assert (lk.version("deduped"), lk.version("duplicates")) == versions
+    (m,) = [r for r in lk.read_arrow("metrics").to_pylist() if r["stage"] == "dedup"]
+    assert (m["docs_in"], m["docs_out"], m["docs_rejected"]) == (25, 20, 5) and dict(m["reasons"])["exact"] == 5
