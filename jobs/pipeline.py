@@ -21,7 +21,8 @@ from jobs.stage import PIPELINE as STAGES
 DESCRIPTION = """\
 Run the whole pipeline on one lake, skipping stages that already ran on the same input and config.
 
-Stages (conf/pipeline.yaml `pipeline.stages`): ingest, filter, dedup, decontaminate, mix, pack. After pack, unless
+Stages: jobs.stage.PIPELINE (ingest, filter, dedup, decontaminate, mix, pack), or the subset in `pipeline.stages` /
+--stages, always in that order. After pack, unless
 --no-train: a short CPU training run (`pipeline.train`), a text sample from it, and `<lake>/report.html`.
 Every --set KEY=VALUE is passed to every stage, e.g. --set mix.strategy=temperature --set pack.tokenizer=gpt2.
 
@@ -74,7 +75,9 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     cfg = load_config(args.conf, args.overrides)
     pcfg = cfg.get("pipeline", {}) or {}
-    stages = pcfg.get("stages", STAGES)
+    stages = pcfg.get("stages") or STAGES
+    if isinstance(stages, str):
+        stages = [stages]
     bad = [s for s in stages if s not in STAGES]
     if bad:
         raise UserError(f"pipeline.stages: unknown stage(s) {', '.join(map(str, bad))}; stages are {', '.join(STAGES)}")
@@ -84,6 +87,8 @@ def main(argv=None):
         if unknown:
             raise UserError(f"unknown stage(s) {', '.join(unknown)}; stages are {', '.join(STAGES)}")
         stages = [s for s in STAGES if s in wanted]
+    else:
+        stages = [s for s in STAGES if s in stages]
     tcfg = pcfg.get("train", {}) or {}
     train = not args.no_train and tcfg.get("enabled", True)
     total = len(stages) + (3 if train else 0)

@@ -356,3 +356,32 @@ def test_dedup_rerun_after_both_commits_does_not_recompute(spark, tmp_path):
     assert (lk.version("deduped"), lk.version("duplicates")) == versions
     (m,) = [r for r in lk.read_arrow("metrics").to_pylist() if r["stage"] == "dedup"]
     assert (m["docs_in"], m["docs_out"], m["docs_rejected"]) == (25, 20, 5) and dict(m["reasons"])["exact"] == 5
+
+
+def test_a_killed_pack_leaves_nothing_after_the_next_run(spark, tmp_path):
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    from jobs.schema import document_row
+
+    lake = str(tmp_path / "lake")
+    rows = [document_row(f"s/{i}", f"{PROSE} Document {i}. " * 20) for i in range(300)]
+    write_deltalake(os.path.join(lake, "mixed"), pa.Table.from_pylist(rows))
+    env = {**os.environ, "LMR_SPARK_LOG_LEVEL": "ERROR"}
+    cmd = [sys.executable, os.path.join(REPO, "jobs", "pack.py"), "--lake", lake, "--master", "local[1]"]
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not any(d.startswith(".packed-tmp-") for d in os.listdir(lake)):
+        assert p.poll() is None, p.communicate()[1].decode()[-2000:]
+        time.sleep(0.05)
+    time.sleep(1.0)  # let it write into the temporary folder
+    os.killpg(p.pid, signal.SIGKILL)
+    p.communicate(timeout=60)
+    left = [d for d in os.listdir(lake) if d.startswith(".packed-tmp-")]
+    assert left and not os.path.exists(os.path.join(lake, "packed", "manifest.json"))
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "left by a pack run that died" in r.stderr
+    assert not [d for d in os.listdir(lake) if d.startswith(".packed-tmp-")]
+    assert os.path.exists(os.path.join(lake, "packed", "manifest.json"))
+    assert not os.listdir(os.path.join(lake, "_leases"))
