@@ -31,6 +31,7 @@ import copy
 import hashlib
 
 from jobs.cli import UserError, run_main
+from udfs.common import nearest
 from jobs.runner import Stage, stage_main
 from jobs.schema import estimate_tokens
 from jobs.stage import count_docs_tokens, log
@@ -62,6 +63,7 @@ def resolve_config(cfg: dict | None) -> dict:
         "quality": _deep_merge(DEFAULT_QUALITY_CONF, cfg.get("quality")),
         "classifier": _deep_merge(DEFAULT_CLASSIFIER_CONF, cfg.get("classifier")),
         "audit_per_reason": int(cfg.get("audit_per_reason", 5)),
+        "loud_loss_share": float(cfg.get("loud_loss_share", 0.5)),
         "by_domain": {},
     }
     langs = out["langid"]["languages"]
@@ -72,10 +74,8 @@ def resolve_config(cfg: dict | None) -> dict:
         raise UserError("filter.langid.languages is empty: name at least one language code, e.g. en")
     out["langid"]["languages"] = langs
     for sect in ("langid", "classifier"):
-        t = out[sect]["threshold"]
-        if not isinstance(t, (int, float)) or not 0.0 <= float(t) <= 1.0:
-            raise UserError(f"filter.{sect}.threshold must be a number in [0, 1], got {t!r}")
-        out[sect]["threshold"] = float(t)
+        out[sect]["threshold"] = _threshold(f"filter.{sect}.threshold", out[sect]["threshold"])
+    out["langid"]["thresholds"] = _thresholds("filter.langid.thresholds", out["langid"].get("thresholds"))
     # check_quality merges its own defaults; it gets the overrides as written, and an unknown key is a user error
     out["quality_overrides"] = copy.deepcopy(cfg.get("quality") or {})
     if not isinstance(out["quality_overrides"], dict):
@@ -94,7 +94,11 @@ def resolve_config(cfg: dict | None) -> dict:
         unknown = sorted(set(dcfg) - {"langid", "quality"})
         if unknown:
             raise UserError(f"filter.domains.{domain}: unknown key(s) {', '.join(unknown)} (known: langid, quality)")
-        langid_on = (dcfg.get("langid") or {}).get("enabled", True)
+        dl = dcfg.get("langid") or {}
+        bad = sorted(set(dl) - DOMAIN_LANGID_KEYS)
+        if bad:
+            raise UserError(f"filter.domains.{domain}.langid: unknown key {bad[0]!r}{nearest(bad[0], DOMAIN_LANGID_KEYS)}")
+        langid_on = dl.get("enabled", True)
         if not isinstance(langid_on, bool):
             raise UserError(f"filter.domains.{domain}.langid.enabled must be true or false, got {langid_on!r}")
         overrides = _deep_merge(out["quality_overrides"], dcfg.get("quality"))
@@ -102,13 +106,68 @@ def resolve_config(cfg: dict | None) -> dict:
             check_quality("Config check.", overrides)
         except ValueError as e:
             raise UserError(f"filter.domains.{domain}: {str(e).splitlines()[0]}") from None
-        out["by_domain"][str(domain)] = {"langid": langid_on, "quality_overrides": overrides}
+        langs_d = dl.get("languages", out["langid"]["languages"])
+        langs_d = [str(x).strip() for x in (langs_d.split(",") if isinstance(langs_d, str) else langs_d) if str(x).strip()]
+        out["by_domain"][str(domain)] = {
+            "langid": langid_on, "quality_overrides": overrides, "languages": langs_d,
+            "threshold": _threshold(f"filter.domains.{domain}.langid.threshold",
+                                    dl.get("threshold", out["langid"]["threshold"])),
+            "thresholds": {**out["langid"]["thresholds"],
+                           **_thresholds(f"filter.domains.{domain}.langid.thresholds", dl.get("thresholds"))}}
     for sect in ("langid", "classifier"):
         p = out[sect].get("model_path")
         if p in ("", "none", "null"):
             p = None
         out[sect]["model_path"] = os.path.abspath(p) if p else None
     return out
+
+
+DOMAIN_LANGID_KEYS = {"enabled", "languages", "threshold", "thresholds"}
+
+
+def group_counts(stats, key: str) -> dict:
+    """{value of `key`: docs/tokens in and kept, top rejection reasons} from rows of (reason, key, docs, tok...)."""
+    out: dict = {}
+    for r in stats:
+        g = out.setdefault(str(r[key]), {"docs_in": 0, "docs_out": 0, "tokens_in": 0, "tokens_out": 0,
+                                         "reasons": {}})
+        g["docs_in"] += int(r["docs"])
+        g["tokens_in"] += int(r["tok"])
+        if r["reason"] is None:
+            g["docs_out"] += int(r["docs"])
+            g["tokens_out"] += int(r["tok_kept"])
+        else:
+            g["reasons"][r["reason"]] = g["reasons"].get(r["reason"], 0) + int(r["docs"])
+    for g in out.values():
+        g["reasons"] = dict(sorted(g["reasons"].items(), key=lambda kv: (-kv[1], kv[0]))[:5])
+    return dict(sorted(out.items()))
+
+
+def loud_losses(groups: dict, share: float) -> list[str]:
+    """One line per domain / source that lost more than `share` of its documents (or all of them)."""
+    lines = []
+    for kind, counts in groups.items():
+        for name, g in counts.items():
+            lost = g["docs_in"] - g["docs_out"]
+            if g["docs_in"] and (lost / g["docs_in"] > share or g["docs_out"] == 0):
+                top = ", ".join(f"{k} {v}" for k, v in list(g["reasons"].items())[:3])
+                lines.append(f"{kind} {name!r} lost {lost} of {g['docs_in']} documents "
+                             f"({100 * lost / g['docs_in']:.1f}%; kept {g['docs_out']}); top reasons: {top}")
+    return lines
+
+
+def _threshold(key: str, t) -> float:
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= float(t) <= 1.0:
+        raise UserError(f"{key} must be a number in [0, 1], got {t!r}")
+    return float(t)
+
+
+def _thresholds(key: str, m) -> dict:
+    if m is None:
+        return {}
+    if not isinstance(m, dict):
+        raise UserError(f"{key} must be a mapping language -> threshold, e.g. {{de: 0.8}}, got {m!r}")
+    return {str(lang): _threshold(f"{key}.{lang}", t) for lang, t in m.items()}
 
 
 def _model_fingerprint(path: str | None) -> str | None:
@@ -135,12 +194,14 @@ def filter_records(texts: list[str], cfg: dict, domains: list[str | None] | None
     lcfg, ccfg = cfg["langid"], cfg["classifier"]
     texts = [t or "" for t in texts]
     preds = predict_languages(texts, lcfg["model_path"])
-    default = {"langid": True, "quality_overrides": cfg["quality_overrides"]}
+    default = {"langid": True, "quality_overrides": cfg["quality_overrides"], "languages": lcfg["languages"],
+               "threshold": lcfg["threshold"], "thresholds": lcfg.get("thresholds") or {}}
     by_domain = cfg.get("by_domain") or {}
     out = []
     for i, (text, (lang, score)) in enumerate(zip(texts, preds)):
         dcfg = by_domain.get(domains[i], default) if domains is not None else default
-        reason = langid_reason(lang, score, lcfg["languages"], lcfg["threshold"]) if dcfg["langid"] else None
+        reason = (langid_reason(lang, score, dcfg["languages"], dcfg["threshold"], dcfg["thresholds"])
+                  if dcfg["langid"] else None)
         d = {"lang": lang, "lang_score": score, "reason": reason,
              "signals": {}, "clean_text": None, "quality_score": None}
         if d["reason"] is None:
@@ -246,7 +307,11 @@ def plan(ctx) -> None:
         run.write(kept, ctx.tables["output_table"])
         run.write(rejected, ctx.tables["rejected_table"])
 
-        stats = (combined.groupBy("reason", "lang")
+        by = combined
+        for c in ("domain", "source"):
+            if c not in by.columns:
+                by = by.withColumn(c, F.lit(None).cast("string"))
+        stats = (by.groupBy("reason", "lang", "domain", "source")
                  .agg(F.count(F.lit(1)).alias("docs"), F.coalesce(F.sum("_n_tokens_raw"), F.lit(0)).alias("tok"),
                       F.coalesce(F.sum("n_tokens_est"), F.lit(0)).alias("tok_kept"))
                  .collect())
@@ -264,9 +329,14 @@ def plan(ctx) -> None:
             else:
                 reasons[r["reason"]] = reasons.get(r["reason"], 0) + r["docs"]
         docs_rejected = sum(reasons.values())
+        per_domain, per_source = group_counts(stats, "domain"), group_counts(stats, "source")
+        losses = loud_losses({"domain": per_domain, "source": per_source}, cfg["loud_loss_share"])
+        for line in losses:
+            log(f"filter: WARNING: {line}")
         extra = {"languages_in": dict(sorted(lang_in.items(), key=lambda kv: (-kv[1], kv[0]))),
                  "languages_kept": dict(sorted(lang_kept.items(), key=lambda kv: (-kv[1], kv[0]))),
                  "tokens_removed_by_line_cleaning": tokens_line_cleaning,
+                 "per_domain": per_domain, "per_source": per_source, "loud_losses": losses,
                  "rejected_table": ctx.tables["rejected_table"], "langid_model": langid_model,
                  "classifier_model": cfg["classifier"]["model_path"], **fingerprints}
         run.finish(docs_in=docs_in, docs_out=docs_out, docs_rejected=docs_rejected, tokens_in=tokens_in,

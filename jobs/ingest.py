@@ -267,6 +267,21 @@ def duplicate_raw_fn(specs, limits, tasks):
     return run
 
 
+def check_text_field(specs, unit_stats) -> None:
+    """A source whose every record lacks its text field is a configuration error, not bad data: one line naming
+    the fields its records do have, before anything is written."""
+    by_source: dict = {}
+    for r in unit_stats:
+        if r["kind"] in ("doc", "quarantine"):
+            by_source.setdefault(r["source"], []).append(r)
+    for spec in specs:
+        rows = by_source.get(spec.name, [])
+        if rows and all(r["kind"] == "quarantine" and r["reason"] == "missing_text_field" for r in rows):
+            detail = next((r["detail"] for r in rows if r["detail"]), "")
+            raise UserError(f"source {spec.name!r}: no record has the text field {spec.text_field!r} ({detail}); "
+                            f"set text_field for this source (--text-field, or text_field: in the sources file)")
+
+
 def resolve_limits(args, cfg):
     from udfs.records import Limits
 
@@ -342,7 +357,12 @@ def plan(ctx) -> None:
     q_cols = [c.split()[0] for c in QUARANTINE_DDL.split(", ")]
     quarantine = (units.where(F.col("kind") == "quarantine").unionByName(dup_q, allowMissingColumns=True)
                   .withColumn("ingest_run", run_id).select(*q_cols))
-    blank_lines = int(units.where(F.col("kind") == "blank").agg(F.sum("n_bytes")).first()[0] or 0)
+    # one small pass over the cached units: blank lines, and sources that yielded no document at all
+    unit_stats = (units.groupBy("source", "kind", "reason")
+                  .agg(F.count(F.lit(1)).alias("n"), F.sum("n_bytes").alias("b"), F.first("detail").alias("detail"))
+                  .collect())
+    blank_lines = sum(int(r["b"] or 0) for r in unit_stats if r["kind"] == "blank")
+    check_text_field(specs, unit_stats)
 
     mode = "append" if args.append else "overwrite"
     run.write(documents, out_t, mode=mode)

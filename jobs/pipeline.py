@@ -42,6 +42,8 @@ def build_parser():
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override passed to every stage (repeatable)")
     p.add_argument("--stages", default=None, help="comma-separated subset of stages to run, in pipeline order")
+    p.add_argument("--sources", default=None, help="sources YAML for ingest (default ingest.sources: "
+                   "conf/sources.yaml)")
     p.add_argument("--master", default=None, help="Spark master when run with plain python (default local[*])")
     p.add_argument("--force", action="store_true", help="run every stage even if it already ran")
     p.add_argument("--no-train", action="store_true", help="stop after pack (no training, sample or report)")
@@ -73,6 +75,10 @@ def run_python(cmd, what):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.sources:
+        if not os.path.isfile(args.sources):
+            raise UserError(f"--sources: no such file {args.sources}")
+        args.overrides = list(args.overrides) + [f"ingest.sources={os.path.abspath(args.sources)}"]
     cfg = load_config(args.conf, args.overrides)
     pcfg = cfg.get("pipeline", {}) or {}
     stages = pcfg.get("stages") or STAGES
@@ -138,6 +144,11 @@ def main(argv=None):
         importlib.import_module("jobs.report").main(["--lake", args.lake, "--run-dir", run_dir])
 
     print("\n" + "\n".join(f"  {n:<14} {s:7.1f}s" for n, s in timings), file=sys.stderr)
+    losses = loud_losses(lake, stages)
+    if losses:
+        print("\nloud losses (a domain or source lost more than its share; see the metrics table):", file=sys.stderr)
+        for line in losses:
+            print(f"  {line}", file=sys.stderr)
     print(f"\nlmrefinery: pipeline finished in {time.time() - t_all:.0f}s. Lake: {lake}", file=sys.stderr)
     print(f"  tables:  {', '.join(sorted(d for d in os.listdir(lake) if os.path.isdir(os.path.join(lake, d, '_delta_log'))))}",
           file=sys.stderr)
@@ -146,6 +157,25 @@ def main(argv=None):
     if train and os.path.exists(os.path.join(lake, "report.html")):
         print(f"  report:  {os.path.join(lake, 'report.html')}", file=sys.stderr)
     return 0
+
+
+def loud_losses(lake_root: str, stages) -> list[str]:
+    """`extra.loud_losses` of the latest metrics row of each stage, prefixed with the stage."""
+    import json
+
+    from jobs.tables import Lake
+
+    lk = Lake(get_spark("lmrefinery-pipeline"), lake_root)
+    if not lk.exists("metrics"):
+        return []
+    latest = {}
+    for r in sorted(lk.read_arrow("metrics").to_pylist(), key=lambda r: r["started_at"]):
+        latest[r["stage"]] = r
+    out = []
+    for st in stages:
+        extra = json.loads((latest.get(st) or {}).get("extra") or "{}")
+        out += [f"{st}: {line}" for line in extra.get("loud_losses") or []]
+    return out
 
 
 if __name__ == "__main__":

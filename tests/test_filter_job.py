@@ -255,3 +255,43 @@ def test_missing_input_table_and_help(tmp_path, spark, capsys):
     for opt in ("--lake", "--conf", "--set", "--input-table", "--output-table", "--rejected-table", "--force",
                 "filter.langid.languages", "filter.classifier.model_path", "langid:low_score"):
         assert opt in out.stdout, opt
+
+
+def test_per_domain_and_per_language_langid_thresholds():
+    """filter.domains.<d>.langid.{threshold,languages,thresholds} and filter.langid.thresholds are honoured."""
+    en = "The committee met on Tuesday to discuss the library budget and the new opening hours for students."
+    de = "Der Ausschuss traf sich am Dienstag, um den Haushalt der Bibliothek und die neuen Öffnungszeiten zu besprechen."
+    (_, s_en), (_, s_de) = predict_languages([en, de])
+    assert s_en > 0.8 and s_de > 0.8
+    cfg = filter_job.resolve_config({
+        "langid": {"languages": ["en", "de"], "thresholds": {"de": 0.9999}},
+        "quality": {name: {"enabled": False} for name in ("gopher_repetition", "gopher_quality", "c4", "fineweb")},
+        "domains": {"docs": {"langid": {"threshold": 0.99999, "thresholds": {"de": 0.5}}},
+                    "english_only": {"langid": {"languages": ["en"]}}}})
+    got = {(dom, lang): d["reason"] for dom in (None, "docs", "english_only") for lang, text in (("en", en), ("de", de))
+           for d in filter_job.filter_records([text], cfg, [dom])}
+    assert got == {(None, "en"): None, (None, "de"): "langid:low_score",           # per-language threshold
+                   ("docs", "en"): "langid:low_score", ("docs", "de"): None,        # domain threshold, domain per-language
+                   ("english_only", "en"): None, ("english_only", "de"): "langid:de"}  # domain languages
+    from jobs.cli import UserError
+
+    with pytest.raises(UserError, match=r"filter.domains.docs.langid: unknown key 'treshold' \(did you mean 'threshold'\?\)"):
+        filter_job.resolve_config({"domains": {"docs": {"langid": {"treshold": 0.5}}}})
+    with pytest.raises(UserError, match=r"filter.langid.thresholds.de must be a number in \[0, 1\]"):
+        filter_job.resolve_config({"langid": {"thresholds": {"de": 2}}})
+
+
+def test_loud_losses_name_the_domain_and_its_reasons():
+    stats = [{"reason": None, "domain": "web", "docs": 90, "tok": 900, "tok_kept": 850},
+             {"reason": "c4:curly_bracket", "domain": "web", "docs": 10, "tok": 100, "tok_kept": 100},
+             {"reason": None, "domain": "changelog", "docs": 1, "tok": 10, "tok_kept": 10},
+             {"reason": "langid:low_score", "domain": "changelog", "docs": 250, "tok": 2500, "tok_kept": 2500},
+             {"reason": "gopher_quality:alpha_words", "domain": "changelog", "docs": 42, "tok": 420, "tok_kept": 420},
+             {"reason": "langid:fr", "domain": "man", "docs": 3, "tok": 30, "tok_kept": 30}]
+    counts = filter_job.group_counts(stats, "domain")
+    assert counts["changelog"]["docs_in"] == 293 and counts["changelog"]["docs_out"] == 1
+    lines = filter_job.loud_losses({"domain": counts}, 0.5)
+    assert lines == ["domain 'changelog' lost 292 of 293 documents (99.7%; kept 1); top reasons: "
+                     "langid:low_score 250, gopher_quality:alpha_words 42",
+                     "domain 'man' lost 3 of 3 documents (100.0%; kept 0); top reasons: langid:fr 3"]
+    assert filter_job.loud_losses({"domain": counts}, 0.998) == [lines[1]]  # all of a domain is always loud

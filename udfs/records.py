@@ -191,8 +191,9 @@ def _guarded(build, spec, raw, trace, limits, rel_file, pos):
 
 def _text_fields_to_record(spec, obj: dict, raw: bytes, trace, limits, rel_file, pos):
     if spec.text_field not in obj:
-        return make_quarantine(spec, "missing_text_field", f"no field {spec.text_field!r}", raw, trace, limits,
-                               rel_file, pos)
+        names = [str(k) for k in list(obj)[:20]]
+        return make_quarantine(spec, "missing_text_field", f"no field {spec.text_field!r}; fields: "
+                               f"{', '.join(names) or 'none'}", raw, trace, limits, rel_file, pos)
     text = obj[spec.text_field]
     reason, detail = validate_text(text, limits)
     id_value = obj.get(spec.id_field) if spec.id_field else None
