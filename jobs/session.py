@@ -20,7 +20,9 @@ REQUIRED_CONF = {
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     # no _SUCCESS markers inside Delta table folders
     "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
-    "spark.hadoop.parquet.enable.summary-metadata": "false",
+    # no _metadata / _common_metadata summary files (the older parquet.enable.summary-metadata key is deprecated
+    # and makes Parquet log a warning for every write task)
+    "spark.hadoop.parquet.summary.metadata.level": "NONE",
     "spark.sql.parquet.compression.codec": "zstd",
 }
 
@@ -81,6 +83,8 @@ def get_spark(app_name: str = "lmrefinery", master: str | None = None, conf: dic
     elif not _launched_by_spark_submit():
         builder = builder.master("local[*]")
     merged = {**load_spark_conf(), **(conf or {}), **REQUIRED_CONF}
+    if os.environ.get("LMR_SPARK_PROGRESS", "") not in ("", "0", "false"):
+        merged["spark.ui.showConsoleProgress"] = "true"  # Spark's console progress bar, off by default
     for k, v in merged.items():
         builder = builder.config(k, v)
     spark = builder.getOrCreate()
