@@ -28,7 +28,7 @@ NULL_DEFAULT_TYPES = {
     "pipeline.stages": (list, str),
 }
 # mappings whose children are named by the user (domains); the stage checks what is below them
-FREE_FORM = ("filter.domains", "mix.weights")
+FREE_FORM = ("filter.domains", "filter.quality", "mix.weights")
 
 _schema_cache: dict = {}
 
