@@ -31,10 +31,10 @@ import copy
 import hashlib
 
 from jobs.cli import UserError, run_main
-from udfs.common import nearest
 from jobs.runner import Stage, stage_main
 from jobs.schema import estimate_tokens
 from jobs.stage import count_docs_tokens, log
+from udfs.common import nearest
 
 REQUIRED_COLUMNS = ("id", "text", "n_bytes", "n_tokens_est", "text_sha256")
 TEXT_DERIVED = ("text", "n_bytes", "n_tokens_est", "text_sha256")
@@ -66,10 +66,7 @@ def resolve_config(cfg: dict | None) -> dict:
         "loud_loss_share": float(cfg.get("loud_loss_share", 0.5)),
         "by_domain": {},
     }
-    langs = out["langid"]["languages"]
-    if isinstance(langs, str):
-        langs = [s for s in langs.split(",")]
-    langs = [str(s).strip() for s in (langs or []) if str(s).strip()]
+    langs = _languages(out["langid"]["languages"])
     if not langs:
         raise UserError("filter.langid.languages is empty: name at least one language code, e.g. en")
     out["langid"]["languages"] = langs
@@ -106,8 +103,7 @@ def resolve_config(cfg: dict | None) -> dict:
             check_quality("Config check.", overrides)
         except ValueError as e:
             raise UserError(f"filter.domains.{domain}: {str(e).splitlines()[0]}") from None
-        langs_d = dl.get("languages", out["langid"]["languages"])
-        langs_d = [str(x).strip() for x in (langs_d.split(",") if isinstance(langs_d, str) else langs_d) if str(x).strip()]
+        langs_d = _languages(dl.get("languages", out["langid"]["languages"]))
         out["by_domain"][str(domain)] = {
             "langid": langid_on, "quality_overrides": overrides, "languages": langs_d,
             "threshold": _threshold(f"filter.domains.{domain}.langid.threshold",
@@ -154,6 +150,12 @@ def loud_losses(groups: dict, share: float) -> list[str]:
                 lines.append(f"{kind} {name!r} lost {lost} of {g['docs_in']} documents "
                              f"({100 * lost / g['docs_in']:.1f}%; kept {g['docs_out']}); top reasons: {top}")
     return lines
+
+
+def _languages(value) -> list[str]:
+    """A language list from YAML or --set: a list, or a comma-separated string."""
+    items = value.split(",") if isinstance(value, str) else (value or [])
+    return [str(x).strip() for x in items if str(x).strip()]
 
 
 def _threshold(key: str, t) -> float:
@@ -272,14 +274,14 @@ def prepare(ctx) -> None:
         from udfs.langid import default_model_path
         langid_model = default_model_path()
     ctx.state["langid_model"] = langid_model
-    ctx.state["fingerprints"] = ctx.extra_key = {
+    ctx.extra_key = {
         "langid_model": _model_fingerprint(langid_model),
         "classifier_model": _model_fingerprint(cfg["classifier"]["model_path"])}
 
 
 def plan(ctx) -> None:
     cfg, run = ctx.params, ctx.run
-    langid_model, fingerprints = ctx.state["langid_model"], ctx.state["fingerprints"]
+    langid_model, fingerprints = ctx.state["langid_model"], ctx.extra_key
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
     from pyspark.sql.types import StructType

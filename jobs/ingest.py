@@ -250,9 +250,10 @@ def duplicate_raw_fn(specs, limits, tasks):
                 t = by_id[tid]
                 left = set(positions)
                 for u in R.iter_task_units(specs[t["source_idx"]], t, limits, keep_raw=True):
-                    if u["kind"] == "doc" and unit_order_pos(u) in left:
-                        found[(tid, unit_order_pos(u))] = u["raw"]
-                        left.discard(unit_order_pos(u))
+                    pos = unit_order_pos(u) if u["kind"] == "doc" else None
+                    if pos in left:
+                        found[(tid, pos)] = u["raw"]
+                        left.discard(pos)
                         if not left:
                             break
             raws = [found.get((r["task_id"], r["order_pos"])) for r in rows]

@@ -88,15 +88,14 @@ class Leases:
         self._thread = None
         atexit.register(self.release)
 
-    def acquire(self, names) -> list[str]:
-        """Take the lease of every name (all or none). Returns the names taken over from dead runs."""
-        taken_over, got = [], []
+    def acquire(self, names) -> None:
+        """Take the lease of every name (all or none)."""
+        got = []
         try:
             for name in sorted(set(names)):
                 if name in self.held:
                     continue
-                if self._take(name):
-                    taken_over.append(name)
+                self._take(name)
                 got.append(name)
         except BaseException:
             for name in got:
@@ -105,15 +104,13 @@ class Leases:
         if self.held and self._thread is None:
             self._thread = threading.Thread(target=self._beat, name="lmr-lease-heartbeat", daemon=True)
             self._thread.start()
-        return taken_over
 
-    def _take(self, name: str) -> bool:
+    def _take(self, name: str) -> None:
         path = _lease_file(self.lake_root, name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         pid = os.getpid()
         rec = {"name": name, "run_id": self.run_id, "stage": self.stage, "host": socket.gethostname(), "pid": pid,
                "start": _proc_start(pid), "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        stale = False
         for _ in range(5):
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -123,7 +120,7 @@ class Leases:
                     continue
                 if other.get("run_id") == self.run_id:
                     self.held[name] = path
-                    return False
+                    return
                 if other["alive"]:
                     where = f"pid {other.get('pid')} on {other.get('host')}" if other.get("pid") else "a live process"
                     raise LeaseError(f"{name!r} is being written by another run: {other.get('stage')} run "
@@ -132,7 +129,6 @@ class Leases:
                 # dead owner: move its lease aside (atomic; of two takers only one succeeds), then retry
                 try:
                     os.rename(path, f"{path}.stale-{uuid.uuid4().hex[:8]}")
-                    stale = True
                     for old in os.listdir(os.path.dirname(path)):
                         if old.startswith(os.path.basename(path) + ".stale-"):
                             os.remove(os.path.join(os.path.dirname(path), old))
@@ -142,7 +138,7 @@ class Leases:
             with os.fdopen(fd, "w") as f:
                 json.dump(rec, f)
             self.held[name] = path
-            return stale
+            return
         raise LeaseError(f"could not take the lease of {name!r} ({path}) after 5 tries")
 
     def _beat(self):

@@ -71,8 +71,6 @@ class StageRun:
         self.force = force
         self.outputs: dict[str, int] = {}
         self.writes: dict[str, WriteResult] = {}
-        for t in self.output_tables:
-            lake.path(t)  # plain table names only: refused here, before any work
         self.leases = Leases(lake.root, self.run_id, stage)
         self.lease_names = self.output_tables + list(extra_leases or [])
 
@@ -128,10 +126,9 @@ class StageRun:
         if not self.output_tables or self.force:
             return False
         for t in self.output_tables:
-            if not self.lake.exists(t) or self.lake.txn_version(t, self.app_id(t)) is None:
-                return False
-            info = self.lake.last_commit_info(t)
-            if self.app_id(t) not in (info.get("lmrefinery.app_id"), info.get("userMetadata")):
+            app = self.app_id(t)
+            if (not self.lake.exists(t) or self.lake.txn_version(t, app) is None
+                    or not self.lake.latest_commit_is(t, app)):
                 return False
             self.outputs[t] = self.lake.version(t)
         return True

@@ -143,6 +143,11 @@ class Lake:
         hist = self._dt(name).history(1)
         return hist[0] if hist else {}
 
+    def latest_commit_is(self, name: str, app_id: str) -> bool:
+        """Whether the table's latest commit is the write of application transaction `app_id`."""
+        info = self.last_commit_info(name)
+        return app_id in (info.get("lmrefinery.app_id"), info.get("userMetadata"))
+
     def write(self, df, name: str, mode: str = "overwrite", app_id: str | None = None,
               txn_version: int = 0) -> WriteResult:
         """Write `df` as the new content (`overwrite`) or an addition (`append`) of table `name`.
@@ -157,8 +162,7 @@ class Lake:
         if app_id is not None and self.exists(name):
             done = self.txn_version(name, app_id)
             if done is not None and done >= txn_version:
-                info = self.last_commit_info(name)
-                if mode == "append" or app_id in (info.get("lmrefinery.app_id"), info.get("userMetadata")):
+                if mode == "append" or self.latest_commit_is(name, app_id):
                     return WriteResult(name, self.version(name), True, 0, 0)
         if self.backend == "delta-spark":
             return self._write_native(df, name, mode, app_id, txn_version)
@@ -279,19 +283,19 @@ def committed_folders(table_path: str) -> set[str]:
     return out
 
 
-def remove_uncommitted(table_path: str) -> list[str]:
+def remove_uncommitted(table_path: str, dry_run: bool = False) -> list[str]:
     """Delete the `w-*` folders of writes that never committed (call only while no live run writes the table:
-    the caller holds its lease). Returns the folders removed."""
+    the caller holds its lease). Returns the folders removed (with `dry_run`: the ones that would be)."""
     import shutil
 
     if not os.path.isdir(os.path.join(table_path, "_delta_log")):
         return []
     keep = committed_folders(table_path)
-    gone = []
-    for d in sorted(os.listdir(table_path)):
-        if d.startswith("w-") and d not in keep and os.path.isdir(os.path.join(table_path, d)):
+    gone = [d for d in sorted(os.listdir(table_path))
+            if d.startswith("w-") and d not in keep and os.path.isdir(os.path.join(table_path, d))]
+    if not dry_run:
+        for d in gone:
             shutil.rmtree(os.path.join(table_path, d), ignore_errors=True)
-            gone.append(d)
     return gone
 
 

@@ -16,7 +16,7 @@ import shutil  # noqa: E402
 import uuid  # noqa: E402
 
 from jobs.leases import LeaseError, Leases, read_lease  # noqa: E402
-from jobs.tables import TableError, committed_folders  # noqa: E402
+from jobs.tables import TableError, remove_uncommitted  # noqa: E402
 from udfs.common import UserError, run_main  # noqa: E402
 
 
@@ -41,14 +41,12 @@ def vacuum(lake_root: str, dry_run: bool = False, log=print) -> dict:
                 busy.append(name)
                 log(f"vacuum: skipped {name}: {e}")
                 continue
-            keep = committed_folders(table)
-            for d in sorted(os.listdir(table)):
-                full = os.path.join(table, d)
-                if d.startswith("w-") and d not in keep and os.path.isdir(full):
-                    freed += _size(full)
-                    removed.append(os.path.join(name, d))
-                    if not dry_run:
-                        shutil.rmtree(full, ignore_errors=True)
+            gone = remove_uncommitted(table, dry_run=True)
+            freed += sum(_size(os.path.join(table, d)) for d in gone)
+            removed += [os.path.join(name, d) for d in gone]
+            if not dry_run:
+                for d in gone:
+                    shutil.rmtree(os.path.join(table, d), ignore_errors=True)
             leases.release()
         for name in sorted(os.listdir(root)):  # .<out>-tmp-<hex> folders of pack runs (see jobs/pack.py)
             full = os.path.join(root, name)

@@ -602,10 +602,8 @@ def iter_task_units(spec: SourceSpec, task: dict, limits: Limits, keep_raw: bool
         yield from units
     except Exception as e:  # noqa: BLE001 - OSError, EOFError, zlib.error, BadGzipFile, ArrowInvalid, ...
         kind = "I/O error" if isinstance(e, (OSError, EOFError, zlib.error, gzip.BadGzipFile)) else "reader error"
-        yield _unit("quarantine", id=None, reason="unreadable_file",
-                    detail=_safe_str(f"{kind}: {type(e).__name__}: {e}"[:300]), raw=b"", raw_length=0,
-                    raw_truncated=False, trace=_trace(t["file"], byte_offset=t["start"]),
-                    quarantine_id=stable_id(spec.name, t["rel_file"], -1 - t["start"]))
+        yield make_quarantine(spec, "unreadable_file", f"{kind}: {type(e).__name__}: {e}"[:300], b"",
+                              _trace(t["file"], byte_offset=t["start"]), limits, t["rel_file"], -1 - t["start"])
 
 
 def unit_arrow_schema():
