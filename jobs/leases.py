@@ -111,9 +111,23 @@ class Leases:
         pid = os.getpid()
         rec = {"name": name, "run_id": self.run_id, "stage": self.stage, "host": socket.gethostname(), "pid": pid,
                "start": _proc_start(pid), "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        # The record is written to a private file first and then hard-linked into place: link() fails atomically
+        # when the lease exists (like O_EXCL), and a reader never sees a lease file that is still empty.
+        tmp = f"{path}.new-{uuid.uuid4().hex[:12]}"
+        with open(tmp, "w") as f:
+            json.dump(rec, f)
+        try:
+            self._link_into_place(name, path, tmp)
+        finally:
+            try:
+                os.remove(tmp)
+            except FileNotFoundError:
+                pass
+
+    def _link_into_place(self, name: str, path: str, tmp: str) -> None:
         for _ in range(5):
             try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                os.link(tmp, path)
             except FileExistsError:
                 other = read_lease(self.lake_root, name)
                 if other is None:
@@ -135,8 +149,6 @@ class Leases:
                 except FileNotFoundError:
                     pass
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(rec, f)
             self.held[name] = path
             return
         raise LeaseError(f"could not take the lease of {name!r} ({path}) after 5 tries")

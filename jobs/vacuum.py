@@ -13,9 +13,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse  # noqa: E402
 import shutil  # noqa: E402
+import time  # noqa: E402
 import uuid  # noqa: E402
 
-from jobs.leases import LeaseError, Leases, read_lease  # noqa: E402
+from jobs.leases import STALE_S, LeaseError, Leases, read_lease  # noqa: E402
 from jobs.tables import TableError, remove_uncommitted  # noqa: E402
 from udfs.common import UserError, run_main  # noqa: E402
 
@@ -65,8 +66,10 @@ def vacuum(lake_root: str, dry_run: bool = False, log=print) -> dict:
         lease_dir = os.path.join(root, "_leases")
         if os.path.isdir(lease_dir) and not dry_run:
             for fn in os.listdir(lease_dir):
-                if ".stale-" in fn:
-                    os.remove(os.path.join(lease_dir, fn))
+                full = os.path.join(lease_dir, fn)
+                # moved-aside leases of dead runs, and lease records a killed run wrote but never linked in
+                if ".stale-" in fn or (".new-" in fn and time.time() - os.path.getmtime(full) > STALE_S):
+                    os.remove(full)
     finally:
         leases.release()
     verb = "would remove" if dry_run else "removed"

@@ -120,6 +120,52 @@ def test_racing_writers_never_duplicate_or_lose_silently(spark, tmp_path, mode):
     assert not os.listdir(os.path.join(lake, "_leases"))  # every lease released
 
 
+_RACER = """
+import sys, time
+from jobs.leases import LeaseError, Leases
+lake, i = sys.argv[1], sys.argv[2]
+while time.time() < float(sys.argv[3]):
+    time.sleep(0.001)
+try:
+    Leases(lake, "run-" + i, "ingest").acquire(["documents"])
+    print("got", flush=True)
+    time.sleep(1.5)
+except LeaseError as e:
+    print("refused", e, flush=True)
+"""
+
+
+def test_a_lease_file_is_never_seen_empty_and_one_racer_wins(tmp_path):
+    """Eight processes race for one lease while this test reads the lease file as fast as it can: exactly one wins,
+    the seven others are refused naming the winner's run, and no read ever sees a half-written lease."""
+    lake = str(tmp_path / "lake")
+    path = os.path.join(lake, "_leases", "documents.lease")
+    start = time.time() + 2.0
+    env = {**os.environ, "PYTHONPATH": REPO}
+    procs = [subprocess.Popen([sys.executable, "-c", _RACER, lake, str(i), str(start)], env=env,
+                              stdout=subprocess.PIPE, text=True) for i in range(8)]
+    reads, bad = 0, []
+    while any(p.poll() is None for p in procs):
+        try:
+            with open(path) as f:
+                body = f.read()
+        except FileNotFoundError:
+            continue
+        reads += 1
+        try:
+            json.loads(body)
+        except ValueError:
+            bad.append(body)
+    outs = [p.communicate()[0].strip() for p in procs]
+    winners = [o for o in outs if o == "got"]
+    assert len(winners) == 1, outs
+    winner = f"run-{outs.index('got')}"
+    assert all(o.startswith("refused 'documents' is being written by another run: ingest run " + winner)
+               for o in outs if o != "got"), outs
+    assert reads > 0 and not bad, (reads, bad[:3])
+    assert not [f for f in os.listdir(os.path.dirname(path)) if ".new-" in f]  # no private record left behind
+
+
 # ---- leftovers -----------------------------------------------------------------------------------------------------
 def test_leftovers_of_a_killed_write_go_with_the_next_run_and_vacuum(spark, tmp_path):
     src = tmp_path / "in.jsonl"
