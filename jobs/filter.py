@@ -1,11 +1,16 @@
 """Filter stage: language ID, quality heuristics and an optional fastText quality classifier.
 
-Reads `documents` (or --input-table) and writes every document to exactly one of two tables:
+Reads `documents` (or --input-table) and writes every document to exactly one of two tables, and a row per
+document to a third:
 
 * `filtered`: kept documents, `text` replaced by the C4-cleaned text (n_bytes, n_tokens_est, text_sha256
   recomputed; the original byte count kept in n_bytes_raw), plus lang, lang_score, quality_signals
   (map<string,double>) and quality_score when the classifier is on;
-* `rejected`: dropped documents unchanged, plus lang, lang_score, reason, quality_signals (and quality_score).
+* `rejected`: dropped documents unchanged, plus lang, lang_score, reason, quality_signals (and quality_score);
+* `filter_signals`: id, source, domain, lang, lang_score, quality_score, reason, kept, n_bytes_raw / n_bytes_clean,
+  n_tokens_raw / n_tokens_clean (before / after C4 line cleaning) and one column per quality signal, measured for
+  every document whatever rule failed first. `decision_column(resolve_config(section))` re-decides it under other
+  thresholds as one Spark query (notebooks/05_threshold_tuning.py).
 
 Steps, in order; the first that fails gives the reason:
   1. langid      lid.176 top language must be in filter.langid.languages with probability >= threshold
@@ -16,7 +21,8 @@ Steps, in order; the first that fails gives the reason:
   are prose rules, and code, for one, fails them by design (conf/pipeline.yaml switches them off for `code`).
   3. classifier  when filter.classifier.model_path is set: P(positive label) of the cleaned text >= threshold
                  -> classifier:low_score
-Quality signals are computed for documents that pass step 1 (the map is empty for langid rejections).
+Every document is annotated (no short-circuit): language, every quality signal, the classifier score; the reason
+is the first rule that fails.
 
 All Python work happens in one mapInArrow pass over Arrow batches; the models load once per worker process.
 """
@@ -40,7 +46,8 @@ REQUIRED_COLUMNS = ("id", "text", "n_bytes", "n_tokens_est", "text_sha256")
 TEXT_DERIVED = ("text", "n_bytes", "n_tokens_est", "text_sha256")
 # columns the stage adds: (name, Spark DDL type)
 ADDED = [("n_bytes_raw", "bigint"), ("lang", "string"), ("lang_score", "double"), ("reason", "string"),
-         ("quality_signals", "map<string,double>"), ("quality_score", "double"), ("_n_tokens_raw", "bigint")]
+         ("quality_signals", "map<string,double>"), ("quality_score", "double"), ("_n_tokens_raw", "bigint"),
+         ("_n_bytes_clean", "bigint")]
 
 
 # ---- configuration ---------------------------------------------------------------------------------------------
@@ -57,7 +64,15 @@ def resolve_config(cfg: dict | None) -> dict:
     from udfs.langid import DEFAULT_LANGID_CONF
     from udfs.quality import DEFAULT_QUALITY_CONF
 
-    cfg = cfg or {}
+    from udfs.quality import normalise_conf
+
+    cfg = dict(cfg or {})
+    if isinstance(cfg.get("quality"), dict):
+        cfg["quality"] = normalise_conf(cfg["quality"])
+    if isinstance(cfg.get("domains"), dict):
+        cfg["domains"] = {d: ({**dc, "quality": normalise_conf(dc["quality"])}
+                              if isinstance(dc, dict) and isinstance(dc.get("quality"), dict) else dc)
+                          for d, dc in cfg["domains"].items()}
     out = {
         "langid": _deep_merge(DEFAULT_LANGID_CONF, cfg.get("langid")),
         "quality": _deep_merge(DEFAULT_QUALITY_CONF, cfg.get("quality")),
@@ -188,10 +203,14 @@ def _model_fingerprint(path: str | None) -> str | None:
 def filter_records(texts: list[str], cfg: dict, domains: list[str | None] | None = None) -> list[dict]:
     """Decisions for a batch of raw texts: dicts with lang, lang_score, reason, signals, clean_text, quality_score.
     `cfg` is a resolved config (see `resolve_config`); `domains` (one per text) selects `filter.domains` overrides:
-    a domain with langid disabled still gets `lang`/`lang_score`, but no langid rejection."""
+    a domain with langid disabled still gets `lang`/`lang_score`, but no langid rejection.
+
+    Every document is annotated: language, every quality signal and the classifier score are measured whatever
+    rule fails first (udfs.quality.annotate), so the signals table can be re-thresholded without a re-run
+    (`decision_column`). The reason is still the first failing rule, in the order langid, quality, classifier."""
     from udfs.classifier import classifier_reason, score_texts
     from udfs.langid import langid_reason, predict_languages
-    from udfs.quality import check_quality
+    from udfs.quality import annotate
 
     lcfg, ccfg = cfg["langid"], cfg["classifier"]
     texts = [t or "" for t in texts]
@@ -204,21 +223,15 @@ def filter_records(texts: list[str], cfg: dict, domains: list[str | None] | None
         dcfg = by_domain.get(domains[i], default) if domains is not None else default
         reason = (langid_reason(lang, score, dcfg["languages"], dcfg["threshold"], dcfg["thresholds"])
                   if dcfg["langid"] else None)
-        d = {"lang": lang, "lang_score": score, "reason": reason,
-             "signals": {}, "clean_text": None, "quality_score": None}
-        if d["reason"] is None:
-            q = check_quality(text, dcfg["quality_overrides"])
-            d["signals"] = {str(k): float(v) for k, v in (q.signals or {}).items()}
-            d["reason"] = q.reason
-            d["clean_text"] = q.text
-        out.append(d)
+        q = annotate(text, dcfg["quality_overrides"])
+        out.append({"lang": lang, "lang_score": score, "reason": reason or q.reason, "clean_text": q.text,
+                    "signals": {str(k): float(v) for k, v in q.signals.items()}, "quality_score": None})
     if ccfg["model_path"]:
-        idx = [i for i, d in enumerate(out) if d["reason"] is None]
-        scores = score_texts([out[i]["clean_text"] for i in idx], ccfg["model_path"], ccfg["positive_label"],
+        scores = score_texts([d["clean_text"] for d in out], ccfg["model_path"], ccfg["positive_label"],
                              int(ccfg["max_chars"]))
-        for i, s in zip(idx, scores):
-            out[i]["quality_score"] = s
-            out[i]["reason"] = classifier_reason(s, ccfg["threshold"])
+        for d, s in zip(out, scores):
+            d["quality_score"] = s
+            d["reason"] = d["reason"] or classifier_reason(s, ccfg["threshold"])
     return out
 
 
@@ -236,9 +249,11 @@ def filter_batches(batches, cfg: dict):
         domains = batch.column("domain").to_pylist() if "domain" in batch.schema.names else None
         decisions = filter_records(texts, cfg, domains)
         new = {c: batch.column(c).to_pylist() for c in TEXT_DERIVED}
+        n_clean = []
         for i, d in enumerate(decisions):
+            b = d["clean_text"].encode("utf-8")
+            n_clean.append(len(b))
             if d["reason"] is None:
-                b = d["clean_text"].encode("utf-8")
                 new["text"][i] = d["clean_text"]
                 new["n_bytes"][i] = len(b)
                 new["n_tokens_est"][i] = estimate_tokens(len(b))
@@ -258,11 +273,84 @@ def filter_batches(batches, cfg: dict):
             "quality_signals": pa.array([sorted(d["signals"].items()) for d in decisions], type=sig_type),
             "quality_score": pa.array([d["quality_score"] for d in decisions], type=pa.float64()),
             "_n_tokens_raw": pa.array(n_tok_in, type=pa.int64()),
+            "_n_bytes_clean": pa.array(n_clean, type=pa.int64()),
         }
         for name, _ in ADDED:
             cols.append(added[name])
             names.append(name)
         yield pa.RecordBatch.from_arrays(cols, names=names)
+
+
+# ---- re-thresholding over the signals table -------------------------------------------------------------------
+def signal_names(cfg: dict) -> list[str]:
+    """The signal columns of the signals table: every name udfs.quality can measure under this config (the
+    paper's n-grams plus any n a domain configures)."""
+    from udfs.quality import SIGNAL_NAMES, _pairs, merge_conf
+    names = list(SIGNAL_NAMES)
+    for overrides in [cfg["quality_overrides"]] + [d["quality_overrides"] for d in cfg["by_domain"].values()]:
+        rep_conf = merge_conf(overrides)["gopher_repetition"]
+        for key, fmt in (("top_n_grams", "top_{}gram_char_frac"), ("dup_n_grams", "dup_{}gram_char_frac")):
+            names += [fmt.format(n) for n, _ in _pairs(rep_conf[key]) if fmt.format(n) not in names]
+    return names
+
+
+def decision_column(cfg: dict, columns=None):
+    """A Spark Column giving the filter's reason (null = kept) for each row of the signals table under the resolved
+    filter config `cfg` (see `resolve_config`): the rules of udfs.quality.rules as CASE WHEN, per domain, after
+    langid and before the classifier, as `filter_records` decides. A changed document-level threshold is then a
+    query over the table; rules that rewrite the text (C4 line rules) still need a re-run."""
+    from pyspark.sql import functions as F
+    from udfs.quality import merge_conf, rules
+
+    have = set(columns) if columns is not None else None
+
+    def col(name):
+        return F.col(f"`{name}`") if have is None or name in have else F.lit(None).cast("double")
+
+    def chain(d: dict):
+        conds = []
+        if d["langid"]:
+            thr = F.lit(d["threshold"])
+            for lang, t in sorted(d["thresholds"].items()):
+                thr = F.when(F.col("lang") == lang, F.lit(t)).otherwise(thr)
+            conds.append((~F.col("lang").isin(list(d["languages"])), F.concat(F.lit("langid:"), F.col("lang"))))
+            conds.append((F.col("lang_score") < thr, F.lit("langid:low_score")))
+        for fam, params in merge_conf(d["quality_overrides"]).items():
+            if not params["enabled"]:
+                continue
+            for reason, kind, sig, thr, other in rules(fam, params):
+                v = col(sig)
+                cond = {"max": lambda: v > thr, "min": lambda: v < thr, "min_nz": lambda: (v < thr) & (v != 0),
+                        "zero": lambda: v == 0,
+                        "line": lambda: (v > 0) & (F.lit(True) if other is None else
+                                                   F.coalesce((col(other) == 0) | (v <= col(other)), F.lit(True)))
+                        }[kind]()
+                conds.append((cond, F.lit(f"{fam}:{reason}")))
+        if cfg["classifier"]["model_path"]:
+            conds.append((F.col("quality_score") < cfg["classifier"]["threshold"], F.lit("classifier:low_score")))
+        out = F.lit(None).cast("string")
+        for cond, reason in reversed(conds):
+            out = F.when(cond, reason).otherwise(out)
+        return out
+
+    default = {"langid": True, "quality_overrides": cfg["quality_overrides"], "languages": cfg["langid"]["languages"],
+               "threshold": cfg["langid"]["threshold"], "thresholds": cfg["langid"].get("thresholds") or {}}
+    out = chain(default)
+    for domain, d in sorted(cfg["by_domain"].items()):
+        out = F.when(F.col("domain") == domain, chain(d)).otherwise(out)
+    return out
+
+
+def signals_frame(combined, names: list[str]):
+    """One row per input document: identity, decision, sizes before/after C4 cleaning, one column per signal."""
+    from pyspark.sql import functions as F
+    ident = [F.col(c) if c in combined.columns else F.lit(None).cast("string").alias(c)
+             for c in ("id", "source", "domain")]
+    return combined.select(
+        *ident, "lang", "lang_score", "quality_score", "reason", F.col("reason").isNull().alias("kept"),
+        "n_bytes_raw", F.col("_n_bytes_clean").alias("n_bytes_clean"), F.col("_n_tokens_raw").alias("n_tokens_raw"),
+        ((F.col("_n_bytes_clean") + 3) / 4).cast("bigint").alias("n_tokens_clean"),  # jobs.schema.estimate_tokens
+        *[F.col("quality_signals")[n].alias(n) for n in names])
 
 
 # ---- the stage ---------------------------------------------------------------------------------------------------
@@ -308,6 +396,7 @@ def plan(ctx) -> None:
             *input_cols, "lang", "lang_score", "reason", "quality_signals", *with_score)
         run.write(kept, ctx.tables["output_table"])
         run.write(rejected, ctx.tables["rejected_table"])
+        run.write(signals_frame(combined, signal_names(cfg)), ctx.tables["signals_table"])
 
         by = combined
         for c in ("domain", "source"):
@@ -339,7 +428,8 @@ def plan(ctx) -> None:
                  "languages_kept": dict(sorted(lang_kept.items(), key=lambda kv: (-kv[1], kv[0]))),
                  "tokens_removed_by_line_cleaning": tokens_line_cleaning,
                  "per_domain": per_domain, "per_source": per_source, "loud_losses": losses,
-                 "rejected_table": ctx.tables["rejected_table"], "langid_model": langid_model,
+                 "rejected_table": ctx.tables["rejected_table"], "signals_table": ctx.tables["signals_table"],
+                 "langid_model": langid_model,
                  "classifier_model": cfg["classifier"]["model_path"], **fingerprints}
         run.finish(docs_in=docs_in, docs_out=docs_out, docs_rejected=docs_rejected, tokens_in=tokens_in,
                    tokens_out=tokens_out, reasons=reasons, extra=extra)
@@ -352,7 +442,7 @@ def plan(ctx) -> None:
 
 
 STAGE = Stage(name="filter", doc=__doc__.strip(), input_table="documents",
-              outputs={"output_table": "filtered", "rejected_table": "rejected"},
+              outputs={"output_table": "filtered", "rejected_table": "rejected", "signals_table": "filter_signals"},
               input_hint="run jobs/ingest.py first or pass --input-table",
               resolve=lambda cfg, args: resolve_config(cfg), prepare=prepare, plan=plan)
 main = stage_main(STAGE)

@@ -17,7 +17,8 @@ and `run_stage` owns everything around it, the same way for every stage:
  4. Spark session, lake, the input table's existence and its version pinned for the whole run;
  5. the write leases of the outputs (a second live writer fails with one line), leftovers of dead runs removed,
     and skip-if-done before any Spark job (the metrics table: same input version, config and outputs);
- 6. `plan`; the conservation check and the metrics row happen in `ctx.run.finish`.
+ 6. `plan`, with a progress line per running Spark stage every LMR_PROGRESS_S seconds (jobs/progress.py);
+    the conservation check and the metrics row happen in `ctx.run.finish`.
 `python jobs/<stage>.py` and `spark-submit jobs/<stage>.py` both end in `run_main(name, main)`.
 """
 from __future__ import annotations
@@ -201,7 +202,11 @@ def run_stage(stage: Stage, argv=None) -> int:
             f"died before its metrics row); recording the metrics from them without computing again")
         stage.recover(ctx)
         return 0
-    rc = stage.plan(ctx)
+    from jobs.progress import Progress
+    from jobs.stage import log
+
+    with Progress(ctx.spark, stage.name, log):  # a line per running Spark stage every LMR_PROGRESS_S seconds
+        rc = stage.plan(ctx)
     return 0 if rc is None else int(rc)
 
 

@@ -431,3 +431,22 @@ def test_a_killed_pack_leaves_nothing_after_the_next_run(spark, tmp_path):
     assert not [d for d in os.listdir(lake) if d.startswith(".packed-tmp-")]
     assert os.path.exists(os.path.join(lake, "packed", "manifest.json"))
     assert not os.listdir(os.path.join(lake, "_leases"))
+
+
+def test_progress_lines_at_a_steady_interval_read_well_in_a_file(tmp_path):
+    """A stage run with LMR_PROGRESS_S=1 logs progress lines naming the Spark stage, tasks done and an ETA; the log
+    has no carriage return (no console progress bar) and no line longer than a screen or two."""
+    import re
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"text": f"{PROSE} {i}"}) + "\n" for i in range(60000)))
+    env = {**os.environ, "LMR_SPARK_LOG_LEVEL": "ERROR", "LMR_PROGRESS_S": "1"}
+    r = subprocess.run(_ingest_cmd(str(tmp_path / "lake"), src, "s") + ["--set", "ingest.chunk_bytes=1048576"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = [ln for ln in r.stderr.splitlines() if ": progress " in ln]
+    assert len(lines) >= 2, r.stderr[-3000:]
+    pat = re.compile(r"^ingest: progress \d+:\d\d:\d\d \| spark stage \d+( \(\w+\))?: \d+/\d+ tasks \(\d+%\)")
+    odd = [ln for ln in lines if not pat.search(ln.split("] ", 1)[-1])]
+    assert not odd, odd
+    assert any("ETA" in ln for ln in lines), lines
+    assert "\r" not in r.stderr and max(map(len, r.stderr.splitlines())) < 400

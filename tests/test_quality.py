@@ -356,7 +356,80 @@ def good_doc():
 def test_check_quality_keeps_a_good_document_with_all_signals():
     r = check_quality(good_doc())
     assert r.reason is None and r.text == good_doc().replace("\n\n", "\n")  # C4 drops the blank line
-    assert set(r.signals) == set(SIGNAL_NAMES)
+    assert set(r.signals) == set(SIGNAL_NAMES) - set(Q.ANNOTATE_ONLY)
+    a = Q.annotate(good_doc())
+    assert a.reason is None and set(a.signals) == set(SIGNAL_NAMES) - {"c4_bad_words"}
+    assert all(a.signals[k] == v for k, v in r.signals.items() if k != "c4_sentences")
+
+
+def _real_texts(limit=400):
+    """Texts nobody here wrote: licences, package docs and Python docstrings installed on the machine."""
+    import ast
+    import glob
+    import gzip
+    import sysconfig
+    out = []
+    paths = sorted(glob.glob("/usr/share/common-licenses/*")) + sorted(glob.glob("/usr/share/doc/*/README*"))
+    for path in paths:
+        try:
+            raw = gzip.open(path).read() if path.endswith(".gz") else open(path, "rb").read()
+            out.append(raw.decode("utf-8")[:20000])
+        except (OSError, UnicodeDecodeError):
+            continue
+    for path in sorted(glob.glob(sysconfig.get_paths()["stdlib"] + "/*.py"))[:120]:
+        try:
+            tree = ast.parse(open(path, encoding="utf-8").read())
+        except (SyntaxError, UnicodeDecodeError):
+            continue
+        out.extend(d for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.Module))
+                   and (d := ast.get_docstring(n)) and len(d) > 80)
+    random.Random(0).shuffle(out)
+    return out[:limit] + [good_doc(), "\n\n".join(["Same paragraph here."] * 4), "", "  \n ",
+                          good_doc() + "\nlorem ipsum dolor sit amet, it said.\nfn {x} is here, it said.",
+                          good_doc() + "\nfn {x} is here, it said.\nlorem ipsum dolor sit amet, it said."]
+
+
+def _random_conf(rng):
+    """Document-level thresholds drawn around the published values; text-changing C4 line rules stay as shipped."""
+    def j(x, lo=0.5, hi=1.5):
+        return None if rng.random() < 0.1 else round(x * rng.uniform(lo, hi), 3)
+    return {
+        "gopher_repetition": {"enabled": rng.random() > 0.1, "dup_line_frac": j(0.3), "dup_para_frac": j(0.3),
+                              "dup_line_char_frac": j(0.2), "dup_para_char_frac": j(0.2),
+                              "top_n_grams": {2: j(0.2), 3: j(0.18), 4: j(0.16)},
+                              "dup_n_grams": {n: j(0.15 - 0.01 * (n - 5)) for n in range(5, 11)}},
+        "gopher_quality": {"enabled": rng.random() > 0.1, "min_doc_words": j(50), "max_doc_words": j(100000),
+                           "min_avg_word_length": j(3), "max_avg_word_length": j(10),
+                           "max_symbol_word_ratio": j(0.1), "max_bullet_lines_ratio": j(0.9),
+                           "max_ellipsis_lines_ratio": j(0.3), "min_alpha_words_ratio": j(0.8, 0.6, 1.2),
+                           "min_stop_words": j(2)},
+        "c4": {"filter_no_terminal_punct": False, "min_num_sentences": j(5, 0.2, 4),
+               "filter_curly_bracket": rng.random() > 0.3, "filter_lorem_ipsum": rng.random() > 0.3},
+        "fineweb": {"enabled": rng.random() > 0.1, "line_punct_thr": j(0.12, 0.5, 4),
+                    "line_punct_exclude_zero": rng.random() > 0.5, "short_line_thr": j(0.67),
+                    "char_duplicates_ratio": j(0.01, 0.5, 10), "new_line_ratio": j(0.3)},
+    }
+
+
+def test_decisions_from_annotated_signals_equal_the_filter_for_any_thresholds():
+    """Signals measured once (annotate, shipped C4 line rules) re-decided under 30 random threshold sets give the
+    decision that running the filter with those thresholds gives, on real installed texts."""
+    texts = _real_texts()
+    base = {"c4": {"filter_no_terminal_punct": False}}
+    stored = [Q.annotate(t, base) for t in texts]
+    rng = random.Random(7)
+    n_rejected = set()
+    for trial in range(30):
+        conf = _random_conf(rng)
+        for t, a in zip(texts, stored):
+            want = check_quality(t, conf).reason
+            assert Q.decide(a.signals, conf) == want, (trial, conf, t[:200])
+            n_rejected.add(want)
+    assert len(n_rejected) > 12, n_rejected  # the trials exercised many different rules
+    # annotate under a config decides as check does, and keeps the text check keeps
+    for t in texts[:100]:
+        c, a = check_quality(t, base), Q.annotate(t, base)
+        assert a.reason == c.reason and (c.reason is not None or a.text == c.text)
 
 
 def test_evaluation_order_and_partial_signals():

@@ -151,6 +151,26 @@ def _off(threshold) -> bool:
     return threshold is None or (isinstance(threshold, (int, float)) and threshold < 0)
 
 
+class _Verdict:
+    """The first failing rule of one family. In check mode the family stops there (the expensive n-gram work of a
+    rejected document is skipped); in annotate mode it notes the reason and goes on measuring every signal."""
+
+    __slots__ = ("annotate", "reason")
+
+    def __init__(self, annotate: bool):
+        self.annotate, self.reason = annotate, None
+
+    def fail(self, reason: str) -> bool:
+        """Note `reason` (if it is the first); True when the family should stop now."""
+        if self.reason is None:
+            self.reason = reason
+        return not self.annotate
+
+    def want(self, *thresholds) -> bool:
+        """Measure a signal: always when annotating, else only when one of its rules is on."""
+        return self.annotate or not all(map(_off, thresholds))
+
+
 # ---------------------------------------------------------------------------------------------- rule families
 
 class GopherRepetition:
@@ -176,40 +196,52 @@ class GopherRepetition:
         self.top_n_grams = _pairs(top_n_grams)
         self.dup_n_grams = _pairs(dup_n_grams)
 
-    def __call__(self, doc: Doc, signals: dict) -> str | None:
+    def __call__(self, doc: Doc, signals: dict, annotate: bool = False) -> str | None:
         text = doc.text
+        signals["chars"] = n_chars = len(text)
         if not text:
             return "empty"
-        n_chars = len(text)
+        v = _Verdict(annotate)
         for kind, parts, frac_max, char_max in (
             ("para", split_paragraphs, self.dup_para_frac, self.dup_para_char_frac),
             ("line", split_lines_nonempty, self.dup_line_frac, self.dup_line_char_frac),
         ):
-            if _off(frac_max) and _off(char_max):
+            if not v.want(frac_max, char_max):
                 continue
             elements = parts(text)
             n_dup, dup_chars = find_duplicates(elements)
             signals[f"dup_{kind}_frac"] = frac = n_dup / len(elements)
-            if not _off(frac_max) and frac > frac_max:
-                return f"dup_{kind}_frac"
+            if not _off(frac_max) and frac > frac_max and v.fail(f"dup_{kind}_frac"):
+                return v.reason
             signals[f"dup_{kind}_char_frac"] = frac = dup_chars / n_chars
-            if not _off(char_max) and frac > char_max:
-                return f"dup_{kind}_char_frac"
+            if not _off(char_max) and frac > char_max and v.fail(f"dup_{kind}_char_frac"):
+                return v.reason
 
-        if not self.top_n_grams and not self.dup_n_grams:
-            return None
+        top = self.top_n_grams if not annotate else _with_default_ns(self.top_n_grams, TOP_NS)
+        dup = self.dup_n_grams if not annotate else _with_default_ns(self.dup_n_grams, DUP_NS)
+        if not top and not dup:
+            return v.reason
         grams = _NGrams(doc.tokens)
-        for n, frac_max in self.top_n_grams:
+        for n, frac_max in top:
             if n > grams.n_tokens:
                 continue
             signals[f"top_{n}gram_char_frac"] = frac = grams.top_ngram_chars(n) / n_chars
-            if frac > frac_max:
-                return f"top_{n}gram_char_frac"
-        for n, frac_max in self.dup_n_grams:
+            if not _off(frac_max) and frac > frac_max and v.fail(f"top_{n}gram_char_frac"):
+                return v.reason
+        for n, frac_max in dup:
             signals[f"dup_{n}gram_char_frac"] = frac = grams.dup_ngram_chars(n) / n_chars
-            if frac > frac_max:
-                return f"dup_{n}gram_char_frac"
-        return None
+            if not _off(frac_max) and frac > frac_max and v.fail(f"dup_{n}gram_char_frac"):
+                return v.reason
+        return v.reason
+
+
+TOP_NS, DUP_NS = (2, 3, 4), (5, 6, 7, 8, 9, 10)  # the n of Gopher's table A1, measured in annotate mode even when off
+
+
+def _with_default_ns(pairs, ns) -> tuple:
+    """The configured (n, threshold) pairs plus the paper's n's with no threshold (measured, not applied)."""
+    have = {n for n, _ in pairs}
+    return tuple(sorted(list(pairs) + [(n, None) for n in ns if n not in have]))
 
 
 STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
@@ -247,56 +279,62 @@ class GopherQuality:
         self.stop_words = frozenset(stop_words)
         self.bullets = tuple(bullets)
 
-    def __call__(self, doc: Doc, signals: dict) -> str | None:
+    def __call__(self, doc: Doc, signals: dict, annotate: bool = False) -> str | None:
         text = doc.text
         words = doc.words
         n_words = len(words)
+        v = _Verdict(annotate)
         signals["word_count"] = n_words
-        if (not _off(self.min_doc_words) and n_words < self.min_doc_words) or \
-                (not _off(self.max_doc_words) and n_words > self.max_doc_words):
-            return "word_count"
+        if ((not _off(self.min_doc_words) and n_words < self.min_doc_words) or
+                (not _off(self.max_doc_words) and n_words > self.max_doc_words)) and v.fail("word_count"):
+            return v.reason
 
-        if not (_off(self.min_avg_word_length) and _off(self.max_avg_word_length)):
+        if v.want(self.min_avg_word_length, self.max_avg_word_length):
             signals["mean_word_length"] = mean = sum(map(len, words)) / n_words if n_words else 0.0
-            if (not _off(self.min_avg_word_length) and mean < self.min_avg_word_length) or \
-                    (not _off(self.max_avg_word_length) and mean > self.max_avg_word_length):
-                return "mean_word_length"
+            if ((not _off(self.min_avg_word_length) and mean < self.min_avg_word_length) or
+                    (not _off(self.max_avg_word_length) and mean > self.max_avg_word_length)) and \
+                    v.fail("mean_word_length"):
+                return v.reason
 
         n_tokens = max(len(doc.tokens), 1)
-        if not _off(self.max_symbol_word_ratio):
+        sym = self.max_symbol_word_ratio
+        if v.want(sym):
             signals["hash_word_ratio"] = ratio = text.count("#") / n_tokens
-            if ratio > self.max_symbol_word_ratio:
-                return "hash_ratio"
+            if not _off(sym) and ratio > sym and v.fail("hash_ratio"):
+                return v.reason
             signals["ellipsis_word_ratio"] = ratio = (text.count("...") + text.count("\u2026")) / n_tokens
-            if ratio > self.max_symbol_word_ratio:
-                return "ellipsis_ratio"
+            if not _off(sym) and ratio > sym and v.fail("ellipsis_ratio"):
+                return v.reason
 
-        if not (_off(self.max_bullet_lines_ratio) and _off(self.max_ellipsis_lines_ratio)):
+        if v.want(self.max_bullet_lines_ratio, self.max_ellipsis_lines_ratio):
             lines = text.splitlines()
             n_lines = max(len(lines), 1)
-            if not _off(self.max_bullet_lines_ratio):
+            if v.want(self.max_bullet_lines_ratio):
                 bullets = self.bullets
                 signals["bullet_lines_ratio"] = ratio = sum(
                     1 for s in lines if s.lstrip().startswith(bullets)) / n_lines
-                if ratio > self.max_bullet_lines_ratio:
-                    return "bullet_lines"
-            if not _off(self.max_ellipsis_lines_ratio):
+                if not _off(self.max_bullet_lines_ratio) and ratio > self.max_bullet_lines_ratio and \
+                        v.fail("bullet_lines"):
+                    return v.reason
+            if v.want(self.max_ellipsis_lines_ratio):
                 signals["ellipsis_lines_ratio"] = ratio = sum(
                     1 for s in lines if s.rstrip().endswith(("...", "\u2026"))) / n_lines
-                if ratio > self.max_ellipsis_lines_ratio:
-                    return "ellipsis_lines"
+                if not _off(self.max_ellipsis_lines_ratio) and ratio > self.max_ellipsis_lines_ratio and \
+                        v.fail("ellipsis_lines"):
+                    return v.reason
 
-        if not _off(self.min_alpha_words_ratio):
+        if v.want(self.min_alpha_words_ratio):
             n_alpha = n_words - list(map(_ALPHA.search, words)).count(None)
             signals["alpha_words_ratio"] = ratio = n_alpha / n_tokens
-            if ratio < self.min_alpha_words_ratio:
-                return "alpha_words"
+            if not _off(self.min_alpha_words_ratio) and ratio < self.min_alpha_words_ratio and \
+                    v.fail("alpha_words"):
+                return v.reason
 
-        if not _off(self.min_stop_words):
+        if v.want(self.min_stop_words):
             signals["stop_word_count"] = n_stop = len(self.stop_words.intersection(doc.tokens))
-            if n_stop < self.min_stop_words:
-                return "stop_words"
-        return None
+            if not _off(self.min_stop_words) and n_stop < self.min_stop_words and v.fail("stop_words"):
+                return v.reason
+        return v.reason
 
 
 POLICY_SUBSTRINGS = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies",
@@ -311,6 +349,9 @@ def load_bad_words(path: str) -> re.Pattern:
     if not words:
         raise ValueError(f"bad-words list {path} is empty")
     return re.compile(r"(?:\W|^)(?:{})(?:\W|$)".format("|".join(map(re.escape, words))))
+
+
+SENTENCE_CAP = 50  # annotate mode counts C4 sentences up to here, so min_num_sentences can be re-set up to 50
 
 
 class C4Quality:
@@ -352,17 +393,22 @@ class C4Quality:
         self.policy_substrings = tuple(policy_substrings)
         self.bad_words = load_bad_words(bad_words_path) if bad_words_path else None
 
-    def clean(self, text: str, signals: dict) -> tuple[str | None, str]:
-        """(reason or None, cleaned text)."""
+    def clean(self, text: str, signals: dict, annotate: bool = False) -> tuple[str | None, str]:
+        """(reason or None, cleaned text). In annotate mode the page rules (lorem ipsum, '{') do not stop the scan:
+        the 1-based number of the line where each first fires is recorded (`c4_lorem_ipsum_line`,
+        `c4_curly_bracket_line`), the scan goes on as if they were off, sentences are counted up to
+        max(min_num_sentences, SENTENCE_CAP), and the cleaned text is returned with the first reason."""
         lower = text.lower()
         # page-wide pre-checks so that the per-line loop skips tests that cannot match
         check_js = self.filter_javascript and "javascript" in lower
-        check_lorem = self.filter_lorem_ipsum and "lorem ipsum" in lower
-        check_curly = self.filter_curly_bracket and "{" in text
+        check_lorem = (self.filter_lorem_ipsum or annotate) and "lorem ipsum" in lower
+        check_curly = (self.filter_curly_bracket or annotate) and "{" in text
         check_policy = self.filter_policy and any(p in lower for p in self.policy_substrings)
         check_cite = self.remove_citations and "[" in text
         max_len, min_words, min_sent = self.max_word_length, self.min_words_per_line, self.min_num_sentences
         end_marks = self.end_punctuation
+        if annotate:
+            return self._annotate(text, signals, check_js, check_lorem, check_curly, check_policy, check_cite)
 
         lines = text.splitlines()
         kept: list[str] = []
@@ -404,8 +450,57 @@ class C4Quality:
             return "bad_words", text
         return None, cleaned
 
-    def __call__(self, doc: Doc, signals: dict) -> str | None:
-        return self.clean(doc.text, signals)[0]
+    def _annotate(self, text, signals, check_js, check_lorem, check_curly, check_policy, check_cite):
+        """`clean` measuring everything: the same line rules, page rules noted by line instead of stopping."""
+        max_len, min_words, end_marks = self.max_word_length, self.min_words_per_line, self.end_punctuation
+        cap = max(self.min_num_sentences or 0, SENTENCE_CAP)
+        lines = text.splitlines()
+        kept: list[str] = []
+        n_sentences = 0
+        lorem_at = curly_at = 0
+        for i, line in enumerate(lines, 1):
+            line = line.strip()
+            if not line:
+                continue
+            words = line.split()
+            if max_len is not None and len(line) > max_len and any(len(w) > max_len for w in words):
+                continue
+            if check_cite:
+                line = _CITATION_RE.sub("", line)
+            if self.filter_no_terminal_punct and (not line.endswith(end_marks) or line.endswith("...")):
+                continue
+            if min_words is not None and len(words) < min_words:
+                continue
+            line_l = line.lower() if (check_lorem or check_js or check_policy) else ""
+            if check_lorem and not lorem_at and "lorem ipsum" in line_l:
+                lorem_at = i
+            if check_js and "javascript" in line_l:
+                continue
+            if check_curly and not curly_at and "{" in line:
+                curly_at = i
+            if check_policy and any(p in line_l for p in self.policy_substrings):
+                continue
+            if n_sentences < cap:
+                n_sentences += count_sentences(line, cap=cap - n_sentences)
+            kept.append(line)
+        signals["c4_lines"] = len(lines)
+        signals["c4_lines_kept"] = len(kept)
+        signals["c4_sentences"] = n_sentences
+        signals["c4_lorem_ipsum_line"] = lorem_at
+        signals["c4_curly_bracket_line"] = curly_at
+        cleaned = "\n".join(kept).strip()
+        if self.bad_words is not None:
+            signals["c4_bad_words"] = float(self.bad_words.search(cleaned.lower()) is not None)
+        reason = decide_family(self.name, signals, self.params)
+        return reason, cleaned
+
+    @property
+    def params(self) -> dict:
+        return {"filter_lorem_ipsum": self.filter_lorem_ipsum, "filter_curly_bracket": self.filter_curly_bracket,
+                "min_num_sentences": self.min_num_sentences}
+
+    def __call__(self, doc: Doc, signals: dict, annotate: bool = False) -> str | None:
+        return self.clean(doc.text, signals, annotate)[0]
 
 
 class FineWebQuality:
@@ -431,13 +526,14 @@ class FineWebQuality:
         self.char_duplicates_ratio = char_duplicates_ratio
         self.new_line_ratio = new_line_ratio
 
-    def __call__(self, doc: Doc, signals: dict) -> str | None:
+    def __call__(self, doc: Doc, signals: dict, annotate: bool = False) -> str | None:
         text = doc.text
         lines = list(filter(str.strip, text.split("\n")))
+        signals["fineweb_lines"] = n_lines = len(lines)
         if not lines:
             return "empty"
-        n_lines = len(lines)
-        if not _off(self.line_punct_thr):
+        v = _Verdict(annotate)
+        if v.want(self.line_punct_thr):
             if self._single_chars:
                 stop = self._stop_set
                 n_punct = sum(1 for s in lines if s[-1] in stop)
@@ -445,23 +541,25 @@ class FineWebQuality:
                 ends = tuple(self.stop_chars)
                 n_punct = sum(1 for s in lines if s.endswith(ends))
             signals["line_punct_ratio"] = ratio = n_punct / n_lines
-            if ratio < self.line_punct_thr and not (ratio == 0 and self.line_punct_exclude_zero):
-                return "line_punct_ratio"
-        if not _off(self.short_line_thr):
+            if not _off(self.line_punct_thr) and ratio < self.line_punct_thr and \
+                    not (ratio == 0 and self.line_punct_exclude_zero) and v.fail("line_punct_ratio"):
+                return v.reason
+        if v.want(self.short_line_thr):
             short = self.short_line_length
             signals["short_line_ratio"] = ratio = sum(1 for s in lines if len(s) <= short) / n_lines
-            if ratio > self.short_line_thr:
-                return "short_line_ratio"
-        if not _off(self.char_duplicates_ratio):
+            if not _off(self.short_line_thr) and ratio > self.short_line_thr and v.fail("short_line_ratio"):
+                return v.reason
+        if v.want(self.char_duplicates_ratio):
             n_chars = max(len(text) - text.count("\n"), 1)
             signals["char_dup_ratio"] = ratio = find_duplicates(lines)[1] / n_chars
-            if ratio > self.char_duplicates_ratio:
-                return "char_dup_ratio"
-        if not _off(self.new_line_ratio):
+            if not _off(self.char_duplicates_ratio) and ratio > self.char_duplicates_ratio and \
+                    v.fail("char_dup_ratio"):
+                return v.reason
+        if v.want(self.new_line_ratio):
             signals["list_ratio"] = ratio = text.count("\n") / max(len(doc.tokens), 1)
-            if ratio > self.new_line_ratio:
-                return "list_ratio"
-        return None
+            if not _off(self.new_line_ratio) and ratio > self.new_line_ratio and v.fail("list_ratio"):
+                return v.reason
+        return v.reason
 
 
 FAMILIES = {cls.name: cls for cls in (GopherRepetition, GopherQuality, C4Quality, FineWebQuality)}
@@ -486,18 +584,131 @@ def _signature_defaults(cls) -> dict:
 DEFAULT_QUALITY_CONF: dict = {name: {"enabled": True, **_signature_defaults(cls)} for name, cls in FAMILIES.items()}
 # FineWeb's stop_chars default (None) means datatrove's TERMINAL_PUNCTUATION set.
 
+ANNOTATE_ONLY = ("c4_lorem_ipsum_line", "c4_curly_bracket_line", "c4_bad_words")  # c4_bad_words: with a list
 SIGNAL_NAMES = (
-    "dup_para_frac", "dup_para_char_frac", "dup_line_frac", "dup_line_char_frac",
+    "chars", "dup_para_frac", "dup_para_char_frac", "dup_line_frac", "dup_line_char_frac",
     "top_2gram_char_frac", "top_3gram_char_frac", "top_4gram_char_frac",
     *(f"dup_{n}gram_char_frac" for n in range(5, 11)),
     "word_count", "mean_word_length", "hash_word_ratio", "ellipsis_word_ratio", "bullet_lines_ratio",
     "ellipsis_lines_ratio", "alpha_words_ratio", "stop_word_count",
-    "c4_lines", "c4_lines_kept", "c4_sentences",
-    "line_punct_ratio", "short_line_ratio", "char_dup_ratio", "list_ratio",
+    "c4_lines", "c4_lines_kept", "c4_sentences", "c4_lorem_ipsum_line", "c4_curly_bracket_line", "c4_bad_words",
+    "fineweb_lines", "line_punct_ratio", "short_line_ratio", "char_dup_ratio", "list_ratio",
 )  # n-gram signals for other n appear when top_n_grams / dup_n_grams are configured so
 
 
+# ------------------------------------------------------------------------------------------- rules as data
+# Every document-level rule as (reason, kind, signal, threshold, other): the decision of a family is its first rule
+# that fires, in this order, which is the order the family classes above test them in. Annotate mode records every
+# signal, so `decide` over a stored signals row gives the filter's decision for any thresholds (a query, not a
+# re-run); tests/test_quality.py checks decide(annotate signals) == check reason for random configs. Rules that
+# rewrite the text (C4's per-line rules, javascript / policy line drops) are not here: changing them needs a re-run.
+#   max: fires when signal > threshold      min: signal < threshold      min_nz: 0 < signal < threshold
+#   zero: signal == 0                       line: signal > 0 and (other is 0 / absent or signal <= other)
+RULE_KINDS = ("max", "min", "min_nz", "zero", "line")
+
+
+def rules(family: str, p: Mapping) -> list[tuple]:
+    """The rules of one family under params `p` (a merged `filter.quality.<family>` mapping); rules whose threshold
+    is off are left out."""
+    out: list[tuple] = []
+
+    def add(reason, kind, signal, thr=None, other=None):
+        if kind in ("zero", "line") or not _off(thr):
+            out.append((reason, kind, signal, None if thr is None else float(thr), other))
+
+    if family == "gopher_repetition":
+        add("empty", "zero", "chars")
+        for kind in ("para", "line"):
+            add(f"dup_{kind}_frac", "max", f"dup_{kind}_frac", p.get(f"dup_{kind}_frac"))
+            add(f"dup_{kind}_char_frac", "max", f"dup_{kind}_char_frac", p.get(f"dup_{kind}_char_frac"))
+        for n, t in _pairs(p.get("top_n_grams")):
+            add(f"top_{n}gram_char_frac", "max", f"top_{n}gram_char_frac", t)
+        for n, t in _pairs(p.get("dup_n_grams")):
+            add(f"dup_{n}gram_char_frac", "max", f"dup_{n}gram_char_frac", t)
+    elif family == "gopher_quality":
+        add("word_count", "min", "word_count", p.get("min_doc_words"))
+        add("word_count", "max", "word_count", p.get("max_doc_words"))
+        add("mean_word_length", "min", "mean_word_length", p.get("min_avg_word_length"))
+        add("mean_word_length", "max", "mean_word_length", p.get("max_avg_word_length"))
+        add("hash_ratio", "max", "hash_word_ratio", p.get("max_symbol_word_ratio"))
+        add("ellipsis_ratio", "max", "ellipsis_word_ratio", p.get("max_symbol_word_ratio"))
+        add("bullet_lines", "max", "bullet_lines_ratio", p.get("max_bullet_lines_ratio"))
+        add("ellipsis_lines", "max", "ellipsis_lines_ratio", p.get("max_ellipsis_lines_ratio"))
+        add("alpha_words", "min", "alpha_words_ratio", p.get("min_alpha_words_ratio"))
+        add("stop_words", "min", "stop_word_count", p.get("min_stop_words"))
+    elif family == "c4":
+        # the two page rules stop at the first line that has either; on one line lorem ipsum is tested first
+        curly = "c4_curly_bracket_line" if p.get("filter_curly_bracket", True) else None
+        if p.get("filter_lorem_ipsum", True):
+            add("lorem_ipsum", "line", "c4_lorem_ipsum_line", other=curly)
+        if curly:
+            add("curly_bracket", "line", curly)
+        add("too_few_sentences", "min", "c4_sentences", p.get("min_num_sentences"))
+        add("bad_words", "line", "c4_bad_words")
+    elif family == "fineweb":
+        add("empty", "zero", "fineweb_lines")
+        add("line_punct_ratio", "min_nz" if p.get("line_punct_exclude_zero") else "min", "line_punct_ratio",
+            p.get("line_punct_thr"))
+        add("short_line_ratio", "max", "short_line_ratio", p.get("short_line_thr"))
+        add("char_dup_ratio", "max", "char_dup_ratio", p.get("char_duplicates_ratio"))
+        add("list_ratio", "max", "list_ratio", p.get("new_line_ratio"))
+    else:
+        raise ValueError(f"unknown quality filter family {family!r}")
+    return out
+
+
+def _fires(kind: str, value, thr, other_value) -> bool:
+    if value is None:
+        return False
+    if kind == "max":
+        return value > thr
+    if kind == "min":
+        return value < thr
+    if kind == "min_nz":
+        return value < thr and value != 0
+    if kind == "zero":
+        return value == 0
+    return value > 0 and (not other_value or value <= other_value)  # line
+
+
+def decide_family(family: str, signals: Mapping, params: Mapping) -> str | None:
+    """The first rule of `family` that fires on `signals` (bare reason, e.g. "alpha_words"), or None."""
+    for reason, kind, sig, thr, other in rules(family, params):
+        if _fires(kind, signals.get(sig), thr, signals.get(other) if other else None):
+            return reason
+    return None
+
+
+def decide(signals: Mapping, conf: Mapping | None = None) -> str | None:
+    """The quality decision ("family:reason" or None) that `check_quality(text, conf)` gives, from the signals
+    `annotate(text, conf)` measured. Thresholds may differ from those the signals were measured with, except the
+    ones that change the text (see the note on rules above)."""
+    for name, params in merge_conf(conf).items():
+        if params.get("enabled", True):
+            reason = decide_family(name, signals, params)
+            if reason is not None:
+                return f"{name}:{reason}"
+    return None
+
+
 # ------------------------------------------------------------------------------------------------- entry points
+
+def normalise_conf(conf: Mapping | None) -> dict:
+    """`conf` with the n of top_n_grams / dup_n_grams as int (a --set override gives "2"; the override wins), so the
+    section hashes and compares as one value."""
+    out = {}
+    for family, params in (conf or {}).items():
+        if isinstance(params, Mapping):
+            params = dict(params)
+            for key in ("top_n_grams", "dup_n_grams"):
+                if isinstance(params.get(key), Mapping):
+                    merged: dict = {}
+                    for k, v in sorted(params[key].items(), key=lambda kv: isinstance(kv[0], str)):
+                        merged[int(k)] = v
+                    params[key] = dict(sorted(merged.items()))
+        out[family] = params
+    return out
+
 
 def merge_conf(conf: Mapping | None) -> dict:
     """Defaults overlaid with `conf` (the `filter.quality` section). Unknown keys raise ValueError naming them."""
@@ -524,25 +735,37 @@ class QualityChecker:
 
     def __init__(self, conf: Mapping | None = None):
         self.conf = merge_conf(conf)
-        self.filters = []
+        self.filters, self.all = [], []  # enabled families; every family with its enabled flag (annotate mode)
         for name, params in self.conf.items():
             params = dict(params)
-            if params.pop("enabled"):
-                self.filters.append(FAMILIES[name](**params))
+            on = params.pop("enabled")
+            f = FAMILIES[name](**params)
+            self.all.append((f, on))
+            if on:
+                self.filters.append(f)
 
-    def check(self, text: str) -> QualityResult:
+    def check(self, text: str, annotate: bool = False) -> QualityResult:
+        """Run the families in order. Check mode stops at the first failing rule; annotate mode runs every family,
+        disabled ones included, and measures every signal (also those whose rule is off), keeps the first reason of
+        an enabled family, and returns the text as C4 would clean it were its page rules off (what the later
+        families measured). Enabling a family over stored signals is exact except for C4, whose cleaning changes
+        what FineWeb measures."""
         signals: dict[str, float] = {}
         doc = Doc(text)
-        for f in self.filters:
+        first = None
+        for f, on in (self.all if annotate else ((f, True) for f in self.filters)):
             if isinstance(f, C4Quality):
-                reason, cleaned = f.clean(doc.text, signals)
-                if reason is None and cleaned != doc.text:
+                reason, cleaned = f.clean(doc.text, signals, annotate)
+                # a disabled C4 is measured but does not clean the text the later families see
+                if on and (reason is None or annotate) and cleaned != doc.text:
                     doc = Doc(cleaned)
             else:
-                reason = f(doc, signals)
-            if reason is not None:
-                return QualityResult(f"{f.name}:{reason}", signals, doc.text)
-        return QualityResult(None, signals, doc.text)
+                reason = f(doc, signals, annotate)
+            if on and reason is not None and first is None:
+                first = f"{f.name}:{reason}"
+                if not annotate:
+                    break
+        return QualityResult(first, signals, doc.text)
 
 
 _CHECKERS: dict[str, QualityChecker] = {}
@@ -562,6 +785,11 @@ def get_checker(conf: Mapping | None = None) -> QualityChecker:
 def check_quality(text: str, conf: dict | None = None) -> QualityResult:
     """Run the enabled heuristics on `text` with `conf` (the `filter.quality` section; None = defaults)."""
     return get_checker(conf).check(text)
+
+
+def annotate(text: str, conf: dict | None = None) -> QualityResult:
+    """Every signal of every enabled family measured on `text` (no short-circuit); `reason` as `check_quality`."""
+    return get_checker(conf).check(text, annotate=True)
 
 
 def _run_one(cls, text: str, params: dict) -> QualityResult:
