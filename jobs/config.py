@@ -28,7 +28,7 @@ NULL_DEFAULT_TYPES = {
     "pipeline.stages": (list, str),
 }
 # mappings whose children are named by the user (domains); the stage checks what is below them
-FREE_FORM = ("filter.domains", "filter.quality", "mix.weights")
+FREE_FORM = ("filter.domains", "filter.quality", "filter.by_language", "mix.weights")
 
 _schema_cache: dict = {}
 

@@ -340,4 +340,6 @@ def format_report(doc: dict) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main("decontaminate", main))
+    from udfs.common import exit_process
+
+    exit_process(run_main("decontaminate", main))

@@ -409,4 +409,6 @@ main = stage_main(STAGE)
 
 
 if __name__ == "__main__":
-    sys.exit(run_main("dedup", main))
+    from udfs.common import exit_process
+
+    exit_process(run_main("dedup", main))

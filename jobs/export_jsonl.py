@@ -184,4 +184,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_main("export_jsonl", main))
+    from udfs.common import exit_process
+
+    exit_process(run_main("export_jsonl", main))

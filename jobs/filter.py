@@ -62,9 +62,7 @@ def resolve_config(cfg: dict | None) -> dict:
     """The `filter` section with every default filled in and values normalised; raises UserError if invalid."""
     from udfs.classifier import DEFAULT_CLASSIFIER_CONF
     from udfs.langid import DEFAULT_LANGID_CONF
-    from udfs.quality import DEFAULT_QUALITY_CONF
-
-    from udfs.quality import normalise_conf
+    from udfs.quality import DEFAULT_QUALITY_CONF, DOMAIN_PRESETS, check_quality, normalise_conf
 
     cfg = dict(cfg or {})
     if isinstance(cfg.get("quality"), dict):
@@ -80,6 +78,7 @@ def resolve_config(cfg: dict | None) -> dict:
         "audit_per_reason": int(cfg.get("audit_per_reason", 5)),
         "loud_loss_share": float(cfg.get("loud_loss_share", 0.5)),
         "by_domain": {},
+        "by_language": {},
     }
     langs = _languages(out["langid"]["languages"])
     if not langs:
@@ -93,19 +92,48 @@ def resolve_config(cfg: dict | None) -> dict:
     if not isinstance(out["quality_overrides"], dict):
         raise UserError("filter.quality must be a mapping of quality filter name -> parameters")
     try:
-        from udfs.quality import check_quality
-
         check_quality("Config check.", out["quality_overrides"])
     except ValueError as e:
         raise UserError(str(e).splitlines()[0]) from None
+    # per detected language: quality overrides on top of whatever the domain uses (e.g. German stop words)
+    by_lang = cfg.get("by_language") or {}
+    if not isinstance(by_lang, dict):
+        raise UserError("filter.by_language must be a mapping of language -> {quality: {...}}")
+    for lang, lcfg in by_lang.items():
+        lcfg = lcfg or {}
+        if not isinstance(lcfg, dict) or set(lcfg) - {"quality"}:
+            bad = sorted(set(lcfg) - {"quality"}) if isinstance(lcfg, dict) else [repr(lcfg)]
+            raise UserError(f"filter.by_language.{lang}: unknown key(s) {', '.join(bad)} (known: quality; the "
+                            f"language's langid threshold is filter.langid.thresholds.{lang})")
+        q = normalise_conf(lcfg.get("quality") or {})
+        try:
+            check_quality("Config check.", q)
+        except ValueError as e:
+            raise UserError(f"filter.by_language.{lang}: {str(e).splitlines()[0]}") from None
+        out["by_language"][str(lang)] = q
+    out["default"] = _rules_for(out, out["quality_overrides"], preset=None, langid_on=True,
+                                languages=out["langid"]["languages"], threshold=out["langid"]["threshold"],
+                                thresholds=out["langid"]["thresholds"])
     domains = cfg.get("domains") or {}
     if not isinstance(domains, dict):
         raise UserError("filter.domains must be a mapping of domain -> {langid: {enabled: ...}, quality: {...}}")
     for domain, dcfg in domains.items():
         dcfg = dcfg or {}
-        unknown = sorted(set(dcfg) - {"langid", "quality"})
+        if not isinstance(dcfg, dict):
+            raise UserError(f"filter.domains.{domain} must be a mapping, e.g. {{preset: docs}}, got {dcfg!r}")
+        unknown = sorted(set(dcfg) - {"langid", "quality", "preset"})
         if unknown:
-            raise UserError(f"filter.domains.{domain}: unknown key(s) {', '.join(unknown)} (known: langid, quality)")
+            raise UserError(f"filter.domains.{domain}: unknown key(s) {', '.join(unknown)} "
+                            f"(known: preset, langid, quality)")
+        preset = dcfg.get("preset")
+        if preset is not None:
+            if preset not in DOMAIN_PRESETS:
+                raise UserError(f"filter.domains.{domain}.preset: unknown preset {preset!r}"
+                                f"{nearest(str(preset), DOMAIN_PRESETS)} (known: {', '.join(DOMAIN_PRESETS)})")
+            # the preset first, the domain's own keys on top
+            dcfg = _deep_merge(DOMAIN_PRESETS[preset], {k: v for k, v in dcfg.items() if k != "preset"})
+            if isinstance(dcfg.get("quality"), dict):
+                dcfg["quality"] = normalise_conf(dcfg["quality"])
         dl = dcfg.get("langid") or {}
         bad = sorted(set(dl) - DOMAIN_LANGID_KEYS)
         if bad:
@@ -118,13 +146,13 @@ def resolve_config(cfg: dict | None) -> dict:
             check_quality("Config check.", overrides)
         except ValueError as e:
             raise UserError(f"filter.domains.{domain}: {str(e).splitlines()[0]}") from None
-        langs_d = _languages(dl.get("languages", out["langid"]["languages"]))
-        out["by_domain"][str(domain)] = {
-            "langid": langid_on, "quality_overrides": overrides, "languages": langs_d,
-            "threshold": _threshold(f"filter.domains.{domain}.langid.threshold",
-                                    dl.get("threshold", out["langid"]["threshold"])),
-            "thresholds": {**out["langid"]["thresholds"],
-                           **_thresholds(f"filter.domains.{domain}.langid.thresholds", dl.get("thresholds"))}}
+        out["by_domain"][str(domain)] = _rules_for(
+            out, overrides, preset=preset, langid_on=langid_on,
+            languages=_languages(dl.get("languages", out["langid"]["languages"])),
+            threshold=_threshold(f"filter.domains.{domain}.langid.threshold",
+                                 dl.get("threshold", out["langid"]["threshold"])),
+            thresholds={**out["langid"]["thresholds"],
+                        **_thresholds(f"filter.domains.{domain}.langid.thresholds", dl.get("thresholds"))})
     for sect in ("langid", "classifier"):
         p = out[sect].get("model_path")
         if p in ("", "none", "null"):
@@ -134,6 +162,17 @@ def resolve_config(cfg: dict | None) -> dict:
 
 
 DOMAIN_LANGID_KEYS = {"enabled", "languages", "threshold", "thresholds"}
+
+
+def _rules_for(out: dict, overrides: dict, **langid) -> dict:
+    """The rules of one domain (or of the default): langid settings, its quality overrides, and per detected
+    language the overrides with filter.by_language on top."""
+    return {**langid, "langid": langid.pop("langid_on"), "quality_overrides": overrides,
+            "by_language": {lang: _deep_merge(overrides, q) for lang, q in out["by_language"].items()}}
+
+
+def quality_overrides_for(d: dict, lang: str | None) -> dict:
+    return d["by_language"].get(lang, d["quality_overrides"])
 
 
 def group_counts(stats, key: str) -> dict:
@@ -215,15 +254,14 @@ def filter_records(texts: list[str], cfg: dict, domains: list[str | None] | None
     lcfg, ccfg = cfg["langid"], cfg["classifier"]
     texts = [t or "" for t in texts]
     preds = predict_languages(texts, lcfg["model_path"])
-    default = {"langid": True, "quality_overrides": cfg["quality_overrides"], "languages": lcfg["languages"],
-               "threshold": lcfg["threshold"], "thresholds": lcfg.get("thresholds") or {}}
+    default = cfg["default"]
     by_domain = cfg.get("by_domain") or {}
     out = []
     for i, (text, (lang, score)) in enumerate(zip(texts, preds)):
         dcfg = by_domain.get(domains[i], default) if domains is not None else default
         reason = (langid_reason(lang, score, dcfg["languages"], dcfg["threshold"], dcfg["thresholds"])
                   if dcfg["langid"] else None)
-        q = annotate(text, dcfg["quality_overrides"])
+        q = annotate(text, quality_overrides_for(dcfg, lang))
         out.append({"lang": lang, "lang_score": score, "reason": reason or q.reason, "clean_text": q.text,
                     "signals": {str(k): float(v) for k, v in q.signals.items()}, "quality_score": None})
     if ccfg["model_path"]:
@@ -287,7 +325,8 @@ def signal_names(cfg: dict) -> list[str]:
     paper's n-grams plus any n a domain configures)."""
     from udfs.quality import SIGNAL_NAMES, _pairs, merge_conf
     names = list(SIGNAL_NAMES)
-    for overrides in [cfg["quality_overrides"]] + [d["quality_overrides"] for d in cfg["by_domain"].values()]:
+    every = [cfg["default"], *cfg["by_domain"].values()]
+    for overrides in [d["quality_overrides"] for d in every] + [q for d in every for q in d["by_language"].values()]:
         rep_conf = merge_conf(overrides)["gopher_repetition"]
         for key, fmt in (("top_n_grams", "top_{}gram_char_frac"), ("dup_n_grams", "dup_{}gram_char_frac")):
             names += [fmt.format(n) for n, _ in _pairs(rep_conf[key]) if fmt.format(n) not in names]
@@ -307,7 +346,7 @@ def decision_column(cfg: dict, columns=None):
     def col(name):
         return F.col(f"`{name}`") if have is None or name in have else F.lit(None).cast("double")
 
-    def chain(d: dict):
+    def chain(d: dict, overrides: dict):
         conds = []
         if d["langid"]:
             thr = F.lit(d["threshold"])
@@ -315,7 +354,7 @@ def decision_column(cfg: dict, columns=None):
                 thr = F.when(F.col("lang") == lang, F.lit(t)).otherwise(thr)
             conds.append((~F.col("lang").isin(list(d["languages"])), F.concat(F.lit("langid:"), F.col("lang"))))
             conds.append((F.col("lang_score") < thr, F.lit("langid:low_score")))
-        for fam, params in merge_conf(d["quality_overrides"]).items():
+        for fam, params in merge_conf(overrides).items():
             if not params["enabled"]:
                 continue
             for reason, kind, sig, thr, other in rules(fam, params):
@@ -333,11 +372,36 @@ def decision_column(cfg: dict, columns=None):
             out = F.when(cond, reason).otherwise(out)
         return out
 
-    default = {"langid": True, "quality_overrides": cfg["quality_overrides"], "languages": cfg["langid"]["languages"],
-               "threshold": cfg["langid"]["threshold"], "thresholds": cfg["langid"].get("thresholds") or {}}
-    out = chain(default)
+    def per_language(d: dict):
+        out = chain(d, d["quality_overrides"])
+        for lang, overrides in sorted(d["by_language"].items()):
+            out = F.when(F.col("lang") == lang, chain(d, overrides)).otherwise(out)
+        return out
+
+    out = per_language(cfg["default"])
     for domain, d in sorted(cfg["by_domain"].items()):
-        out = F.when(F.col("domain") == domain, chain(d)).otherwise(out)
+        out = F.when(F.col("domain") == domain, per_language(d)).otherwise(out)
+    return out
+
+
+def cut_lines(cfg: dict) -> dict:
+    """{domain or "*" (then "@lang" for filter.by_language): [[family:reason, kind, signal, threshold], ...]}: the
+    document-level rules in force, for the report's and notebooks' histograms (metrics extra.cuts); langid as
+    ["langid:low_score", "min", "lang_score", t]."""
+    from udfs.quality import merge_conf, rules
+
+    def one(d, overrides):
+        out = [["langid:low_score", "min", "lang_score", d["threshold"]]] if d["langid"] else []
+        for fam, params in merge_conf(overrides).items():
+            if params["enabled"]:
+                out += [[f"{fam}:{r}", kind, sig, thr] for r, kind, sig, thr, _ in rules(fam, params)
+                        if thr is not None]
+        return out
+
+    out = {}
+    for name, d in [("*", cfg["default"]), *sorted(cfg["by_domain"].items())]:
+        out[name] = one(d, d["quality_overrides"])
+        out.update({f"{name}@{lang}": one(d, q) for lang, q in sorted(d["by_language"].items())})
     return out
 
 
@@ -428,6 +492,8 @@ def plan(ctx) -> None:
                  "languages_kept": dict(sorted(lang_kept.items(), key=lambda kv: (-kv[1], kv[0]))),
                  "tokens_removed_by_line_cleaning": tokens_line_cleaning,
                  "per_domain": per_domain, "per_source": per_source, "loud_losses": losses,
+                 "presets": {d: v["preset"] for d, v in sorted(cfg["by_domain"].items()) if v.get("preset")},
+                 "cuts": cut_lines(cfg),
                  "rejected_table": ctx.tables["rejected_table"], "signals_table": ctx.tables["signals_table"],
                  "langid_model": langid_model,
                  "classifier_model": cfg["classifier"]["model_path"], **fingerprints}
@@ -449,4 +515,6 @@ main = stage_main(STAGE)
 
 
 if __name__ == "__main__":
-    sys.exit(run_main("filter", main))
+    from udfs.common import exit_process
+
+    exit_process(run_main("filter", main))

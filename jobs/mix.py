@@ -158,4 +158,6 @@ main = stage_main(STAGE)
 
 
 if __name__ == "__main__":
-    sys.exit(run_main("mix", main))
+    from udfs.common import exit_process
+
+    exit_process(run_main("mix", main))

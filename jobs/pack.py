@@ -690,4 +690,6 @@ def _still_there(out_dir: str, run_key: str) -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main("pack", main))
+    from udfs.common import exit_process
+
+    exit_process(run_main("pack", main))

@@ -179,4 +179,6 @@ def loud_losses(lake_root: str, stages) -> list[str]:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main("pipeline", main))
+    from udfs.common import exit_process
+
+    exit_process(run_main("pipeline", main))

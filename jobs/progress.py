@@ -43,8 +43,14 @@ def stage_lines(sc, first_seen: dict, now: float) -> list[str]:
     while it.hasNext():
         s = it.next()
         sid, total, done = int(s.stageId()), int(s.numTasks()), int(s.numCompleteTasks())
-        t0 = first_seen.setdefault(sid, now)
-        elapsed = max(now - t0, 1e-6)
+        t0 = first_seen.get(sid)
+        if t0 is None:
+            try:  # when Spark submitted the stage; else when we first saw it
+                t0 = s.submissionTime().get().getTime() / 1000.0
+            except Exception:  # noqa: BLE001
+                t0 = now
+            first_seen[sid] = t0
+        elapsed = max(now - t0, 1.0)
         parts = [f"spark stage {sid}{_short_name(str(s.name()))}: {done}/{total} tasks "
                  f"({100 * done / max(total, 1):.0f}%)"]
         rec_in, bytes_in, rec_out = int(s.inputRecords()), int(s.inputBytes()), int(s.outputRecords())
@@ -53,7 +59,7 @@ def stage_lines(sc, first_seen: dict, now: float) -> list[str]:
             parts.append(f"{rec_in:,} records in ({rec_in / elapsed:,.0f}/s)")
         elif shuffle_in:
             parts.append(f"{shuffle_in:,} shuffled records in ({shuffle_in / elapsed:,.0f}/s)")
-        if bytes_in:
+        if bytes_in >= 100_000:
             parts.append(f"{bytes_in / 1e6:,.1f} MB read")
         if rec_out:
             parts.append(f"{rec_out:,} rows out")

@@ -85,6 +85,13 @@ def get_spark(app_name: str = "lmrefinery", master: str | None = None, conf: dic
     merged = {**load_spark_conf(), **(conf or {}), **REQUIRED_CONF}
     if os.environ.get("LMR_SPARK_PROGRESS", "") not in ("", "0", "false"):
         merged["spark.ui.showConsoleProgress"] = "true"  # Spark's console progress bar, off by default
+    if os.environ.get("LMR_SPARK_NOISE", "") in ("", "0", "false"):
+        # conf/log4j2.properties: Spark's warnings without the known-noise ones (loopback hostname, no native
+        # Hadoop, truncated plan strings); LMR_SPARK_NOISE=1 keeps Spark's default logging
+        opt = f"-Dlog4j2.configurationFile=file:{os.path.join(REPO_ROOT, 'conf', 'log4j2.properties')}"
+        java_opts = merged.get("spark.driver.extraJavaOptions", "")
+        if "log4j2.configurationFile" not in java_opts:
+            merged["spark.driver.extraJavaOptions"] = f"{java_opts} {opt}".strip()
     for k, v in merged.items():
         builder = builder.config(k, v)
     spark = builder.getOrCreate()

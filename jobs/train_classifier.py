@@ -224,4 +224,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_main("train_classifier", main))
+    from udfs.common import exit_process
+
+    exit_process(run_main("train_classifier", main))

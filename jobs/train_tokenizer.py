@@ -152,4 +152,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_main("train_tokenizer", main))
+    from udfs.common import exit_process
+
+    exit_process(run_main("train_tokenizer", main))

@@ -94,4 +94,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_main("vacuum", main))
+    from udfs.common import exit_process
+
+    exit_process(run_main("vacuum", main))

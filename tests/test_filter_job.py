@@ -187,7 +187,8 @@ def test_rethresholding_the_signals_table_equals_rerunning_the_filter(filtered_l
             "filter.quality.c4.min_num_sentences": "8",
             "filter.domains.en_list.quality.fineweb.enabled": "false",
             "filter.domains.en_short.quality.gopher_quality.min_doc_words": "5",
-            "filter.domains.foreign_de.langid.languages": "de"}
+            "filter.domains.foreign_de.langid.languages": "de",
+            "filter.by_language.de.quality.gopher_quality.min_stop_words": "0"}
     args = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
     assert filter_job.main(["--lake", root, "--output-table", "filtered_rt", "--rejected-table", "rejected_rt",
                             "--signals-table", "filter_signals_rt"] + args) == 0
@@ -349,3 +350,89 @@ def test_loud_losses_name_the_domain_and_its_reasons():
                      "langid:low_score 250, gopher_quality:alpha_words 42",
                      "domain 'man' lost 3 of 3 documents (100.0%; kept 0); top reasons: langid:fr 3"]
     assert filter_job.loud_losses({"domain": counts}, 0.998) == [lines[1]]  # all of a domain is always loud
+
+
+# ---- domain presets --------------------------------------------------------------------------------------------
+def _stdlib_docstrings(limit=400):
+    """English technical text nobody here wrote: docstrings of the running interpreter's standard library."""
+    import ast
+    import glob
+    import sysconfig
+    out = []
+    for path in sorted(glob.glob(sysconfig.get_paths()["stdlib"] + "/*.py")):
+        try:
+            tree = ast.parse(open(path, encoding="utf-8").read())
+        except (SyntaxError, UnicodeDecodeError):
+            continue
+        out.extend(d for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.Module))
+                   and (d := ast.get_docstring(n)) and len(d) >= 300)
+    return out[:limit]
+
+
+def test_docs_preset_keeps_technical_english_and_still_rejects_junk():
+    from jobs.config import load_config
+    from tests.test_classifier import junk_examples
+
+    cfg = filter_job.resolve_config(load_config()["filter"])
+    assert cfg["by_domain"]["docs"]["preset"] == "docs"
+    texts = _stdlib_docstrings()
+    assert len(texts) >= 200
+    kept = {dom: sum(d["reason"] is None for d in filter_job.filter_records(texts, cfg, [dom] * len(texts)))
+            / len(texts) for dom in ("web", "docs")}
+    # the web rules (the papers' values) lose most docstrings; the docs preset keeps nearly all of them
+    assert kept["web"] < 0.5 and kept["docs"] > 0.85, kept
+    junk = junk_examples(300) + ["\n".join(["}"] * 40 + ["```"] * 40), ".. toctree::\n   :hidden:\n\n   a\n   b\n"]
+    rej = [d["reason"] for d in filter_job.filter_records(junk, cfg, ["docs"] * len(junk))]
+    assert sum(r is not None for r in rej) / len(junk) > 0.95, collections.Counter(rej)
+    # a kept document keeps its text: C4 judges docs pages without rewriting them (option names, indentation)
+    man = "NAME\n       ls - list directory contents\n\nOPTIONS\n       -a, --all\n              do not ignore " \
+          "entries starting with .\n\n" + "\n\n".join(texts[:3])
+    d = filter_job.filter_records([man], cfg, ["docs"])[0]
+    assert d["reason"] is None and d["clean_text"] == man
+
+
+def test_presets_resolve_under_the_domains_own_keys_and_unknown_ones_are_named():
+    from jobs.cli import UserError
+    from udfs.quality import DOMAIN_PRESETS
+
+    cfg = filter_job.resolve_config({"quality": {"c4": {"filter_no_terminal_punct": False}},
+                                     "domains": {"man": {"preset": "docs",
+                                                         "quality": {"gopher_quality": {"min_doc_words": 30}},
+                                                         "langid": {"threshold": 0.5}}}})
+    man = cfg["by_domain"]["man"]
+    q = man["quality_overrides"]
+    assert q["gopher_quality"]["min_doc_words"] == 30  # the domain's own key wins over the preset
+    assert q["gopher_quality"]["min_alpha_words_ratio"] == DOMAIN_PRESETS["docs"]["quality"]["gopher_quality"][
+        "min_alpha_words_ratio"]
+    assert q["c4"]["filter_no_terminal_punct"] is False and q["c4"]["rewrite"] is False  # global, then preset
+    assert man["threshold"] == 0.5 and man["preset"] == "docs"
+    with pytest.raises(UserError, match=r"filter.domains.man.preset: unknown preset 'doc' \(did you mean 'docs'\?\)"):
+        filter_job.resolve_config({"domains": {"man": {"preset": "doc"}}})
+    code = filter_job.resolve_config({"domains": {"src": {"preset": "code"}}})["by_domain"]["src"]
+    assert code["langid"] is False and all(not v["enabled"] for v in code["quality_overrides"].values())
+
+
+def test_per_language_quality_overrides_apply_by_detected_language():
+    """filter.by_language.<lang>.quality goes on top of the domain's rules for documents detected as <lang>: French
+    prose fails the English stop-word rule until French stop words are given for French."""
+    with open(DATA, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    fr = ["\n\n".join(r["text"] for r in rows if r["lang"] == "fr")[:4000]]
+    en = ["\n\n".join(r["text"] for r in rows if r["lang"] == "en")[:4000]]
+    base = {"langid": {"languages": ["en", "fr"]}, "quality": {"c4": {"filter_no_terminal_punct": False}}}
+    plain = filter_job.resolve_config(base)
+    assert filter_job.filter_records(fr, plain)[0]["reason"] == "gopher_quality:stop_words"
+    french = ["le", "la", "de", "et", "les", "des", "en", "un"]
+    cfg = filter_job.resolve_config({**base, "by_language": {"fr": {"quality": {"gopher_quality": {
+        "stop_words": french}}}}, "domains": {"docs": {"preset": "docs"}}})
+    for dom in (None, "docs"):  # the default rules and a preset domain both get the language's overrides
+        d = filter_job.filter_records(fr, cfg, [dom])[0]
+        assert d["reason"] is None and d["lang"] == "fr" and d["signals"]["stop_word_count"] >= 2
+    assert cfg["by_domain"]["docs"]["by_language"]["fr"]["gopher_quality"]["min_alpha_words_ratio"] == 0.4
+    # English documents keep the English stop words
+    assert filter_job.filter_records(en, cfg)[0]["signals"]["stop_word_count"] >= 2
+    from jobs.cli import UserError
+    with pytest.raises(UserError, match=r"filter.by_language.de: unknown key\(s\) threshold"):
+        filter_job.resolve_config({"by_language": {"de": {"threshold": 0.5}}})
+    with pytest.raises(UserError, match=r"filter.by_language.de: filter.quality.gopher_quality: unknown key"):
+        filter_job.resolve_config({"by_language": {"de": {"quality": {"gopher_quality": {"stopwords": []}}}}})

@@ -56,6 +56,27 @@ def run_main(prog: str, main, argv=None) -> int:
         return 1
 
 
+def exit_process(rc: int) -> None:
+    """End a command-line run with exit status `rc`. Python's exit handlers run first (leases released, logs
+    flushed, the Spark gateway closed); then the process ends without the native libraries' static destructors:
+    one of them (a C++ thread pool of a native dependency) intermittently aborted finished runs at that point with
+    "terminate called without an active exception", turning a run whose every commit was done into exit 134."""
+    import atexit
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(rc)
+
+
 # ---- configuration ----------------------------------------------------------------------------------------------
 def load_yaml(path: str) -> dict:
     if not os.path.exists(path):

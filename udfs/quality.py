@@ -364,6 +364,8 @@ class C4Quality:
     drop lines mentioning "javascript" or a cookie/terms policy phrase. Reject the page when the kept lines hold
     fewer than `min_num_sentences` sentences; otherwise the text becomes the kept lines joined by newlines.
     Optionally reject pages containing a word of the bad-words list at `bad_words_path` (off by default).
+    `rewrite=False` (not in the paper) applies the page rules to the kept lines but leaves the document its text as
+    it came: for manuals, licences and books, where dropping short lines removes headings, option names and verse.
 
     Defaults are datatrove's, which follow the paper's text: 3 words per line, 5 sentences, and "'" accepted as an
     end mark. The tfds code that produced the released C4 uses min_words_per_line=5, min_num_sentences=3 and
@@ -379,7 +381,7 @@ class C4Quality:
                  min_words_per_line: int | None = 3, max_word_length: int | None = 1000,
                  filter_lorem_ipsum: bool = True, filter_javascript: bool = True, filter_curly_bracket: bool = True,
                  filter_policy: bool = True, policy_substrings: Iterable[str] = POLICY_SUBSTRINGS,
-                 bad_words_path: str | None = None):
+                 bad_words_path: str | None = None, rewrite: bool = True):
         self.remove_citations = remove_citations
         self.filter_no_terminal_punct = filter_no_terminal_punct
         self.end_punctuation = tuple(end_punctuation)
@@ -392,6 +394,7 @@ class C4Quality:
         self.filter_policy = filter_policy
         self.policy_substrings = tuple(policy_substrings)
         self.bad_words = load_bad_words(bad_words_path) if bad_words_path else None
+        self.rewrite = rewrite
 
     def clean(self, text: str, signals: dict, annotate: bool = False) -> tuple[str | None, str]:
         """(reason or None, cleaned text). In annotate mode the page rules (lorem ipsum, '{') do not stop the scan:
@@ -448,7 +451,7 @@ class C4Quality:
         cleaned = "\n".join(kept).strip()
         if self.bad_words is not None and self.bad_words.search(cleaned.lower()):
             return "bad_words", text
-        return None, cleaned
+        return None, cleaned if self.rewrite else text
 
     def _annotate(self, text, signals, check_js, check_lorem, check_curly, check_policy, check_cite):
         """`clean` measuring everything: the same line rules, page rules noted by line instead of stopping."""
@@ -492,7 +495,7 @@ class C4Quality:
         if self.bad_words is not None:
             signals["c4_bad_words"] = float(self.bad_words.search(cleaned.lower()) is not None)
         reason = decide_family(self.name, signals, self.params)
-        return reason, cleaned
+        return reason, cleaned if self.rewrite else text
 
     @property
     def params(self) -> dict:
@@ -594,6 +597,57 @@ SIGNAL_NAMES = (
     "c4_lines", "c4_lines_kept", "c4_sentences", "c4_lorem_ipsum_line", "c4_curly_bracket_line", "c4_bad_words",
     "fineweb_lines", "line_punct_ratio", "short_line_ratio", "char_dup_ratio", "list_ratio",
 )  # n-gram signals for other n appear when top_n_grams / dup_n_grams are configured so
+
+
+# ----------------------------------------------------------------------------------------------- domain presets
+# The four families are web-prose rules: Gopher and C4 were tuned on web pages, FineWeb's on Common Crawl. Text of
+# other kinds fails them by construction, not for being bad. A domain marked with a preset
+# (`filter.domains.<domain>.preset`) starts from these overrides; its own keys go on top. Values were set on the
+# signals of real installed text (bench/debian_corpus.py; figures in bench/README.md), looking at documents at
+# the margin of each cut: what falls below the preset's cut is still markup stubs, redirects and tables.
+_RELAXED_REPETITION = {  # repeated sign-off lines, option tables, licence clauses: 1.5x-2x the paper's limits
+    "dup_line_frac": 0.45, "dup_para_frac": 0.45, "dup_line_char_frac": 0.3, "dup_para_char_frac": 0.3,
+    "top_n_grams": {2: 0.3, 3: 0.27, 4: 0.24},
+    "dup_n_grams": {5: 0.3, 6: 0.28, 7: 0.26, 8: 0.24, 9: 0.22, 10: 0.2}}
+DOMAIN_PRESETS: dict = {
+    # prose with hard-wrapped lines: most lines end mid-sentence, so FineWeb's line-punctuation ratio measures the
+    # wrapping, not quality
+    # C4 still counts sentences and rejects pages, but does not rewrite the text (speaker names, verse, headings);
+    # dialogue punctuates densely (Gopher counts punctuation tokens): whole plays of the sample score 0.79 alphabetic;
+    # speaker names repeat line for line (FineWeb's duplicated-line characters 0.04-0.06 in plays); C4's '{' rule
+    # is about code on web pages (one stray brace in a 4,000-line play)
+    "books": {"quality": {"gopher_quality": {"min_alpha_words_ratio": 0.7},
+                          "c4": {"rewrite": False, "filter_curly_bracket": False},
+                          "fineweb": {"line_punct_thr": None, "char_duplicates_ratio": 0.1}}},
+    # source code: every prose rule fails it by design; the language is still recorded
+    "code": {"langid": {"enabled": False},
+             "quality": {name: {"enabled": False} for name in ("gopher_repetition", "gopher_quality", "c4",
+                                                                "fineweb")}},
+    # manuals, man pages, READMEs, docstrings, changelogs: English technical text scores 0.45-0.65 in lid.176 and
+    # has 0.45-0.8 of its tokens alphabetic (punctuation tokens count: option flags, paths, code spans); short
+    # docstrings are whole; examples hold '{'; lines are hard-wrapped and headings repeat; C4 line cleaning would
+    # drop every option name of a man page ("-a, --all": fewer than 3 words), each line naming JavaScript, and the
+    # indentation of every example, so C4 judges the page without rewriting it
+    "docs": {"langid": {"threshold": 0.3},
+             "quality": {"gopher_repetition": _RELAXED_REPETITION,
+                         "gopher_quality": {"min_doc_words": 20, "min_alpha_words_ratio": 0.4,
+                                            "max_symbol_word_ratio": 0.2, "min_stop_words": 1},
+                         "c4": {"filter_curly_bracket": False, "min_num_sentences": 2, "rewrite": False},
+                         # code fences and closing braces repeat line for line
+                         "fineweb": {"line_punct_thr": None, "char_duplicates_ratio": 0.2}}},
+    # licences and copyright notices: hard-wrapped, formulaic, clauses and notices repeated file by file
+    "legal": {"langid": {"threshold": 0.5},
+              "quality": {"gopher_repetition": _RELAXED_REPETITION,
+                          "gopher_quality": {"min_alpha_words_ratio": 0.6},
+                          "c4": {"rewrite": False},
+                          "fineweb": {"line_punct_thr": None, "char_duplicates_ratio": 0.15}}},
+    # encyclopedia entries, package descriptions, API reference entries: short and dense, few sentences, a title
+    # line and hard-wrapped lines
+    "reference": {"quality": {"gopher_repetition": {"top_n_grams": {2: 0.3, 3: 0.27, 4: 0.24}},
+                              "gopher_quality": {"min_doc_words": 20, "min_alpha_words_ratio": 0.7},
+                              "c4": {"min_num_sentences": 2},
+                              "fineweb": {"line_punct_thr": None}}},
+}
 
 
 # ------------------------------------------------------------------------------------------- rules as data
