@@ -4,7 +4,15 @@
 
 Sections (each says so when its data is missing instead of failing):
   funnel          documents and tokens after every stage (latest `metrics` row per stage)
-  rejections      rejection / removal reasons per stage (metrics `reasons`)
+  by domain       documents and tokens in -> out per domain and per source for ingest, filter, dedup,
+                  decontaminate and mix (each stage's input table at its input version and output table at the
+                  version it wrote: domain / source / n_tokens_est read with delta-rs); domains and sources that
+                  lost more than half their documents are marked, the filter's loud losses listed
+  rejections      rejection / removal reasons per stage (metrics `reasons`; at most 12 bars a stage)
+  filter reasons  the filter's top reasons per domain (the `filter_signals` table)
+  filter signals  histograms of key quality signals per domain, kept vs rejected, with the cut lines in force
+                  (filter metrics extra.cuts); a deterministic sample of at most 200,000 filter_signals rows
+  line cleaning   bytes of kept documents that C4 line cleaning kept, per domain (filter_signals)
   languages       language distribution in and kept by the filter (filter metrics `extra`; else the
                   `filtered` / `rejected` tables' `lang` column, aggregated in Spark)
   duplicates      duplicate cluster sizes (dedup metrics `extra`; else the `duplicates` table, in Spark)
@@ -33,9 +41,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from jobs.cli import UserError, run_main  # noqa: E402
 from jobs.report_gather import (Sources, chain_mismatches, duplicate_clusters_from_table, gather,  # noqa: E402
                                 language_distribution_from_tables, latest_per_stage, stage_sort_key,
-                                tokenizer_compression)
-from jobs.report_plots import (PLOTS, plot_duplicates, plot_funnel, plot_languages, plot_loss,  # noqa: E402
-                               plot_mixture, plot_rejections, plot_token_lengths, plot_tokenizers)
+                                tokenizer_compression, top_reasons_per_domain)
+from jobs.report_plots import (PLOTS, plot_duplicates, plot_funnel, plot_languages, plot_line_cleaning,  # noqa: E402
+                               plot_loss, plot_mixture, plot_rejections, plot_signal_histograms, plot_token_lengths,
+                               plot_tokenizers)
 
 # the page and entry point, plus the names other code imports from here (tests, notebooks/04_mixture_and_tokens.py)
 __all__ = ["PLOTS", "Sources", "build_parser", "duplicate_clusters_from_table", "gather",
@@ -75,6 +84,8 @@ th{background:#f4f4f4} td.l,th.l{text-align:left}
 .wide{overflow-x:auto} #metrics td{white-space:nowrap}
 #metrics td.reasons{white-space:normal;min-width:520px;font-size:11px}
 .pair{display:flex;flex-wrap:wrap;gap:16px} .pair>div{flex:1 1 520px;min-width:0}
+td.loud{background:#fde8e8;color:#a33;font-weight:bold} ul.warn{margin:4px 0 10px 0}
+h3{margin:18px 0 2px 0;font-size:15px}
 """
 
 
@@ -129,6 +140,118 @@ def section(sid: str, title: str, body: str) -> str:
     return f'<section id="{sid}"><h2>{esc(title)}</h2>{body}</section>'
 
 
+NO_SIGNALS = ("No filter signals table in this lake (written by jobs/filter.py since the filter_signals table was "
+              "added; the filter has not run, or ran before): no {what}.")
+
+
+def _share(a, b):
+    return esc(pct(a / b)) if b else "n/a"
+
+
+def render_breakdown(bd: dict | None) -> str:
+    """Per stage: documents and tokens in -> out per domain (a table) and per source (a details element)."""
+    if not bd:
+        return missing("No metrics rows of ingest, filter, dedup, decontaminate or mix: no per-domain breakdown.")
+    body = ""
+    if bd["loud_losses"]:
+        body += ('<p class="src">The filter\'s loud losses (metrics extra.loud_losses):</p><ul class="warn">'
+                 + "".join(f"<li>{esc(x)}</li>" for x in bd["loud_losses"]) + "</ul>")
+    body += (f'<p class="src">Documents and tokens (<code>n_tokens_est</code>) per domain and source, counted in '
+             f'each stage\'s input table at the version it read and its output table at the version it wrote. '
+             f'Marked: lost more than {100 * bd["share"]:.0f}% of its documents. Filter tokens out are those of the '
+             f'line-cleaned text; ingest counts quarantined records in (tokens estimated from their raw bytes); '
+             f'mix counts unique documents out and tokens with repeats.</p>')
+    heads = ["docs in", "docs out", "docs kept", "tokens in", "tokens out", "tokens kept", "note"]
+    for e in bd["stages"]:
+        s = e["stage"]
+        body += f"<h3>{esc(s)}</h3>"
+        if e["error"]:
+            body += missing(f"{s}: no per-domain counts: {e['error']}.")
+            continue
+        body += f'<p class="src">{esc(e["input"])} &rarr; {esc(e["output"])}</p>'
+        for kind, label in (("domains", "domain"), ("sources", "source")):
+            trs = []
+            for name, g in sorted(e[kind].items(), key=lambda kv: (-kv[1]["docs_in"], kv[0])):
+                note = (f"\u26a0 lost {100 * g['lost_share']:.1f}%", ' class="loud" data-loud="1"') if g["loud"] \
+                    else ""
+                if s == "mix" and "rows" in g:
+                    note = note or esc(f"{g['rows']:,} rows")
+                trs.append([esc(name), num_cell(g["docs_in"], "docs_in"), num_cell(g["docs_out"], "docs_out"),
+                            _share(g["docs_out"], g["docs_in"]), num_cell(g["tokens_in"], "tokens_in"),
+                            num_cell(g["tokens_out"], "tokens_out"), _share(g["tokens_out"], g["tokens_in"]), note])
+            tab = table([label, *heads], trs, table_id=f"by_{label}_{s}")
+            n_loud = sum(1 for g in e[kind].values() if g["loud"])
+            if kind == "domains":
+                body += tab
+            else:
+                body += (f"<details><summary>per source ({len(trs)} sources"
+                         f"{f', {n_loud} marked' if n_loud else ''})</summary>{tab}</details>")
+    return body
+
+
+def render_filter_reasons(sig: dict | None) -> str:
+    if not sig:
+        return missing(NO_SIGNALS.format(what="top reasons per domain"))
+    trs = []
+    for g in top_reasons_per_domain(sig["reasons"], sig["docs"]):
+        d = g["domain"]
+        items = list(g["top"]) + ([(f"other ({g['other'][0]} reasons)", g["other"][1])] if g["other"] else [])
+        if not items:
+            items = [("(none rejected)", 0)]
+        for i, (reason, n) in enumerate(items):
+            trs.append([(esc(d), f' data-domain="{esc(d)}"'), esc(reason), num_cell(n, "docs"),
+                        _share(n, g["docs_in"]), num_cell(g["docs_in"], "docs_in") if i == 0 else "",
+                        num_cell(g["rejected"], "rejected") if i == 0 else ""])
+    return (f'<p class="src">from {esc(sig["table"])} v{esc(sig["version"])} ({sig["rows"]:,} documents): the '
+            f'first rule each rejected document failed; the top 5 reasons per domain, the rest grouped.</p>'
+            + table(["domain", "reason", "documents", "share of domain", "domain docs in", "domain rejected"], trs,
+                    table_id="filter_reasons_by_domain", left=2))
+
+
+def render_signals(sig: dict | None) -> str:
+    if not sig:
+        return missing(NO_SIGNALS.format(what="signal histograms"))
+    img = plot_signal_histograms(sig)
+    if not img:
+        return missing(f"The signals table {sig['table']} has none of the key signal columns.")
+    n = len(sig["sample"]["domain"])
+    body = ""
+    if not sig["cuts"]:
+        body += missing("No cut lines: the filter metrics row predates extra.cuts (re-run jobs/filter.py).")
+    shown = sorted(sig["docs"], key=lambda d: (-sig["docs"][d], d))
+    more = shown[6:]
+    body += img + (f'<p class="src">{n:,} of {sig["rows"]:,} documents of {esc(sig["table"])} v{esc(sig["version"])}'
+                   + (f" (every {sig['stride']:,}th row)" if sig["stride"] > 1 else "")
+                   + "; green kept, red rejected (by any rule); dashed: rejected below the line, dotted: above "
+                     "(the domain's rules in force, metrics extra.cuts); values beyond the axis are counted in "
+                     "the edge bins."
+                   + (f" Not shown: {len(more)} smaller domain(s) ({esc(', '.join(more))})." if more else "")
+                   + "</p>")
+    return body
+
+
+def render_line_cleaning(sig: dict | None) -> str:
+    if not sig:
+        return missing(NO_SIGNALS.format(what="line cleaning figures"))
+    lc = sig["line_cleaning"]
+    if not lc:
+        return missing(f"The signals table {sig['table']} has no n_bytes_raw / n_bytes_clean columns.")
+    tot = {k: sum(c[k] for c in lc.values()) for k in ("docs", "bytes_raw", "bytes_clean", "tokens_raw",
+                                                           "tokens_clean")}
+    trs = []
+    for d, c in [*sorted(lc.items()), ("ALL", tot)]:
+        ratio = c["bytes_clean"] / c["bytes_raw"] if c["bytes_raw"] else None
+        trs.append([esc(d), num_cell(c["docs"], "docs"), num_cell(c["bytes_raw"], "bytes_raw"),
+                    num_cell(c["bytes_clean"], "bytes_clean"), num_cell(ratio, "bytes_kept"),
+                    num_cell(c["tokens_raw"], "tokens_raw"), num_cell(c["tokens_clean"], "tokens_clean")])
+    img = plot_line_cleaning(lc) or ""
+    return (img + f'<p class="src">kept documents of {esc(sig["table"])} v{esc(sig["version"])}: '
+            f'sum(n_bytes_clean) / sum(n_bytes_raw) per domain (C4 line cleaning drops lines of kept documents; '
+            f'presets that turn C4 rewriting off keep every byte)</p>'
+            + table(["domain", "kept docs", "bytes raw", "bytes clean", "bytes kept", "tokens raw",
+                     "tokens clean"], trs, table_id="line_cleaning"))
+
+
 def render(ctx: dict) -> str:
     parts = []
     latest, rows = ctx["latest"], ctx["metrics"]
@@ -153,6 +276,7 @@ def render(ctx: dict) -> str:
     else:
         body = missing("No metrics table in this lake (run the pipeline stages first): no funnel.")
     parts.append(section("funnel", "Stage funnel", body))
+    parts.append(section("by_domain", "By domain and source", render_breakdown(ctx.get("breakdown"))))
 
     # rejections
     img = plot_rejections(latest) if latest else None
@@ -167,6 +291,10 @@ def render(ctx: dict) -> str:
     else:
         body = missing("No rejection reasons recorded in the metrics table.")
     parts.append(section("rejections", "Rejection reasons per stage", body))
+    sig = ctx.get("signals")
+    parts.append(section("filter_reasons", "Filter: top reasons per domain", render_filter_reasons(sig)))
+    parts.append(section("signals", "Filter signals per domain, with the cut lines", render_signals(sig)))
+    parts.append(section("line_cleaning", "Bytes kept by line cleaning per domain", render_line_cleaning(sig)))
 
     # languages
     lang = ctx["languages"]
@@ -290,7 +418,9 @@ def render(ctx: dict) -> str:
     parts.append(section("audit", "Audit samples and reports", body))
 
     toc = " ".join(f'<a href="#{s}">{esc(t)}</a>' for s, t in (
-        ("funnel", "funnel"), ("rejections", "rejections"), ("languages", "languages"),
+        ("funnel", "funnel"), ("by_domain", "by domain"), ("rejections", "rejections"),
+        ("filter_reasons", "filter reasons"), ("signals", "signals"), ("line_cleaning", "line cleaning"),
+        ("languages", "languages"),
         ("duplicates", "duplicates"), ("mixture", "mixture"), ("token_lengths", "token lengths"),
         ("tokenizers", "tokenizers"), ("training", "training"), ("metrics", "metrics"), ("audit", "audit")))
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>lmrefinery report: '
@@ -327,4 +457,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_main("report", main))
+    from udfs.common import exit_process
+
+    exit_process(run_main("report", main))

@@ -178,6 +178,299 @@ def mixture(latest: dict[str, dict]) -> dict | None:
             "token_budget": row["extra"].get("token_budget"), "warnings": row["extra"].get("warnings") or []}
 
 
+# ---- per domain / source, filter signals (delta-rs + pyarrow, column projection; no Spark) ---------------------
+BREAKDOWN_STAGES = ("ingest", "filter", "dedup", "decontaminate", "mix")
+NO_VALUE = "(none)"  # a null domain / source / reason key
+TOP_REASONS_PER_DOMAIN = 5
+MAX_REASON_BARS = 12
+HIST_MAX_ROWS = 200_000
+# (signal, x scale) of the signal histograms, in figure order
+KEY_SIGNALS = (("alpha_words_ratio", "linear"), ("word_count", "log"), ("lang_score", "linear"),
+               ("dup_5gram_char_frac", "linear"), ("top_2gram_char_frac", "linear"), ("line_punct_ratio", "linear"),
+               ("char_dup_ratio", "linear"), ("stop_word_count", "linear"), ("mean_word_length", "linear"))
+
+
+def group_reasons(reasons: dict, max_items: int = MAX_REASON_BARS) -> list[tuple[str, int]]:
+    """(reason, docs) by docs descending; beyond `max_items`, the smallest are one ("other (N reasons)", docs) item
+    so that at most `max_items` are returned."""
+    items = sorted(((k, int(v)) for k, v in reasons.items() if v), key=lambda kv: (-kv[1], kv[0]))
+    if len(items) <= max_items:
+        return items
+    head, rest = items[:max_items - 1], items[max_items - 1:]
+    return head + [(f"other ({len(rest)} reasons)", sum(v for _, v in rest))]
+
+
+def _key(v) -> str:
+    return NO_VALUE if v is None else str(v)
+
+
+def _table_version(row: dict, table: str | None):
+    """The version of `table` a metrics row wrote (its outputs map, else output_version), None when unknown."""
+    if not table:
+        return None
+    outs = row.get("outputs") or {}
+    if table in outs and outs[table] is not None:
+        return int(outs[table])
+    return row.get("output_version") if table == row.get("output_table") else None
+
+
+def grouped_sums(ds, keys: tuple, sums: tuple, row_filter=None, prep=None) -> dict:
+    """{key tuple: {"docs": rows, <sum column>: total}} over a pyarrow dataset, batch by batch, reading only the
+    named columns (a missing key column is all null, a missing sum column 0). `prep(table)` may add columns."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    names = set(ds.schema.names)
+    want = [c for c in dict.fromkeys(list(keys) + list(sums) + list(getattr(prep, "needs", ()))) if c in names]
+    out: dict = {}
+    for batch in ds.to_batches(columns=want, filter=row_filter, batch_size=1 << 17):
+        if batch.num_rows == 0:
+            continue
+        t = pa.Table.from_batches([batch])
+        if prep is not None:
+            t = prep(t)
+        for k in keys:
+            if k not in t.column_names:
+                t = t.append_column(k, pa.nulls(t.num_rows, pa.string()))
+        have = [c for c in sums if c in t.column_names]
+        for c in have:  # sums of int and bool alike
+            t = t.set_column(t.column_names.index(c), c, pc.cast(t[c], pa.int64()))
+        g = t.group_by(list(keys)).aggregate([(c, "sum") for c in have] + [([], "count_all")])
+        for r in g.to_pylist():
+            acc = out.setdefault(tuple(_key(r[k]) for k in keys), {"docs": 0, **{c: 0 for c in sums}})
+            acc["docs"] += int(r["count_all"])
+            for c in have:
+                acc[c] += int(r[f"{c}_sum"] or 0)
+    return out
+
+
+def _by(groups: dict, pos: int, mapping: dict) -> dict:
+    """Sum {(domain, source): counts} over one key position into {name: {out key: value}} (mapping out <- in)."""
+    out: dict = {}
+    for key, v in groups.items():
+        acc = out.setdefault(key[pos], {k: 0 for k in mapping})
+        for k, src_k in mapping.items():
+            acc[k] += int(v.get(src_k, 0) or 0)
+    return out
+
+
+def _merge(into: dict, add: dict) -> dict:
+    res = {k: dict(v) for k, v in into.items()}
+    for k, v in add.items():
+        acc = res.setdefault(k, {kk: 0 for kk in v})
+        for kk, x in v.items():
+            acc[kk] = acc.get(kk, 0) + x
+    return res
+
+
+def _stage_counts(src: Sources, row: dict, cache: dict) -> dict:
+    """{"in": {(domain, source): {"docs", "tokens"}}, "out": {...}, "input", "output"} for one stage's metrics row,
+    from its input table at input_version and its main output table at the version it wrote."""
+    import pyarrow.compute as pc
+
+    from jobs.schema import estimate_tokens
+
+    stage = row["stage"]
+
+    def counts(table, version, row_filter=None, prep=None, tag=None, keys=("domain", "source")):
+        ck = (table, version, tag, keys)
+        if ck not in cache:
+            if not src.exists(table):
+                raise LookupError(f"table {table} is missing")
+            try:
+                ds = src.arrow_dataset(table, version)
+            except Exception as e:  # a vacuumed version, a broken log
+                raise LookupError(f"table {table} v{version} cannot be read ({str(e).splitlines()[0][:160]})")
+            f = row_filter(ds) if callable(row_filter) else row_filter
+            cache[ck] = grouped_sums(ds, keys, ("n_tokens_est",) + tuple(getattr(prep, "sums", ())), f, prep)
+        return cache[ck]
+
+    def tokens(g, col="n_tokens_est"):
+        return {k: {"docs": v["docs"], "tokens": v.get(col, 0)} for k, v in g.items()}
+
+    out_t = row.get("output_table")
+    out_v = _table_version(row, out_t)
+    if not out_t:
+        raise LookupError("its metrics row names no output table")
+    res = {"output": f"{out_t} v{out_v}" if out_v is not None else out_t}
+    if stage == "ingest":
+        run_tag = f"ingest-{row.get('config_hash')}"
+
+        def this_run(ds):  # the lake's documents may come from several ingest runs: this run's rows
+            return pc.field("ingest_run") == run_tag if "ingest_run" in ds.schema.names else None
+
+        out = tokens(counts(out_t, out_v, this_run, tag=run_tag))
+        q_t = next((t for t in (row.get("outputs") or {}) if t != out_t), None)
+        quarantined: dict = {}
+        if q_t and src.exists(q_t):
+            def raw_len(t):
+                return t
+            raw_len.sums = ("raw_length",)
+            # as ingest counts them: estimated tokens of the raw payload bytes per source and reason
+            q = counts(q_t, _table_version(row, q_t), this_run, raw_len, tag=run_tag,
+                       keys=("domain", "source", "reason"))
+            for (d, so, _), v in q.items():
+                acc = quarantined.setdefault((d, so), {"docs": 0, "tokens": 0})
+                acc["docs"] += v["docs"]
+                acc["tokens"] += estimate_tokens(v.get("raw_length", 0))
+        res.update({"in": _merge(out, quarantined), "out": out,
+                    "input": f"{out_t} + {q_t} rows of run {run_tag}" if q_t else f"{out_t} rows of run {run_tag}"})
+        return res
+    in_t, in_v = row.get("input_table"), row.get("input_version")
+    if not in_t:
+        raise LookupError("its metrics row names no input table")
+    res["input"] = f"{in_t} v{in_v}" if in_v is not None else in_t
+    res["in"] = tokens(counts(in_t, in_v))
+    if stage == "mix":  # documents out: unique documents (epoch_copy 0); tokens out: every row, repeats included
+        import pyarrow as pa
+
+        def first_copy(t):
+            if "epoch_copy" in t.column_names:
+                first = pc.cast(pc.equal(t["epoch_copy"], 0), pa.int64())
+            else:
+                first = pa.array([1] * t.num_rows, pa.int64())
+            return t.append_column("_first", first)
+        first_copy.needs, first_copy.sums = ("epoch_copy",), ("_first",)
+        g = counts(out_t, out_v, prep=first_copy, tag="first_copy")
+        res["out"] = {k: {"docs": v.get("_first", 0), "tokens": v.get("n_tokens_est", 0), "rows": v["docs"]}
+                      for k, v in g.items()}
+    else:
+        res["out"] = tokens(counts(out_t, out_v))
+    return res
+
+
+def stage_breakdown(src: Sources, latest: dict[str, dict]) -> dict | None:
+    """Documents and tokens in -> out per domain and per source for every stage with a metrics row:
+    {"stages": [{"stage", "input", "output", "domains": {name: counts}, "sources": {...}, "error"}],
+     "loud_losses": [filter extra.loud_losses lines], "share": loud loss share}; None without such a stage.
+    counts: docs_in, docs_out, tokens_in, tokens_out, lost_share, loud (lost more than `share` of its docs)."""
+    stages = [s for s in BREAKDOWN_STAGES if s in latest]
+    if not stages:
+        return None
+    fextra = (latest.get("filter") or {}).get("extra") or {}
+    share = 0.5  # "loud": lost more than half of its documents, as the filter's loud losses (loud_loss_share)
+    cache: dict = {}
+    out = []
+    for s in stages:
+        row = latest[s]
+        entry = {"stage": s, "input": None, "output": None, "domains": {}, "sources": {}, "error": None}
+        try:
+            c = _stage_counts(src, row, cache)
+        except LookupError as e:
+            entry["error"] = str(e)
+            out.append(entry)
+            continue
+        entry["input"], entry["output"] = c["input"], c["output"]
+        for pos, name in ((0, "domains"), (1, "sources")):
+            ins = _by(c["in"], pos, {"docs_in": "docs", "tokens_in": "tokens"})
+            outs = _by(c["out"], pos, {"docs_out": "docs", "tokens_out": "tokens"})
+            groups = {}
+            for k in sorted(set(ins) | set(outs)):
+                g = {"docs_in": 0, "tokens_in": 0, **ins.get(k, {}), "docs_out": 0, "tokens_out": 0, **outs.get(k, {})}
+                g["lost_share"] = (g["docs_in"] - g["docs_out"]) / g["docs_in"] if g["docs_in"] else None
+                g["loud"] = bool(g["docs_in"]) and (g["lost_share"] > share or g["docs_out"] == 0)
+                groups[k] = g
+            entry[name] = groups
+        out.append(entry)
+    return {"stages": out, "loud_losses": list(fextra.get("loud_losses") or []), "share": share}
+
+
+def _signals_table(src: Sources, latest: dict[str, dict]):
+    """(name, version, filter metrics row or None) of the filter's signals table, None when there is none."""
+    row = latest.get("filter")
+    name = ((row or {}).get("extra") or {}).get("signals_table") or "filter_signals"
+    if not src.exists(name):
+        return None
+    return name, _table_version(row, name) if row else None, row
+
+
+def filter_signals_summary(src: Sources, latest: dict[str, dict], max_rows: int = HIST_MAX_ROWS) -> dict | None:
+    """From the filter's signals table (one row per input document), None when the lake has none:
+    {"table", "version", "rows",
+     "reasons": {domain: {reason: docs}} (rejected documents), "docs": {domain: docs in}, "kept": {domain: docs},
+     "line_cleaning": {domain: {"docs", "bytes_raw", "bytes_clean", "tokens_raw", "tokens_clean"}} (kept documents),
+     "sample": {"domain": [...], "kept": bool array, <signal>: float array} (every k-th row, at most `max_rows`),
+     "stride", "signals": [(signal, scale)] present, "cuts": filter extra.cuts or None, "presets"}."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    found = _signals_table(src, latest)
+    if not found:
+        return None
+    name, version, row = found
+    try:
+        ds = src.arrow_dataset(name, version)
+    except Exception:  # that version was vacuumed: the latest snapshot
+        ds, version = src.arrow_dataset(name), src.lake.version(name)
+    names = set(ds.schema.names)
+    if not {"domain", "kept"} <= names:
+        return None
+    n_rows = ds.count_rows()
+
+    def kept_int(t):
+        return t.append_column("_kept", pc.cast(pc.fill_null(t["kept"], False), pa.int64()))
+    kept_int.needs, kept_int.sums = ("kept",), ("_kept",)
+    by_reason = grouped_sums(ds, ("domain", "reason"), ("_kept",), prep=kept_int)
+    reasons: dict = {}
+    docs: dict = {}
+    kept: dict = {}
+    for (d, r), v in by_reason.items():
+        docs[d] = docs.get(d, 0) + v["docs"]
+        kept[d] = kept.get(d, 0) + v["_kept"]
+        if v["docs"] - v["_kept"] > 0:
+            reasons.setdefault(d, {})[r] = reasons.get(d, {}).get(r, 0) + v["docs"] - v["_kept"]
+    sizes = ("n_bytes_raw", "n_bytes_clean", "n_tokens_raw", "n_tokens_clean")
+    cleaning = {}
+    if all(c in names for c in sizes):
+        g = grouped_sums(ds, ("domain",), sizes, row_filter=pc.field("kept") == True)  # noqa: E712
+        cleaning = {d: {"docs": v["docs"], "bytes_raw": v["n_bytes_raw"], "bytes_clean": v["n_bytes_clean"],
+                        "tokens_raw": v["n_tokens_raw"], "tokens_clean": v["n_tokens_clean"]}
+                    for (d,), v in sorted(g.items())}
+    signals = [(s, scale) for s, scale in KEY_SIGNALS if s in names]
+    stride = max(1, -(-n_rows // max_rows)) if max_rows else 1
+    parts: dict = {"domain": [], "kept": [], **{s: [] for s, _ in signals}}
+    seen = 0
+    for b in ds.to_batches(columns=["domain", "kept"] + [s for s, _ in signals], batch_size=1 << 16):
+        idx = np.arange(seen, seen + b.num_rows)
+        take = np.nonzero(idx % stride == 0)[0]
+        seen += b.num_rows
+        if not len(take):
+            continue
+        b = b.take(pa.array(take))
+        parts["domain"] += [_key(x) for x in b.column("domain").to_pylist()]
+        parts["kept"].append(b.column("kept").fill_null(False).to_numpy(zero_copy_only=False))
+        for s, _ in signals:
+            parts[s].append(pc.cast(b.column(s), pa.float64()).to_numpy(zero_copy_only=False))
+    sample = {"domain": np.array(parts["domain"], dtype=object),
+              "kept": np.concatenate(parts["kept"]).astype(bool) if parts["kept"] else np.zeros(0, bool),
+              **{s: np.concatenate(parts[s]) if parts[s] else np.zeros(0) for s, _ in signals}}
+    extra = (row or {}).get("extra") or {}
+    return {"table": name, "version": version, "rows": n_rows, "reasons": reasons, "docs": dict(sorted(docs.items())),
+            "kept": kept, "line_cleaning": cleaning, "sample": sample, "stride": stride, "signals": signals,
+            "cuts": extra.get("cuts") if isinstance(extra.get("cuts"), dict) else None,
+            "presets": extra.get("presets") or {}}
+
+
+def top_reasons_per_domain(reasons: dict, docs: dict, top: int = TOP_REASONS_PER_DOMAIN) -> list[dict]:
+    """Per domain (by documents in, descending): its `top` rejection reasons and the rest as one item:
+    [{"domain", "docs_in", "rejected", "top": [(reason, docs)], "other": (n reasons, docs) or None}]."""
+    out = []
+    for d in sorted(docs, key=lambda d: (-docs[d], d)):
+        items = sorted(reasons.get(d, {}).items(), key=lambda kv: (-kv[1], kv[0]))
+        rest = items[top:]
+        out.append({"domain": d, "docs_in": docs[d], "rejected": sum(v for _, v in items), "top": items[:top],
+                    "other": (len(rest), sum(v for _, v in rest)) if rest else None})
+    return out
+
+
+def cuts_for(cuts: dict | None, domain: str) -> list:
+    """The document-level rules in force for `domain` (extra.cuts: its own list, else the default "*")."""
+    if not cuts:
+        return []
+    return list(cuts.get(domain, cuts.get("*")) or [])
+
+
 def load_manifest(packed: str) -> dict | None:
     """The packed folder's manifest as it is (unverified: the report shows what is there), None without one."""
     if not os.path.exists(os.path.join(packed, packed_format.MANIFEST)):
@@ -369,6 +662,7 @@ def gather(src: Sources, run_dir: str, packed: str, out_dir: str, compression_do
     return {
         "lake": src.root, "generated_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "metrics": rows, "latest": latest, "funnel": funnel(latest),
+        "breakdown": stage_breakdown(src, latest), "signals": filter_signals_summary(src, latest),
         "languages": language_distribution(src, latest), "duplicates": duplicate_clusters(src, latest),
         "mixture": mixture(latest), "packed": packed, "manifest": manifest,
         "token_lengths": token_lengths(packed, manifest),

@@ -6,13 +6,15 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import math
 
-from jobs.report_gather import stage_sort_key
+from jobs.report_gather import MAX_REASON_BARS, cuts_for, group_reasons, stage_sort_key
 
 # Plot ids in page order; tests and the screenshot check rely on these.
-PLOTS = ["funnel_docs", "funnel_tokens", "rejections", "languages", "duplicates", "mixture", "token_lengths",
-         "tokenizers", "loss"]
+PLOTS = ["funnel_docs", "funnel_tokens", "rejections", "signals", "line_cleaning", "languages", "duplicates",
+         "mixture", "token_lengths", "tokenizers", "loss"]
+HIST_MAX_DOMAINS = 6  # columns of the signal histograms: the domains with most documents
 
 
 # ---- plots --------------------------------------------------------------------------------------------------
@@ -25,13 +27,15 @@ def _plt():
     return plt
 
 
-def fig_to_img(fig, plot_id: str, alt: str) -> str:
+def fig_to_img(fig, plot_id: str, alt: str, data: dict | None = None) -> str:
+    """`data`: what the figure draws, as JSON in data-<key> attributes (for tests and other machines)."""
     plt = _plt()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     b64 = base64.b64encode(buf.getvalue()).decode("ascii")
-    return (f'<img class="plot" id="plot-{plot_id}" data-plot="{plot_id}" alt="{html.escape(alt)}" '
+    attrs = "".join(f' data-{k}="{html.escape(json.dumps(v, sort_keys=True))}"' for k, v in (data or {}).items())
+    return (f'<img class="plot" id="plot-{plot_id}" data-plot="{plot_id}" alt="{html.escape(alt)}"{attrs} '
             f'src="data:image/png;base64,{b64}">')
 
 
@@ -85,26 +89,162 @@ def plot_funnel(rows: list[dict], key: str, plot_id: str, title: str) -> str | N
     return fig_to_img(fig, plot_id, title)
 
 
-def plot_rejections(latest: dict[str, dict]) -> str | None:
+def plot_rejections(latest: dict[str, dict], max_bars: int = MAX_REASON_BARS) -> str | None:
+    """Horizontal bars of reasons per stage: at most `max_bars` per stage, the smallest grouped into one
+    "other (N reasons)" bar (the page's table lists them all). data-bars: {stage: [[label, docs], ...]}."""
     stages = [s for s in sorted(latest, key=stage_sort_key) if any(latest[s]["reasons"].values())]
     if not stages:
         return None
     plt = _plt()
     n = len(stages)
-    heights = [max(1.2, 0.28 * len([v for v in latest[s]["reasons"].values() if v]) + 0.8) for s in stages]
+    bars = {s: group_reasons(latest[s]["reasons"], max_bars) for s in stages}
+    heights = [max(1.2, 0.28 * len(bars[s]) + 0.8) for s in stages]
     fig, axes = plt.subplots(n, 1, figsize=(8, sum(heights)), gridspec_kw={"height_ratios": heights}, squeeze=False)
     for ax, s in zip(axes[:, 0], stages):
-        items = sorted(((k, v) for k, v in latest[s]["reasons"].items() if v), key=lambda kv: (kv[1], kv[0]))
+        items = bars[s][::-1]  # largest on top
         ks, vs = [k for k, _ in items], [v for _, v in items]
-        ax.barh(range(len(vs)), vs, color="#c44e52")
+        n_reasons = len([v for v in latest[s]["reasons"].values() if v])
+        grouped = n_reasons > len(bars[s])  # the smallest bar (first from the bottom) is the "other" group
+        colors = ["#999999" if grouped and i == 0 else "#c44e52" for i in range(len(ks))]
+        ax.barh(range(len(vs)), vs, color=colors)
         ax.set_yticks(range(len(vs)), ks, fontsize=8)
         for i, v in enumerate(vs):
             ax.text(v, i, f" {v:,}", va="center", fontsize=7)
         ax.set_xlim(0, max(vs) * 1.2)
         ax.xaxis.set_major_locator(_int_locator())
-        ax.set_title(f"{s}: {sum(vs):,} document{'s' if sum(vs) != 1 else ''}", fontsize=9, loc="left")
+        ax.set_title(f"{s}: {sum(vs):,} document{'s' if sum(vs) != 1 else ''}, {n_reasons} reason"
+                     f"{'s' if n_reasons != 1 else ''}", fontsize=9, loc="left")
     fig.tight_layout()
-    return fig_to_img(fig, "rejections", "rejection reasons per stage")
+    return fig_to_img(fig, "rejections", "rejection reasons per stage",
+                      {"bars": {s: [list(kv) for kv in bars[s]] for s in stages}})
+
+
+def _hist_range(values, thresholds, scale: str):
+    """(lo, hi) of a histogram's x axis: the 1-98 percentile range of the values (long tails land in the edge
+    bins), widened to show thresholds that lie near it (a far one, like word_count's 100,000 maximum, would squash
+    the data)."""
+    import numpy as np
+
+    v = values[np.isfinite(values)]
+    if scale == "log":
+        v = np.maximum(v, 1.0)
+    if len(v):
+        lo, hi = float(np.percentile(v, 1)), float(np.percentile(v, 98))
+    else:
+        lo, hi = (1.0, 10.0) if scale == "log" else (0.0, 1.0)
+    for t in thresholds:
+        if scale == "log":
+            if t > 0 and lo / 10 <= t <= hi * 10:
+                lo, hi = min(lo, t), max(hi, t)
+        elif lo - 3 * (hi - lo) <= t <= hi + 3 * (hi - lo):
+            lo, hi = min(lo, t), max(hi, t)
+    if scale == "log":
+        lo, hi = max(lo, 1.0), max(hi, lo * 2)
+        return lo / 1.1, hi * 1.1
+    if hi - lo < 1e-9:
+        lo, hi = lo - 0.5, hi + 0.5
+    pad = (hi - lo) * 0.03
+    return lo - pad, hi + pad
+
+
+def plot_signal_histograms(sig: dict, max_domains: int = HIST_MAX_DOMAINS) -> str | None:
+    """Small multiples: one row per key signal, one column per domain (the `max_domains` with most documents);
+    stacked histogram of kept and rejected documents of the sample, a vertical line at each threshold of a rule on
+    that signal in force for that domain (metrics extra.cuts). data-cuts: {domain: {signal: [[kind, thr], ...]}}
+    (the lines drawn, also those off scale); data-counts: {domain: {signal: documents in the histogram}}."""
+    import numpy as np
+
+    sample, signals = sig["sample"], sig["signals"]
+    if not signals or not len(sample["domain"]):
+        return None
+    counts: dict = {}
+    for d in sample["domain"]:
+        counts[d] = counts.get(d, 0) + 1
+    domains = sorted(counts, key=lambda d: (-sig["docs"].get(d, counts[d]), d))[:max_domains]
+    signals = [(s, scale) for s, scale in signals if np.isfinite(sample[s]).any()]
+    if not signals:
+        return None
+    plt = _plt()
+    nr, nc = len(signals), len(domains)
+    fig, axes = plt.subplots(nr, nc, figsize=(2.25 * nc + 0.9, 1.45 * nr + 0.9), squeeze=False)
+    drawn: dict = {d: {} for d in domains}
+    drawn_counts: dict = {d: {} for d in domains}
+    kept = sample["kept"]
+    dom = sample["domain"]
+    for i, (s, scale) in enumerate(signals):
+        vals = sample[s]
+        rules = {d: [(kind, float(thr)) for _, kind, signal, thr in cuts_for(sig.get("cuts"), d)
+                     if signal == s and thr is not None] for d in domains}
+        lo, hi = _hist_range(vals[np.isin(dom, domains)], [t for r in rules.values() for _, t in r], scale)
+        finite = vals[np.isfinite(vals)]
+        if scale == "log":
+            bins = np.logspace(math.log10(lo), math.log10(hi), 31)
+        elif len(finite) and np.all(finite == np.round(finite)) and hi - lo <= 60:  # counts: one bin per value
+            bins = np.arange(math.floor(lo + 0.5) - 0.5, math.ceil(hi - 0.5) + 1.5)
+        else:
+            bins = np.linspace(lo, hi, 31)
+        for j, d in enumerate(domains):
+            ax = axes[i, j]
+            m = (dom == d) & np.isfinite(vals)
+            v = np.clip(vals[m], bins[0], bins[-1])  # out-of-range values go to the edge bins
+            k = kept[m]
+            drawn_counts[d][s] = int(m.sum())
+            ax.hist([v[k], v[~k]], bins=bins, stacked=True, color=["#55a868", "#c44e52"],
+                    label=["kept", "rejected"])
+            if scale == "log":
+                from matplotlib.ticker import NullFormatter
+
+                ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlim(bins[0], bins[-1])
+            ax.tick_params(labelsize=6, length=2)
+            ax.yaxis.set_major_locator(_int_locator())
+            for kind, t in rules[d]:
+                drawn[d].setdefault(s, []).append([kind, t])
+                if bins[0] <= t <= bins[-1]:
+                    ax.axvline(t, color="#222", ls="--" if kind.startswith("min") else ":", lw=1)
+                    ax.text(t, 0.97, f" {t:g}", transform=ax.get_xaxis_transform(), fontsize=6, va="top",
+                            ha="left" if kind.startswith("min") else "right", color="#222")
+                else:
+                    ax.text(0.98 if t > bins[-1] else 0.02, 0.97, f"{kind} {t:g} off scale",
+                            transform=ax.transAxes, fontsize=5.5, va="top",
+                            ha="right" if t > bins[-1] else "left", color="#666")
+            if i == 0:
+                preset = (sig.get("presets") or {}).get(d)
+                ax.set_title(f"{d}" + (f" (preset {preset})" if preset and preset != d else "")
+                             + f"\n{sig['docs'].get(d, 0):,} docs", fontsize=8)
+            if j == 0:
+                ax.set_ylabel(s + (" (log x)" if scale == "log" else ""), fontsize=7)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    from matplotlib.lines import Line2D
+
+    if any(drawn.values()):
+        handles += [Line2D([], [], color="#222", ls="--", lw=1), Line2D([], [], color="#222", ls=":", lw=1)]
+        labels += ["cut: rejected below", "cut: rejected above"]
+    fig.legend(handles, labels, loc="upper center", ncol=4, fontsize=8, frameon=False, bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (1.45 * nr + 0.9)))
+    return fig_to_img(fig, "signals", "quality signal histograms per domain with the cut lines",
+                      {"cuts": drawn, "counts": drawn_counts})
+
+
+def plot_line_cleaning(cleaning: dict) -> str | None:
+    """Bars: share of the bytes of kept documents that C4 line cleaning kept, per domain."""
+    rows = [(d, c) for d, c in sorted(cleaning.items()) if c.get("bytes_raw")]
+    if not rows:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 0.32 * len(rows) + 1.2))
+    shares = [c["bytes_clean"] / c["bytes_raw"] for _, c in rows]
+    y = list(range(len(rows)))[::-1]
+    ax.barh(y, shares, color="#4c72b0")
+    ax.set_yticks(y, [d for d, _ in rows], fontsize=8)
+    for yy, sh, (_, c) in zip(y, shares, rows):
+        ax.text(sh, yy, f" {100 * sh:.1f}% of {_human(c['bytes_raw'])}B", va="center", fontsize=7)
+    ax.set_xlim(0, 1.25)
+    ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0], ["0", "25%", "50%", "75%", "100%"])
+    ax.set_xlabel("bytes kept by C4 line cleaning (kept documents)")
+    ax.set_title("line cleaning per domain", fontsize=9, loc="left")
+    return fig_to_img(fig, "line_cleaning", "bytes kept by line cleaning per domain")
 
 
 def plot_languages(lang: dict, top: int = 15) -> str:

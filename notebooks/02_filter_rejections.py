@@ -1,11 +1,13 @@
 # Databricks notebook source
 # MAGIC %md
 # MAGIC # 02 · Filter rejections
-# MAGIC Why the `filter` stage dropped documents: counts per reason, the quality signals of rejected documents side
-# MAGIC by side with those of kept documents, and a few rejected documents per reason next to their signals.
+# MAGIC Why the `filter` stage dropped documents: counts per reason, documents and tokens in and out per domain and
+# MAGIC per source with the top reasons of each domain, the quality signals of rejected documents side by side with
+# MAGIC those of kept documents, and a few rejected documents per reason next to their signals.
 # MAGIC
-# MAGIC Reasons are `langid:<lang>`, `langid:low_score`, `<quality filter>:<rule>` (udfs/quality.py; signals are
-# MAGIC measured up to the failing rule only) and `classifier:low_score`.
+# MAGIC Reasons are `langid:<lang>`, `langid:low_score`, `<quality filter>:<rule>` (udfs/quality.py) and
+# MAGIC `classifier:low_score`: the first rule that failed. To see what other thresholds would keep or drop, see
+# MAGIC notebooks/05_threshold_tuning.py.
 # MAGIC On Databricks set the `lake` widget; as plain Python set `LMR_LAKE` (default `./lake`).
 
 # COMMAND ----------
@@ -20,6 +22,8 @@ except NameError:  # Databricks Repos run a notebook with its own folder as work
     REPO = os.path.dirname(os.getcwd())
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+
+import json  # noqa: E402
 
 from pyspark.sql import functions as F  # noqa: E402
 
@@ -54,6 +58,55 @@ show(per_step)
 # COMMAND ----------
 
 # MAGIC %md
+# MAGIC ## Per domain and per source
+# MAGIC From the filter's signals table (`filter_signals`, one row per input document): documents and tokens in and
+# MAGIC kept per domain and per source (tokens in: the raw text, tokens out: the line-cleaned text that `filtered`
+# MAGIC holds), marked `LOUD` where more than half the documents were lost, and the top 5 reasons per domain with
+# MAGIC the rest grouped as `other (N reasons)`.
+
+# COMMAND ----------
+
+from pyspark.sql import Window  # noqa: E402
+
+filter_rows = ([r for r in lake.read_arrow("metrics").to_pylist() if r["stage"] == "filter"]
+               if lake.exists("metrics") else [])
+filter_row = max(filter_rows, key=lambda r: r["started_at"]) if filter_rows else None
+filter_extra = json.loads(filter_row["extra"] or "{}") if filter_row else {}
+signals_name = filter_extra.get("signals_table") or "filter_signals"
+if lake.exists(signals_name):
+    sig = lake.read(signals_name, version=dict(filter_row["outputs"] or []).get(signals_name) if filter_row else None)
+    for key in ("domain", "source"):
+        per_key = (sig.groupBy(key)
+                   .agg(F.count(F.lit(1)).alias("docs_in"), F.sum(F.col("kept").cast("int")).alias("docs_out"),
+                        F.sum("n_tokens_raw").alias("tokens_in"),
+                        F.coalesce(F.sum(F.when(F.col("kept"), F.col("n_tokens_clean"))), F.lit(0)).alias("tokens_out"))
+                   .withColumn("doc_acceptance", F.round(F.col("docs_out") / F.col("docs_in"), 4))
+                   .withColumn("token_acceptance", F.round(F.col("tokens_out") / F.col("tokens_in"), 4))
+                   .withColumn("loss", F.when(F.col("docs_out") < F.col("docs_in") / 2, F.lit("LOUD")).otherwise(""))
+                   .orderBy(F.desc("docs_in"), key))
+        print(f"## Per {key}: documents and tokens in -> out")
+        show(per_key, 200)
+    for line in filter_extra.get("loud_losses") or []:
+        print(f"loud loss: {line}")
+    wr = Window.partitionBy("domain").orderBy(F.desc("documents"), "reason")
+    ranked = (sig.where(~F.col("kept")).groupBy("domain", "reason").agg(F.count(F.lit(1)).alias("documents"))
+              .withColumn("rank", F.row_number().over(wr)))
+    top_per_domain = (ranked.withColumn("group", F.when(F.col("rank") <= 5, F.col("rank")).otherwise(F.lit(6)))
+                      .groupBy("domain", "group")
+                      .agg(F.sum("documents").alias("documents"), F.count(F.lit(1)).alias("n"),
+                           F.first("reason").alias("first_reason"))
+                      .withColumn("reason", F.when(F.col("group") <= 5, F.col("first_reason"))
+                                  .otherwise(F.concat(F.lit("other ("), F.col("n").cast("string"),
+                                                      F.lit(" reasons)"))))
+                      .orderBy("domain", "group").select("domain", "reason", "documents"))  # "other" last
+    print("## Top reasons per domain")
+    show(top_per_domain, 200, truncate=60)
+else:
+    print(f"## Per domain and per source\nno {signals_name} table in this lake (the filter ran before it was added)")
+
+# COMMAND ----------
+
+# MAGIC %md
 # MAGIC ## Signals: kept vs rejected, side by side
 # MAGIC Median of every quality signal among kept documents and among the documents of each of the most frequent
 # MAGIC quality reasons (blank: that signal was not measured before the rule failed).
@@ -81,8 +134,6 @@ show(side_by_side, 100, truncate=30)
 # MAGIC The three smallest ids per reason: text (first characters) next to the language score and signals.
 
 # COMMAND ----------
-
-from pyspark.sql import Window  # noqa: E402
 
 w = Window.partitionBy("reason").orderBy("id")
 signal_str = F.array_join(F.transform(F.sort_array(F.map_entries("quality_signals")),

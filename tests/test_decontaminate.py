@@ -2,8 +2,6 @@
 import json
 import os
 
-import pytest
-
 from jobs.cli import run_main
 from jobs.schema import document_row, documents_df
 from udfs import ngrams as ng

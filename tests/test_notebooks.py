@@ -1,5 +1,6 @@
 """The Databricks-style notebooks run top to bottom as plain Python (`LMR_LAKE=<lake> python notebooks/NN_*.py`)
 against the small lake of tests/test_report.py, and print what the lake holds."""
+import collections
 import glob
 import json
 import os
@@ -32,6 +33,10 @@ for path in sys.argv[1:]:
 sys.exit(1 if failed else 0)
 """
 _RUNS: dict = {}
+# the threshold change 05_threshold_tuning.py tries on the small lake (env LMR_TUNING_SET): it keeps one document
+# more of web (c4 sentences), keeps the French one, moves the German one to another reason and drops a reference one
+TUNING_SET = ["filter.quality.c4.min_num_sentences=1", "filter.langid.languages=en,de,fr",
+              "filter.domains.reference.quality.gopher_quality.min_alpha_words_ratio=0.8"]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +47,8 @@ def lake(spark, tmp_path_factory):
 def run_notebooks(root: str) -> dict:
     """{notebook file name: {"status", "seconds", "out"}} from one subprocess with LMR_LAKE=root (run once)."""
     if not _RUNS:
-        env = {**os.environ, "LMR_LAKE": root, "SPARK_MASTER": "local[2]", "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "LMR_LAKE": root, "SPARK_MASTER": "local[2]", "PYTHONUNBUFFERED": "1",
+               "LMR_TUNING_SET": ";".join(TUNING_SET)}
         env.pop("PYSPARK_GATEWAY_PORT", None)
         t0 = time.time()
         r = subprocess.run([sys.executable, "-c", RUNNER, *NOTEBOOKS], capture_output=True, text=True, env=env,
@@ -84,7 +90,7 @@ def _statement_before(src: str, pos: int) -> str:
 def test_notebooks_are_databricks_source_files():
     names = [os.path.basename(p) for p in NOTEBOOKS]
     assert names == ["01_explore_documents.py", "02_filter_rejections.py", "03_duplicate_clusters.py",
-                     "04_mixture_and_tokens.py"]
+                     "04_mixture_and_tokens.py", "05_threshold_tuning.py"]
     for p in NOTEBOOKS:
         with open(p, encoding="utf-8") as f:
             src = f.read()
@@ -131,6 +137,17 @@ def test_02_rejections_per_reason_with_samples(lake):
         assert re.search(rf"\|\s*{re.escape(reason)}\s*\|\s*{n}\s*\|", out), reason
         assert f"--- {reason}\n" in out
     assert "web/w-de  [lang de" in out and "signals:" in out
+    # per domain and per source, from filter_signals: equal to the filter's own per-domain counts (metrics extra)
+    for key in ("domain", "source"):
+        assert f"## Per {key}: documents and tokens in -> out" in out
+        for name, g in f["extra"][f"per_{key}"].items():
+            m = re.search(rf"^\|\s*{name}\s*\|\s*(\d+)\s*\|\s*(\d+)\s*\|\s*(\d+)\s*\|\s*(\d+)\s*\|", out, re.M)
+            assert m, (key, name)
+            assert tuple(map(int, m.groups())) == (g["docs_in"], g["docs_out"], g["tokens_in"], g["tokens_out"])
+    top = re.findall(r"^\|\s*(web|reference)\s*\|\s*(\S+)\s*\|\s*(\d+)\s*\|$",
+                     out.split("## Top reasons per domain")[1], re.M)
+    assert {(d, r): int(n) for d, r, n in top} == {("web", r): n for r, n in f["extra"]["per_domain"]["web"]["reasons"]
+                                                   .items()}
 
 
 def test_03_duplicate_clusters_side_by_side(lake):
@@ -165,3 +182,74 @@ def test_04_mixture_and_token_stats(lake):
                          rf"{info['text_bytes']}\s", out, re.M), split
     assert "## Tokenizer compression" in out
     assert re.search(r"^ALL\s+[0-9.]+\s+[0-9.]+\s+[0-9.]+", out, re.M)
+
+
+def test_05_threshold_tuning_added_minus_removed_is_the_kept_difference(lake, spark):
+    """The notebook's per-domain numbers against sets of kept ids under both decision columns, computed here."""
+    from pyspark.sql import functions as F
+
+    from jobs.config import load_config
+    from jobs.filter import decision_column, resolve_config
+    from jobs.tables import Lake
+
+    f = metrics_latest(lake["root"])["filter"]
+    out = run_notebook("05_threshold_tuning.py", lake["root"])["out"]
+    for item in TUNING_SET:
+        assert f"set {item}" in out
+    assert re.search(r"^  reference\s+gopher_quality:alpha_words\s+min\s+alpha_words_ratio\s+0\.7 -> 0\.8$", out, re.M)
+    n = f["docs_in"]
+    assert f"current config reproduces the stored decision for {n} of {n} documents" in out
+
+    sig = Lake(spark, lake["root"]).read("filter_signals")
+    old = resolve_config(load_config()["filter"])
+    new = resolve_config(load_config(None, TUNING_SET)["filter"])
+    rows = (sig.select("id", "domain", "n_tokens_clean", decision_column(old, sig.columns).alias("o"),
+                       decision_column(new, sig.columns).alias("n")).collect())  # a few dozen rows
+    want = {}
+    for d in {r["domain"] for r in rows} | {"ALL"}:
+        mine = [r for r in rows if d in ("ALL", r["domain"])]
+        before = {r["id"]: r["n_tokens_clean"] for r in mine if r["o"] is None}
+        after = {r["id"]: r["n_tokens_clean"] for r in mine if r["n"] is None}
+        plus, minus = set(after) - set(before), set(before) - set(after)
+        want[d] = {"docs": len(mine), "kept_before": len(before), "kept_after": len(after), "docs_added": len(plus),
+                   "docs_removed": len(minus), "tokens_before": sum(before.values()),
+                   "tokens_after": sum(after.values()), "tokens_added": sum(after[i] for i in plus),
+                   "tokens_removed": sum(before[i] for i in minus)}
+    table = out.split("## Change per domain\n")[1].split("\n## ")[0].splitlines()
+    heads = table[0].split()
+    got = {}
+    for line in table[1:]:
+        if line.startswith("total:"):
+            continue
+        cells = line.split()
+        got[cells[0]] = {h: int(c) for h, c in zip(heads[1:], cells[1:])}
+    for d, w in want.items():
+        for k, v in w.items():
+            assert got[d][k] == v, (d, k)
+        assert got[d]["tokens_net"] == w["tokens_added"] - w["tokens_removed"] == w["tokens_after"] - w["tokens_before"]
+    assert want["ALL"]["docs_added"] >= 2 and want["ALL"]["docs_removed"] >= 1  # the change does both
+    # before the change the kept tokens are those of the filtered table (the stored decision)
+    kept_tokens = Lake(spark, lake["root"]).read("filtered").agg(F.sum("n_tokens_est")).first()[0]
+    m = re.search(r"^total: docs added (\d+) removed (\d+) net ([-+]\d+) \| tokens added (\d+) removed (\d+) "
+                  r"net ([-+]\d+) \| kept tokens before (\d+) after (\d+)$", out, re.M)
+    assert m
+    da, dr, dn, ta, tr, tn, kb, ka = map(int, m.groups())
+    assert (da, dr, ta, tr, kb, ka) == tuple(want["ALL"][k] for k in (
+        "docs_added", "docs_removed", "tokens_added", "tokens_removed", "tokens_before", "tokens_after"))
+    assert dn == da - dr and tn == ta - tr == ka - kb and kb == kept_tokens
+
+    # audit samples: every transition, at most 5 documents each, each with its text from the documents table
+    trans = collections.Counter((r["o"] or "kept", r["n"] or "kept") for r in rows if r["o"] != r["n"])
+    audit = out.split("## Audit samples at the margin\n")[1]
+    blocks = dict(re.findall(r"^--- (\S+ -> \S+)\n((?:  .*\n?)*)", audit, re.M))
+    assert set(blocks) == {f"{a} -> {b}" for a, b in trans}
+    docs = {r["id"]: r["text"] for r in Lake(spark, lake["root"]).read("documents").select("id", "text").collect()}
+    for (a, b), cnt in trans.items():
+        ids = re.findall(r"^  (\S+)  \[", blocks[f"{a} -> {b}"], re.M)
+        flipped = {r["id"] for r in rows if (r["o"] or "kept", r["n"] or "kept") == (a, b)}
+        assert len(ids) == min(cnt, 5) and set(ids) <= flipped, (a, b)
+        for i in ids:
+            text = re.search(rf"^  {re.escape(i)}  .*\n    text: (.*)$", blocks[f"{a} -> {b}"], re.M).group(1)
+            assert text == re.sub(r"[ \t\n\r\f\v]+", " ", docs[i][:300])  # as Java's \s: ASCII whitespace only
+    # the French document is kept now: its line shows the language it was rejected for
+    assert re.search(r"^--- langid:fr -> kept\n  web/w-fr  \[web\]  lang=fr lang_score=", audit, re.M)

@@ -356,6 +356,10 @@ def test_missing_sections_degrade_gracefully(small_lake, tmp_path, capsys):
                  "No tokenizer compression", "No training metrics"):
         assert what in text, what
     assert [r["stage"]["text"] for r in table_dicts(doc, "funnel")] == ["ingest"]
+    # per domain: ingest only; the three filter_signals sections say it is missing
+    assert [t for t in doc.tables if t.startswith("by_")] == ["by_domain_ingest", "by_source_ingest"]
+    assert {r["domain"]["text"] for r in table_dicts(doc, "by_domain_ingest")} == {"web", "reference"}
+    assert sum("No filter signals table" in m for m in doc.missing) == 3
 
     # an empty folder: a page of "missing" notes, exit 0; a folder that does not exist: one-line error, exit 2
     empty = tmp_path / "empty"
@@ -410,3 +414,234 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     r = subprocess.run([sys.executable, SCREENSHOT, str(blank), str(tmp_path / "blank.png"), "--height", "800"],
                        capture_output=True, text=True, timeout=240)
     assert r.returncode == 1 and "blank" in r.stderr
+
+
+# ---- per domain / source, filter reasons per domain, signal histograms, line cleaning ---------------------------
+# A copy of the small lake whose filter is re-run with stricter thresholds: both domains lose more than half their
+# documents (loud losses) and web is rejected for ten different reasons. Dedup, decontaminate and mix keep their
+# metrics rows, so dedup's input (filtered) is pinned at the version before the re-run.
+LOUD_SETS = ["filter.quality.gopher_repetition.top_n_grams={2: 0.045}",
+             "filter.quality.gopher_repetition.dup_n_grams={5: 0.02}",
+             "filter.quality.gopher_quality.min_doc_words=100", "filter.quality.gopher_quality.max_avg_word_length=5.8",
+             "filter.quality.gopher_quality.min_alpha_words_ratio=0.85",
+             "filter.quality.gopher_quality.min_stop_words=5", "filter.quality.c4.min_num_sentences=7",
+             "filter.domains.reference.quality.gopher_quality.min_alpha_words_ratio=0.85"]
+
+
+@pytest.fixture(scope="module")
+def loud_lake(small_lake, spark, tmp_path_factory):
+    import shutil
+
+    from jobs import filter as filter_job
+    from jobs import report as report_job
+
+    root = str(tmp_path_factory.mktemp("loud") / "lake")
+    shutil.copytree(small_lake["root"], root)
+    argv = ["--lake", root]
+    for s in LOUD_SETS:
+        argv += ["--set", s]
+    t0 = time.time()
+    assert filter_job.main(argv) == 0
+    out = os.path.join(root, "report.html")
+    assert report_job.main(["--lake", root, "--out", out]) == 0
+    with open(out, encoding="utf-8") as f:
+        page = f.read()
+    print(f"\nloud lake: filter re-run and report in {time.time() - t0:.1f}s")
+    return {"root": root, "html": page, "doc": parse(page)}
+
+
+def _spark_counts(spark, root, table, version=None, where=None, key="domain"):
+    """{key: (documents, n_tokens_est)} of a table, in Spark (independent of the report's pyarrow path)."""
+    from pyspark.sql import functions as F
+
+    from jobs.tables import Lake
+
+    df = Lake(spark, root).read(table, version=version)
+    if where is not None:
+        df = df.where(where)
+    return {r[key]: (r["d"], r["t"] or 0) for r in
+            df.groupBy(key).agg(F.count(F.lit(1)).alias("d"), F.sum("n_tokens_est").alias("t")).collect()}
+
+
+def _breakdown(doc, stage, kind="domain"):
+    return {r[kind]["text"]: r for r in table_dicts(doc, f"by_{kind}_{stage}")}
+
+
+def test_by_domain_and_source_equal_the_tables(report, small_lake, spark):
+    from pyspark.sql import functions as F
+
+    from jobs.tables import Lake
+
+    root, doc = small_lake["root"], report["doc"]
+    latest = metrics_latest(root)
+    sig = Lake(spark, root).read("filter_signals")
+    for kind in ("domain", "source"):
+        want = {r[kind]: (r["n"], r["k"]) for r in
+                sig.groupBy(kind).agg(F.count(F.lit(1)).alias("n"), F.sum(F.col("kept").cast("int")).alias("k"))
+                .collect()}
+        got = {k: (value(r["docs in"]), value(r["docs out"])) for k, r in _breakdown(doc, "filter", kind).items()}
+        assert got == want, kind
+        docs_in = _spark_counts(spark, root, "documents", key=kind)
+        kept = _spark_counts(spark, root, "filtered", key=kind)
+        for k, r in _breakdown(doc, "filter", kind).items():
+            assert value(r["tokens in"]) == docs_in[k][1]
+            assert value(r["tokens out"]) == kept[k][1]  # the line-cleaned text
+    # the chain: every stage's in = its input table, out = its output table, per domain; totals = its metrics row
+    pairs = {"dedup": ("filtered", "deduped"), "decontaminate": ("deduped", "decontaminated")}
+    for stage, (tin, tout) in pairs.items():
+        rows = _breakdown(doc, stage)
+        cin, cout = _spark_counts(spark, root, tin), _spark_counts(spark, root, tout)
+        assert {d: (value(r["docs in"]), value(r["tokens in"])) for d, r in rows.items()} == cin, stage
+        assert {d: (value(r["docs out"]), value(r["tokens out"])) for d, r in rows.items()} == cout, stage
+    mix = _breakdown(doc, "mix")
+    unique = _spark_counts(spark, root, "mixed", where=F.col("epoch_copy") == 0)
+    every = _spark_counts(spark, root, "mixed")
+    assert {d: value(r["docs out"]) for d, r in mix.items()} == {d: v[0] for d, v in unique.items()}
+    assert {d: value(r["tokens out"]) for d, r in mix.items()} == {d: v[1] for d, v in every.items()}
+    for stage in ("ingest", "filter", "dedup", "decontaminate", "mix"):
+        for kind in ("domain", "source"):
+            rows = _breakdown(doc, stage, kind).values()
+            for key, col in (("docs_in", "docs in"), ("docs_out", "docs out"), ("tokens_in", "tokens in"),
+                             ("tokens_out", "tokens out")):
+                assert sum(value(r[col]) for r in rows) == latest[stage][key], (stage, kind, key)
+    # ingest: documents + quarantined records per source, as the ingest job counted them
+    for src, r in _breakdown(doc, "ingest", "source").items():
+        per = latest["ingest"]["extra"]["per_source"][src]
+        assert value(r["docs out"]) == per["docs"]
+        assert value(r["docs in"]) == per["docs"] + sum(v for k, v in per.items() if k.startswith("quarantined_"))
+    # nothing lost half its documents here: no marks, no loud losses
+    assert 'data-loud="1"' not in report["html"] and latest["filter"]["extra"]["loud_losses"] == []
+
+
+def test_loud_losses_are_marked_and_dedup_input_stays_pinned(loud_lake, small_lake, spark):
+    root, doc = loud_lake["root"], loud_lake["doc"]
+    latest = metrics_latest(root)
+    lines = latest["filter"]["extra"]["loud_losses"]
+    assert len(lines) == 4 and all(x in loud_lake["html"] for x in (html_escape(x) for x in lines))
+    for kind in ("domain", "source"):
+        rows = _breakdown(doc, "filter", kind)
+        assert set(rows) == {"web", "reference"}
+        for name, r in rows.items():
+            lost = 1 - value(r["docs out"]) / value(r["docs in"])
+            assert lost > 0.5 and r["note"].get("data-loud") == "1" and f"lost {100 * lost:.1f}%" in r["note"]["text"]
+        per = latest["filter"]["extra"][f"per_{kind}"]
+        assert {k: (value(r["docs in"]), value(r["docs out"])) for k, r in rows.items()} == \
+            {k: (v["docs_in"], v["docs_out"]) for k, v in per.items()}
+    # dedup read filtered at the version before the re-run (its metrics row): counted there, not in the latest
+    assert latest["dedup"]["input_version"] == 0 and dict(latest["filter"]["outputs"])["filtered"] == 1
+    dd = _breakdown(doc, "dedup")
+    assert {d: value(r["docs in"]) for d, r in dd.items()} == \
+        {d: v[0] for d, v in _spark_counts(spark, root, "filtered", version=0).items()}
+    assert {d: value(r["docs out"]) for d, r in _breakdown(doc, "filter").items()} == \
+        {d: v[0] for d, v in _spark_counts(spark, root, "filtered", version=1).items()}
+
+
+def html_escape(s):
+    import html
+
+    return html.escape(s)
+
+
+def _top_reasons_from_spark(spark, root):
+    from pyspark.sql import functions as F
+
+    from jobs.tables import Lake
+
+    rows = (Lake(spark, root).read("filter_signals").where(~F.col("kept")).groupBy("domain", "reason").count()
+            .collect())
+    by: dict = collections.defaultdict(list)
+    for r in rows:
+        by[r["domain"]].append((r["reason"], r["count"]))
+    out = {}
+    for d, items in by.items():
+        items.sort(key=lambda kv: (-kv[1], kv[0]))
+        out[d] = items[:5] + ([(f"other ({len(items) - 5} reasons)", sum(v for _, v in items[5:]))]
+                              if len(items) > 5 else [])
+    return out
+
+
+@pytest.mark.parametrize("which", ["small", "loud"])
+def test_top_reasons_per_domain_from_filter_signals(which, request, spark):
+    lake = request.getfixturevalue("small_lake" if which == "small" else "loud_lake")
+    doc = request.getfixturevalue("report")["doc"] if which == "small" else lake["doc"]
+    got = collections.defaultdict(list)
+    for r in table_dicts(doc, "filter_reasons_by_domain"):
+        if r["reason"]["text"] != "(none rejected)":
+            got[r["domain"]["text"]].append((r["reason"]["text"], value(r["documents"])))
+    assert dict(got) == _top_reasons_from_spark(spark, lake["root"])
+    if which == "loud":  # ten reasons in web: five, then one "other" row
+        assert got["web"][-1] == ("other (5 reasons)", 5)
+
+
+def test_line_cleaning_per_domain_equals_the_filtered_table(report, small_lake, spark):
+    from pyspark.sql import functions as F
+
+    from jobs.tables import Lake
+
+    kept = {r["domain"]: r for r in Lake(spark, small_lake["root"]).read("filtered").groupBy("domain")
+            .agg(F.count(F.lit(1)).alias("d"), F.sum("n_bytes_raw").alias("raw"), F.sum("n_bytes").alias("clean"),
+                 F.sum("n_tokens_est").alias("tok")).collect()}
+    rows = {r["domain"]["text"]: r for r in table_dicts(report["doc"], "line_cleaning")}
+    assert set(rows) == set(kept) | {"ALL"}
+    for d, k in kept.items():
+        r = rows[d]
+        assert (value(r["kept docs"]), value(r["bytes raw"]), value(r["bytes clean"]), value(r["tokens clean"])) \
+            == (k["d"], k["raw"], k["clean"], k["tok"]), d
+        assert value(r["bytes kept"]) == pytest.approx(k["clean"] / k["raw"])
+    assert value(rows["ALL"]["bytes raw"]) == sum(k["raw"] for k in kept.values())
+    assert any(value(r["bytes kept"]) < 1 for r in rows.values())  # C4 line cleaning did drop lines
+
+
+def test_signal_histograms_draw_each_domains_cut_lines(report, small_lake):
+    import pyarrow.compute as pc
+
+    from jobs.report_gather import KEY_SIGNALS, Sources
+
+    img = report["doc"].imgs["signals"]
+    drawn, counts = json.loads(img["data-cuts"]), json.loads(img["data-counts"])
+    cuts = metrics_latest(small_lake["root"])["filter"]["extra"]["cuts"]
+    t = Sources(small_lake["root"]).arrow_dataset("filter_signals").to_table()
+    assert set(drawn) == set(pc.unique(t["domain"]).to_pylist()) == {"web", "reference"}
+    for d in drawn:
+        rules = cuts.get(d, cuts["*"])
+        for s, _ in KEY_SIGNALS:
+            want = sorted([k, float(thr)] for _, k, sig, thr in rules if sig == s)
+            assert sorted(drawn[d].get(s, [])) == want, (d, s)
+            rows = t.filter(pc.equal(t["domain"], d))
+            assert counts[d][s] == len(rows) - rows[s].null_count, (d, s)  # every row: the sample is the table
+    # the reference preset has its own cuts: the lines differ from web's
+    assert drawn["reference"]["alpha_words_ratio"] != drawn["web"]["alpha_words_ratio"]
+    assert ["min", 0.65] in drawn["web"]["lang_score"]
+
+
+def test_rejection_chart_groups_beyond_12_reasons(small_lake, tmp_path):
+    from jobs.report import Sources, gather, render
+
+    ctx = gather(Sources(small_lake["root"]), small_lake["run_dir"], os.path.join(small_lake["root"], "packed"),
+                 str(tmp_path), compression_docs=0)
+    reasons = {f"rule_{i:02d}": 100 - 3 * i for i in range(30)}  # 100, 97, ..., 13
+    ctx["latest"]["filter"] = {**ctx["latest"]["filter"], "reasons": reasons}
+    doc = parse(render(ctx))
+    bars = json.loads(doc.imgs["rejections"]["data-bars"])
+    assert len(bars["filter"]) == 12
+    assert bars["filter"][:11] == [[f"rule_{i:02d}", 100 - 3 * i] for i in range(11)]
+    assert bars["filter"][11] == ["other (19 reasons)", sum(100 - 3 * i for i in range(11, 30))]
+    assert bars["dedup"] == [["exact", 2], ["minhash", 1]]  # few reasons: one bar each
+    listed = [r for r in table_dicts(doc, "reasons") if r["stage"]["text"] == "filter"]
+    assert {r["reason"]["text"]: value(r["documents"]) for r in listed} == reasons  # the table keeps them all
+
+
+def test_old_lake_without_filter_signals_renders(small_lake, tmp_path):
+    import shutil
+
+    from jobs import report as report_job
+
+    root = str(tmp_path / "old")
+    shutil.copytree(small_lake["root"], root, ignore=shutil.ignore_patterns("filter_signals", "packed", "runs"))
+    assert report_job.main(["--lake", root, "--out", str(tmp_path / "old.html"), "--compression-docs", "0"]) == 0
+    doc = parse((tmp_path / "old.html").read_text())
+    assert "signals" not in doc.imgs and "line_cleaning" not in doc.imgs and "rejections" in doc.imgs
+    assert sum("No filter signals table" in m for m in doc.missing) == 3
+    assert "filter_reasons_by_domain" not in doc.tables and "line_cleaning" not in doc.tables
+    # the per-domain breakdown does not need it
+    assert {"by_domain_filter", "by_source_filter", "by_domain_mix"} <= set(doc.tables)

@@ -5,7 +5,7 @@ import deltalake
 import pytest
 from pyspark.sql import functions as F
 
-from jobs.tables import Lake, TableError
+from jobs.tables import TableError
 
 
 def _rows(df, cols):
