@@ -137,7 +137,8 @@ def plan_tasks(specs, chunk_bytes: int):
                         end=-1, line_base=0, row_group=0, row_base=0)
             if spec.format == "jsonl" and not path.endswith(".gz") and st.st_size > chunk_bytes:
                 for start in range(0, st.st_size, chunk_bytes):
-                    tasks.append({**base, "start": start, "end": min(start + chunk_bytes, st.st_size)})
+                    end = min(start + chunk_bytes, st.st_size)
+                    tasks.append({**base, "start": start, "end": end, "n_bytes": end - start})
             elif spec.format == "parquet":
                 try:
                     md = pq.ParquetFile(path).metadata
@@ -145,18 +146,51 @@ def plan_tasks(specs, chunk_bytes: int):
                     raise UserError(f"source {spec.name!r}: cannot read Parquet file {path}: {e}")
                 row_base = 0
                 for rg in range(md.num_row_groups):
-                    tasks.append({**base, "row_group": rg, "row_base": row_base})
+                    tasks.append({**base, "row_group": rg, "row_base": row_base,
+                                  "n_bytes": md.row_group(rg).total_byte_size})
                     row_base += md.row_group(rg).num_rows
             else:
-                tasks.append(base)
+                tasks.append({**base, "n_bytes": st.st_size})
     for i, t in enumerate(tasks):
         t["task_id"] = i
     return tasks, fingerprint, total_bytes
 
 
+# What opening one file costs, in bytes of reading (Spark's openCostInBytes is 4 MB for a JVM reader; a file here
+# costs a stat, an open and the reader's set-up in the Python worker: a few ms, some 256 KB of parsing)
+OPEN_COST_BYTES = 256 << 10
+MAX_PARTITION_BYTES = 128 << 20  # most bytes one Spark task reads (Spark's maxPartitionBytes)
+
+
+def pack_tasks(tasks, parallelism: int, max_bytes: int = MAX_PARTITION_BYTES,
+               open_cost: int = OPEN_COST_BYTES) -> list[list[dict]]:
+    """Group tasks (files, byte ranges, row groups) into Spark partitions by bytes, as Spark plans file scans:
+    each task weighs its bytes plus an open cost, a partition holds up to min(max_bytes, max(open_cost, total /
+    parallelism)), tasks are placed largest first (next fit). 2,000 small files then make a few Spark tasks instead
+    of 2,000, each of which paid a Python worker round trip; big inputs still spread over every core."""
+    if not tasks:
+        return []
+    weights = {t["task_id"]: t.get("n_bytes", 0) + open_cost for t in tasks}
+    target = min(max_bytes, max(open_cost, sum(weights.values()) // max(1, parallelism)))
+    groups, cur, cur_bytes = [], [], 0
+    for t in sorted(tasks, key=lambda t: (-weights[t["task_id"]], t["task_id"])):
+        w = weights[t["task_id"]]
+        if cur and cur_bytes + w > target:
+            groups.append(cur)
+            cur, cur_bytes = [], 0
+        cur.append(t)
+        cur_bytes += w
+    if cur:
+        groups.append(cur)
+    return groups
+
+
 def task_frame(spark, tasks):
+    """The tasks as a DataFrame, one Spark partition per group of `pack_tasks`."""
     cols = [c.split()[0] for c in TASK_DDL.split(", ")]
-    rdd = spark.sparkContext.parallelize([tuple(t[c] for c in cols) for t in tasks], max(1, len(tasks)))
+    groups = pack_tasks(tasks, spark.sparkContext.defaultParallelism)
+    rows = [[tuple(t[c] for c in cols) for t in g] for g in groups]
+    rdd = spark.sparkContext.parallelize(rows, max(1, len(rows))).flatMap(lambda g: g)
     return spark.createDataFrame(rdd, TASK_DDL)
 
 
@@ -317,8 +351,9 @@ def plan(ctx) -> None:
     specs, limits, tasks, fingerprint, total_bytes = (st["specs"], st["limits"], st["tasks"], st["fingerprint"],
                                                       st["total_bytes"])
     out_t, q_t = ctx.tables["output_table"], ctx.tables["quarantine_table"]
-    log(f"ingest: {len(specs)} source(s), {len(fingerprint)} file(s), {total_bytes / 1e6:.1f} MB in "
-        f"{len(tasks)} task(s)")
+    n_parts = len(pack_tasks(tasks, spark.sparkContext.defaultParallelism))
+    log(f"ingest: {len(specs)} source(s), {len(fingerprint)} file(s), {total_bytes / 1e6:.1f} MB: {len(tasks)} "
+        f"unit(s) of work in {n_parts} Spark task(s)")
 
     assign_line_bases(spark, tasks)
     units = task_frame(spark, tasks).mapInArrow(parse_tasks_fn(specs, limits), UNIT_DDL)

@@ -263,3 +263,19 @@ def test_a_wrong_text_field_is_one_line_naming_the_fields(spark, tmp_path, capsy
                                    "'text'; fields: post_id, title, body); set text_field for this source "
                                    "(--text-field, or text_field: in the sources file)")
     assert not Lake(spark, str(lake)).exists("documents")
+
+
+def test_small_files_share_spark_tasks_and_big_inputs_spread():
+    """pack_tasks groups work by bytes like Spark's file scans: 2,000 small files make a handful of Spark tasks,
+    big chunks spread over every core, every unit of work is placed exactly once and the plan is deterministic."""
+    small = [{"task_id": i, "n_bytes": 4000 + i % 7} for i in range(2000)]
+    groups = ingest.pack_tasks(small, parallelism=2)
+    assert 2 <= len(groups) <= 8, len(groups)
+    assert sorted(t["task_id"] for g in groups for t in g) == list(range(2000))
+    assert ingest.pack_tasks(small, parallelism=2) == groups
+    big = [{"task_id": i, "n_bytes": 32 << 20} for i in range(8)]  # 256 MB of 32 MB chunks on 4 cores
+    groups = ingest.pack_tasks(big, parallelism=4)
+    assert len(groups) == 4 and all(len(g) == 2 for g in groups)
+    huge = [{"task_id": i, "n_bytes": 32 << 20} for i in range(64)]  # no partition beyond 128 MB
+    assert all(sum(t["n_bytes"] for t in g) <= 128 << 20 for g in ingest.pack_tasks(huge, parallelism=2))
+    assert ingest.pack_tasks([], parallelism=2) == []
