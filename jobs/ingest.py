@@ -164,25 +164,24 @@ MAX_PARTITION_BYTES = 128 << 20  # most bytes one Spark task reads (Spark's maxP
 
 def pack_tasks(tasks, parallelism: int, max_bytes: int = MAX_PARTITION_BYTES,
                open_cost: int = OPEN_COST_BYTES) -> list[list[dict]]:
-    """Group tasks (files, byte ranges, row groups) into Spark partitions by bytes, as Spark plans file scans:
-    each task weighs its bytes plus an open cost, a partition holds up to min(max_bytes, max(open_cost, total /
-    parallelism)), tasks are placed largest first (next fit). 2,000 small files then make a few Spark tasks instead
-    of 2,000, each of which paid a Python worker round trip; big inputs still spread over every core."""
+    """Group tasks (files, byte ranges, row groups) into Spark partitions by bytes: each task weighs its bytes plus
+    an open cost (as Spark plans file scans), a partition holds at most `max_bytes` unless one task alone is bigger,
+    and the number of partitions is a multiple of `parallelism` so that no core idles in the last wave. Tasks are
+    placed largest first on the lightest partition (LPT), which keeps the partitions within one task of each other.
+    2,000 small files then make a few Spark tasks instead of 2,000, each of which paid a Python worker round trip."""
     if not tasks:
         return []
+    par = max(1, parallelism)
     weights = {t["task_id"]: t.get("n_bytes", 0) + open_cost for t in tasks}
-    target = min(max_bytes, max(open_cost, sum(weights.values()) // max(1, parallelism)))
-    groups, cur, cur_bytes = [], [], 0
+    n = -(-sum(weights.values()) // max_bytes)  # ceil: the fewest partitions under max_bytes
+    n = min(len(tasks), -(-n // par) * par)     # rounded up to whole waves of `par` tasks
+    loads = [0] * n
+    groups: list[list[dict]] = [[] for _ in range(n)]
     for t in sorted(tasks, key=lambda t: (-weights[t["task_id"]], t["task_id"])):
-        w = weights[t["task_id"]]
-        if cur and cur_bytes + w > target:
-            groups.append(cur)
-            cur, cur_bytes = [], 0
-        cur.append(t)
-        cur_bytes += w
-    if cur:
-        groups.append(cur)
-    return groups
+        i = min(range(n), key=lambda k: (loads[k], k))
+        groups[i].append(t)
+        loads[i] += weights[t["task_id"]]
+    return [sorted(g, key=lambda t: t["task_id"]) for g in groups if g]
 
 
 def task_frame(spark, tasks):

@@ -270,12 +270,15 @@ def test_small_files_share_spark_tasks_and_big_inputs_spread():
     big chunks spread over every core, every unit of work is placed exactly once and the plan is deterministic."""
     small = [{"task_id": i, "n_bytes": 4000 + i % 7} for i in range(2000)]
     groups = ingest.pack_tasks(small, parallelism=2)
-    assert 2 <= len(groups) <= 8, len(groups)
+    assert 2 <= len(groups) <= 8 and len(groups) % 2 == 0, len(groups)
     assert sorted(t["task_id"] for g in groups for t in g) == list(range(2000))
     assert ingest.pack_tasks(small, parallelism=2) == groups
-    big = [{"task_id": i, "n_bytes": 32 << 20} for i in range(8)]  # 256 MB of 32 MB chunks on 4 cores
-    groups = ingest.pack_tasks(big, parallelism=4)
-    assert len(groups) == 4 and all(len(g) == 2 for g in groups)
-    huge = [{"task_id": i, "n_bytes": 32 << 20} for i in range(64)]  # no partition beyond 128 MB
+    sizes = [len(g) for g in groups]
+    assert max(sizes) - min(sizes) <= 1  # balanced: no core idles in the last wave
+    big = [{"task_id": i, "n_bytes": 32 << 20} for i in range(8)]  # 8 files of 32 MB on 2 cores: two even waves
+    assert [len(g) for g in ingest.pack_tasks(big, parallelism=2)] == [2, 2, 2, 2]  # not 3 + 3 + 2
+    huge = [{"task_id": i, "n_bytes": 32 << 20} for i in range(64)]  # no partition beyond 128 MB (+ open costs)
     assert all(sum(t["n_bytes"] for t in g) <= 128 << 20 for g in ingest.pack_tasks(huge, parallelism=2))
+    one = [{"task_id": 0, "n_bytes": 1 << 30}]  # one task bigger than max_bytes stays one task
+    assert ingest.pack_tasks(one, parallelism=4) == [one]
     assert ingest.pack_tasks([], parallelism=2) == []
