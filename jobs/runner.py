@@ -24,6 +24,7 @@ and `run_stage` owns everything around it, the same way for every stage:
 from __future__ import annotations
 
 import argparse
+import time
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -174,7 +175,9 @@ def run_stage(stage: Stage, argv=None) -> int:
     if stage.prepare:
         stage.prepare(ctx)
 
+    t_session = time.perf_counter()
     ctx.spark = get_spark(f"lmrefinery-{stage.name}", master=args.master)
+    t_session = time.perf_counter() - t_session
     ctx.lake = Lake(ctx.spark, args.lake)
     input_version = None
     if stage.input_table:
@@ -191,6 +194,7 @@ def run_stage(stage: Stage, argv=None) -> int:
                        args.input_table if stage.input_table else None, list(tables.values()), force=args.force,
                        input_version=input_version, extra_key=ctx.extra_key,
                        extra_leases=stage.extra_leases(ctx) if stage.extra_leases else None)
+    ctx.run.session_seconds = t_session
     if ctx.run.already_done(quiet=stage.still_done is not None) and (stage.still_done is None or
                                                                        stage.still_done(ctx)):
         return 0

@@ -172,12 +172,26 @@ class StageRun:
             "token_acceptance": (tokens_out / tokens_in) if tokens_in else None,
             "reasons": {str(k): int(v) for k, v in (reasons or {}).items()},
             "config_hash": self.config_hash,
-            "extra": json.dumps(extra or {}, sort_keys=True, default=str),
+            "extra": json.dumps({**(extra or {}), "timings": self.timings(seconds)}, sort_keys=True, default=str),
         }
         _append_metrics(self.lake, row, app_id=f"lmrefinery|{self.run_id}|metrics")
         self.release()
         log(_summary(row))
+        t = self.timings(seconds)
+        log(f"{self.stage}: time: Spark session {t['session_s']:.1f}s (before the stage clock), writing "
+            f"{t['write_data_s']:.1f}s + Delta commits {t['commit_s']:.1f}s, everything else {t['compute_s']:.1f}s")
         return row
+
+    session_seconds = 0.0  # set by the runner: getting the Spark session (0 when one was already running)
+
+    def timings(self, seconds: float) -> dict:
+        """Where the stage's time went: the session start (outside `seconds`), the data writes, the Delta commits
+        and the rest (planning, reading, computing, counting), for the metrics row (`extra.timings`)."""
+        data = sum(w.seconds_data for w in self.writes.values())
+        commit = sum(w.seconds_commit for w in self.writes.values())
+        return {"session_s": round(self.session_seconds, 3), "write_data_s": round(data, 3),
+                "commit_s": round(commit, 3), "compute_s": round(max(seconds - data - commit, 0.0), 3),
+                "writes": {t: [round(w.seconds_data, 3), round(w.seconds_commit, 3)] for t, w in self.writes.items()}}
 
     def write_audit(self, df, table: str, reason_col: str = "reason", per_reason: int = 5,
                     order_col: str = "id", text_chars: int = 2000) -> str:

@@ -38,6 +38,8 @@ class WriteResult:
     skipped: bool  # True when the app transaction was already committed
     num_files: int
     num_rows: int
+    seconds_data: float = 0.0    # writing the data files (the Spark job)
+    seconds_commit: float = 0.0  # the Delta commit after it (delta-rs backend; native commits are in seconds_data)
 
 
 def _delta_rs():
@@ -169,6 +171,7 @@ class Lake:
         return self._write_rs(df, name, mode, app_id, txn_version)
 
     def _write_native(self, df, name, mode, app_id, txn_version) -> WriteResult:
+        t0 = time.perf_counter()
         writer = df.write.format("delta").mode(mode)
         if mode == "overwrite":
             writer = writer.option("overwriteSchema", "true")
@@ -177,7 +180,7 @@ class Lake:
             writer = writer.option("userMetadata", app_id)
         writer.save(self.path(name))
         dt = self._dt(name)
-        return WriteResult(name, dt.version(), False, -1, -1)
+        return WriteResult(name, dt.version(), False, -1, -1, time.perf_counter() - t0)
 
     def _write_rs(self, df, name, mode, app_id, txn_version) -> WriteResult:
         dl = _delta_rs()
@@ -187,7 +190,9 @@ class Lake:
         os.makedirs(table_path, exist_ok=True)
         # A fresh folder per write; its name must not start with '_' or '.', which Delta treats as hidden.
         batch_dir = f"w-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}"
+        t0 = time.perf_counter()
         df.write.mode("error").parquet(os.path.join(table_path, batch_dir))
+        t_data = time.perf_counter() - t0
 
         adds, arrow_schema, total_rows = [], None, 0
         for fn in sorted(os.listdir(os.path.join(table_path, batch_dir))):
@@ -214,7 +219,8 @@ class Lake:
         if not self.exists(name):
             try:
                 create_table_with_add_actions(table_path, schema, adds, mode="error", commit_properties=props)
-                return WriteResult(name, self.version(name), False, len(adds), total_rows)
+                return WriteResult(name, self.version(name), False, len(adds), total_rows, t_data,
+                                   time.perf_counter() - t0 - t_data)
             except Exception:
                 if not self.exists(name):
                     raise
@@ -224,7 +230,8 @@ class Lake:
             create_table_with_add_actions(table_path, schema, adds, mode="overwrite", commit_properties=props)
         else:
             dt.create_write_transaction(adds, mode=mode, schema=schema, commit_properties=props)
-        return WriteResult(name, self.version(name), False, len(adds), total_rows)
+        return WriteResult(name, self.version(name), False, len(adds), total_rows, t_data,
+                           time.perf_counter() - t0 - t_data)
 
 
 # ---- names, broken logs, leftovers ----------------------------------------------------------------------------

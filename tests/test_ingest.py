@@ -132,6 +132,11 @@ def test_conservation_and_metrics(ingested):
     assert extra["duplicate_ids"] == 1 and 0 < extra["parse_failure_rate"] < 1 and extra["docs_per_s"] > 0
     # blank lines are not records but are counted: units = documents + quarantined + blank
     assert extra["blank_lines"] == 1 and extra["input_units"] == docs + quar + 1
+    # where the time went: both tables' data writes and commits, the rest, within the stage's seconds
+    t = extra["timings"]
+    assert set(t["writes"]) == {"documents", "quarantine"} and all(d > 0 and c > 0 for d, c in t["writes"].values())
+    assert t["write_data_s"] + t["commit_s"] + t["compute_s"] == pytest.approx(m["seconds"], abs=0.01)
+    assert t["session_s"] >= 0
     audit = [json.loads(x) for x in open(os.path.join(ingested.root, "audit", "quarantine.jsonl"))]
     assert {a["reason"] for a in audit} == set(EXPECTED_REASONS)
 
