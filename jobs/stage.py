@@ -178,15 +178,17 @@ class StageRun:
         self.release()
         log(_summary(row))
         t = self.timings(seconds)
-        log(f"{self.stage}: time: Spark session {t['session_s']:.1f}s (before the stage clock), writing "
-            f"{t['write_data_s']:.1f}s + Delta commits {t['commit_s']:.1f}s, everything else {t['compute_s']:.1f}s")
+        log(f"{self.stage}: time: Spark session {t['session_s']:.1f}s (before the stage clock), table writes "
+            f"{t['write_data_s']:.1f}s (with the computing Spark defers to them), Delta commits {t['commit_s']:.2f}s, "
+            f"everything else {t['compute_s']:.1f}s")
         return row
 
     session_seconds = 0.0  # set by the runner: getting the Spark session (0 when one was already running)
 
     def timings(self, seconds: float) -> dict:
-        """Where the stage's time went: the session start (outside `seconds`), the data writes, the Delta commits
-        and the rest (planning, reading, computing, counting), for the metrics row (`extra.timings`)."""
+        """Where the stage's time went: the session start (outside `seconds`), the table writes (which include the
+        computing Spark defers to them), the Delta commits and the rest (planning, counting, collecting), for the
+        metrics row (`extra.timings`)."""
         data = sum(w.seconds_data for w in self.writes.values())
         commit = sum(w.seconds_commit for w in self.writes.values())
         return {"session_s": round(self.session_seconds, 3), "write_data_s": round(data, 3),

@@ -1,0 +1,231 @@
+"""Whole-pipeline throughput: each lmrefinery stage vs its own kernel loop, and the pipeline vs datatrove's.
+
+    .venv/bin/python bench/bench_pipeline.py [--mb 1000] [--files 16] [--cores 2] [--skip-datatrove]
+
+Corpus (generated first, not timed): `--files` JSONL files of about `--mb` MB re-combining real paragraphs of the
+bundled sample (bench/bench_ingest.py's generator, no bad lines). Then, in the same run, on the same files:
+
+  (a) kernel loops, one process: ingest's worker function (`jobs.ingest.parse_tasks_fn`), the filter's per-batch
+      logic (`jobs.filter.filter_records`: lid.176 + every quality signal) and MinHash signatures
+      (`udfs.minhash.signatures`, dedup's kernel), each on the whole corpus (the filter and MinHash on what the
+      previous step kept);
+  (b) lmrefinery: `jobs/ingest.py`, `jobs/filter.py`, `jobs/dedup.py` as separate processes on `local[--cores]`,
+      each timed (JVM start included, as a user pays it) and with its `extra.timings` split from the metrics row;
+  (c) datatrove 0.10.1 with `LocalPipelineExecutor(tasks=workers=--cores)`: JsonlReader -> GopherRepetition ->
+      GopherQuality -> C4Quality(filter_no_terminal_punct=False) -> FineWebQuality -> MinhashDedupSignature, then
+      MinhashDedupBuckets, MinhashDedupCluster, and JsonlReader -> MinhashDedupFilter -> JsonlWriter. Its
+      LanguageFilter is left out: its model is a download this machine does not make (so datatrove does less work
+      than lmrefinery here).
+Prints MB/s per core of input for every step, ratios (stage / kernel, lmrefinery / datatrove) and the peak RSS of
+each process tree (sampled every 0.2 s from /proc).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "bench"))
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants, from /proc."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            for t in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{t}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def run_measured(cmd, env=None, cwd=None) -> tuple[float, int, subprocess.CompletedProcess]:
+    """(seconds, peak RSS of the process tree in bytes, result)."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = [0]
+    done = threading.Event()
+
+    def sample():
+        while not done.wait(0.2):
+            peak[0] = max(peak[0], _tree_rss(p.pid))
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    out, err = p.communicate()
+    done.set()
+    th.join()
+    dt = time.perf_counter() - t0
+    r = subprocess.CompletedProcess(cmd, p.returncode, out, err)
+    if r.returncode != 0:
+        sys.exit(f"failed ({r.returncode}): {' '.join(cmd)}\n{err[-3000:]}")
+    return dt, peak[0], r
+
+
+def kernel_loops(paths, mb):
+    import pyarrow as pa
+
+    from jobs import filter as filter_job
+    from jobs import ingest
+    from udfs import minhash as mh
+    from udfs.records import Limits, SourceSpec
+
+    out = {}
+    spec = SourceSpec.from_dict({"name": "s", "domain": "web", "format": "jsonl", "path": paths[0],
+                                 "text_field": "text", "id_field": "id"})
+    limits = Limits(max_doc_bytes=1 << 20, raw_payload_max_bytes=64 << 10, max_line_bytes=None, max_json_depth=100,
+                    max_skip_bytes=64 << 20)
+    cols = [c.split()[0] for c in ingest.TASK_DDL.split(", ")]
+    tasks = []
+    for i, p in enumerate(paths):
+        tasks.append(dict(task_id=i, source_idx=0, fmt="jsonl", path=p, file=os.path.basename(p), rel_file=p,
+                          start=0, end=-1, line_base=0, row_group=0, row_base=0))
+    t0 = time.perf_counter()
+    texts = []
+    for t in tasks:
+        batch = pa.RecordBatch.from_pylist([{c: t[c] for c in cols}])
+        for b in ingest.parse_tasks_fn([spec], limits)(iter([batch])):
+            kinds = b.column("kind").to_pylist()
+            texts.extend(x for x, k in zip(b.column("text").to_pylist(), kinds) if k == "doc")
+    out["ingest"] = time.perf_counter() - t0
+    cfg = filter_job.resolve_config(__import__("jobs.config", fromlist=["load_config"]).load_config()["filter"])
+    t0 = time.perf_counter()
+    kept = []
+    for i in range(0, len(texts), 2000):
+        chunk = texts[i:i + 2000]
+        for d in filter_job.filter_records(chunk, cfg, ["web"] * len(chunk)):
+            if d["reason"] is None:
+                kept.append(d["clean_text"])
+    out["filter"] = time.perf_counter() - t0
+    mh.signatures(kept[:10], 5, 128, 1)  # JIT outside the timing
+    t0 = time.perf_counter()
+    for i in range(0, len(kept), 5000):
+        mh.signatures(kept[i:i + 5000], 5, 128, 1)
+    out["dedup (signatures)"] = time.perf_counter() - t0
+    return out, len(texts), len(kept)
+
+
+def datatrove_run(corpus, work, cores):
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup import (MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter,
+                                          MinhashDedupSignature)
+    from datatrove.pipeline.dedup.minhash import MinhashConfig
+    from datatrove.pipeline.filters import (C4QualityFilter, FineWebQualityFilter, GopherQualityFilter,
+                                            GopherRepetitionFilter)
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+
+    shutil.rmtree(work, ignore_errors=True)
+    from datatrove.utils.hashing import HashConfig
+
+    # sha1 like ours (datatrove's default xxhash is one more dependency); 14 buckets x 8 rows is datatrove's default
+    cfg = MinhashConfig(hash_config=HashConfig(precision=64, hash_fc="sha1"))
+    sig, buckets, clusters = (os.path.join(work, x) for x in ("sigs", "buckets", "clusters"))
+    filtered = os.path.join(work, "filtered")
+    steps = {
+        "filter + signatures": LocalPipelineExecutor(pipeline=[
+            JsonlReader(corpus, glob_pattern="*.jsonl"), GopherRepetitionFilter(), GopherQualityFilter(),
+            C4QualityFilter(filter_no_terminal_punct=False), FineWebQualityFilter(), JsonlWriter(filtered),
+            MinhashDedupSignature(output_folder=sig, config=cfg)],
+            tasks=cores, workers=cores, logging_dir=os.path.join(work, "logs1")),
+        "buckets": LocalPipelineExecutor(pipeline=[MinhashDedupBuckets(input_folder=sig, output_folder=buckets,
+                                                                       config=cfg)],
+                                         tasks=cfg.num_buckets, workers=cores, logging_dir=os.path.join(work, "logs2")),
+        "cluster": LocalPipelineExecutor(pipeline=[MinhashDedupCluster(input_folder=buckets, output_folder=clusters,
+                                                                       config=cfg)],
+                                         tasks=1, workers=1, logging_dir=os.path.join(work, "logs3")),
+        "dedup filter + write": LocalPipelineExecutor(pipeline=[
+            JsonlReader(filtered), MinhashDedupFilter(input_folder=clusters),
+            JsonlWriter(os.path.join(work, "deduped"))],
+            tasks=cores, workers=cores, logging_dir=os.path.join(work, "logs4")),
+    }
+    out = {}
+    for name, ex in steps.items():
+        t0 = time.perf_counter()
+        ex.run()
+        out[name] = time.perf_counter() - t0
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mb", type=float, default=1000.0)
+    ap.add_argument("--files", type=int, default=16)
+    ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--work", default=os.path.join(REPO, "bench", "out", "pipeline"))
+    ap.add_argument("--skip-datatrove", action="store_true")
+    args = ap.parse_args()
+    from bench_ingest import existing_corpus, generate_corpus
+
+    print(f"load average at start: {os.getloadavg()} on {os.cpu_count()} cpus", flush=True)
+    corpus = os.path.join(args.work, f"corpus-{args.mb:g}mb-{args.files}")
+    if existing_corpus(corpus, args.mb, args.files, 0.0, 1234) is None:
+        shutil.rmtree(corpus, ignore_errors=True)
+        generate_corpus(corpus, args.mb, args.files, 0.0, 1234)
+    paths = sorted(os.path.join(corpus, f) for f in os.listdir(corpus) if f.endswith(".jsonl"))
+    mb = sum(os.path.getsize(p) for p in paths) / 1e6
+    print(f"corpus: {len(paths)} files, {mb:.1f} MB in {corpus}", flush=True)
+
+    rows = []  # (step, seconds, cores, peak rss)
+    k, n_docs, n_kept = kernel_loops(paths, mb)
+    for name, s in k.items():
+        rows.append((f"kernel loop: {name}", s, 1, None))
+    print(f"kernel loops done: {n_docs} documents, {n_kept} kept by the filter", flush=True)
+
+    lake = os.path.join(args.work, "lake")
+    shutil.rmtree(lake, ignore_errors=True)
+    py, master = sys.executable, f"local[{args.cores}]"
+    env = {**os.environ, "LMR_SPARK_LOG_LEVEL": "ERROR"}
+    stage_cmds = {
+        "ingest": [py, os.path.join(REPO, "jobs", "ingest.py"), "--lake", lake, "--input", os.path.join(corpus, "*.jsonl"),
+                   "--format", "jsonl", "--source", "bench", "--domain", "web", "--id-field", "id"],
+        "filter": [py, os.path.join(REPO, "jobs", "filter.py"), "--lake", lake],
+        "dedup": [py, os.path.join(REPO, "jobs", "dedup.py"), "--lake", lake],
+    }
+    for name, cmd in stage_cmds.items():
+        s, rss, _ = run_measured(cmd + ["--master", master], env=env)
+        rows.append((f"lmrefinery: {name} (process, JVM start included)", s, args.cores, rss))
+        print(f"{name}: {s:.1f} s", flush=True)
+    from jobs.tables import Lake
+    metrics = Lake(None, lake, backend="delta-rs").read_arrow("metrics").to_pylist()
+    for m in metrics:
+        t = json.loads(m["extra"]).get("timings", {})
+        print(f"  {m['stage']}: {m['seconds']:.1f} s in the stage clock; writes (with the computing they trigger) "
+              f"{t.get('write_data_s')} s, Delta commits {t.get('commit_s')} s, the rest {t.get('compute_s')} s")
+    if not args.skip_datatrove:
+        dt_work = os.path.join(args.work, "datatrove")
+        t0 = time.perf_counter()
+        steps = datatrove_run(corpus, dt_work, args.cores)
+        total = time.perf_counter() - t0
+        for name, s in steps.items():
+            rows.append((f"datatrove: {name}", s, args.cores, None))
+        rows.append(("datatrove: whole pipeline", total, args.cores, None))
+    lm_total = sum(s for n, s, _, _ in rows if n.startswith("lmrefinery:"))
+    rows.append(("lmrefinery: whole pipeline (ingest + filter + dedup)", lm_total, args.cores, None))
+
+    print(f"\n{'step':58s} {'seconds':>8s} {'cores':>5s} {'MB/s/core':>10s} {'peak RSS':>9s}")
+    for name, s, c, rss in rows:
+        print(f"{name:58s} {s:8.1f} {c:5d} {mb / s / c:10.2f} {'' if rss is None else f'{rss / 1e9:.2f} GB':>9s}")
+    by = {n: s for n, s, _, _ in rows}
+    for stage, kname in (("ingest", "ingest"), ("filter", "filter"), ("dedup", "dedup (signatures)")):
+        ratio = (by[f"kernel loop: {kname}"] * 1) / (by[[n for n in by if n.startswith(f"lmrefinery: {stage}")][0]] * args.cores)
+        print(f"{stage}: stage / kernel per core {ratio:.3f}x")
+    if "datatrove: whole pipeline" in by:
+        print(f"whole pipeline: lmrefinery / datatrove per core {by['datatrove: whole pipeline'] / lm_total:.2f}x")
+    print(f"load average at end: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
