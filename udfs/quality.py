@@ -11,8 +11,12 @@ order of `DEFAULT_QUALITY_CONF` (gopher_repetition, gopher_quality, c4, fineweb,
 rewrites the text and FineWeb sees the cleaned text. Missing keys take the defaults below; an unknown key raises
 ValueError. A threshold set to None (YAML `null`) disables that rule.
 
-Evaluation stops at the first failing rule, so `signals` holds only the values measured up to that rule (all of
-them when the document is kept). `SIGNAL_NAMES` lists every key that can appear, for a fixed output schema.
+`check_quality` stops at the first failing rule, so `signals` holds only the values measured up to that rule (all
+of them when the document is kept). `annotate(text, conf)` measures every signal of every family whatever fails
+first, and `decide(signals, conf)` gives the decision for other thresholds from those signals (`rules` lists the
+document-level rules as data). `SIGNAL_NAMES` lists every key that can appear, for a fixed output schema.
+`DOMAIN_PRESETS` holds the per-domain overrides (books, code, docs, legal, reference) that `filter.domains.<d>.preset`
+selects.
 
 Thresholds and rule semantics follow datatrove 0.10.1 (`GopherRepetitionFilter`, `GopherQualityFilter`,
 `C4QualityFilter`, `FineWebQualityFilter`), whose source was read and whose decisions `tests/test_quality.py`
