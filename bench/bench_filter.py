@@ -110,12 +110,15 @@ def run_quality_loop(texts):
     return [check_quality(t).reason for t in texts]
 
 
-def run_datatrove(texts):
+def run_datatrove(texts, c4_kwargs=None):
+    """datatrove's four filters document by document: the first failing `filter:reason` per text, or None.
+    `c4_kwargs` go to C4QualityFilter (FineWeb's pipeline: filter_no_terminal_punct=False)."""
     from datatrove.data import Document
     from datatrove.pipeline.filters import (C4QualityFilter, FineWebQualityFilter, GopherQualityFilter,
                                             GopherRepetitionFilter)
 
-    filters = [GopherRepetitionFilter(), GopherQualityFilter(), C4QualityFilter(), FineWebQualityFilter()]
+    filters = [GopherRepetitionFilter(), GopherQualityFilter(), C4QualityFilter(**(c4_kwargs or {})),
+               FineWebQualityFilter()]
     reasons = []
     for i, t in enumerate(texts):
         doc, reason = Document(text=t, id=str(i)), None

@@ -29,6 +29,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "bench"))
 
 
 def sh(cmd, **kw):
@@ -57,26 +58,6 @@ def shares(sig, keys):
                         "tokens kept %": (100 * t["tokens_kept"] / t["tokens"]).round(1),
                         "bytes kept by line cleaning %": (100 * t["clean_kept"] / t["raw_kept"].where(
                             t["raw_kept"] > 0)).round(1)})
-    return out
-
-
-def run_datatrove(texts):
-    from datatrove.data import Document
-    from datatrove.pipeline.filters import (C4QualityFilter, FineWebQualityFilter, GopherQualityFilter,
-                                            GopherRepetitionFilter)
-
-    filters = [GopherRepetitionFilter(), GopherQualityFilter(), C4QualityFilter(filter_no_terminal_punct=False),
-               FineWebQualityFilter()]
-    out = []
-    for i, t in enumerate(texts):
-        doc, reason = Document(text=t, id=str(i)), None
-        for f in filters:
-            res = f.filter(doc)
-            ok, why = (res, None) if isinstance(res, bool) else res
-            if not ok:
-                reason = f"{f.name}:{why}"
-                break
-        out.append(reason)
     return out
 
 
@@ -126,7 +107,9 @@ def main():
         docs = docs.merge(web[["id", "lang"]], on="id")
         docs = docs[docs["lang"] == "en"].groupby("source").head(args.datatrove_docs)
         t0 = time.perf_counter()
-        dt = run_datatrove(docs["text"].tolist())
+        from bench_filter import run_datatrove
+
+        dt = run_datatrove(docs["text"].tolist(), {"filter_no_terminal_punct": False})
         took = time.perf_counter() - t0
         docs = docs.assign(dt_kept=[x is None for x in dt])
         ours = docs.merge(web[["id", "kept"]].rename(columns={"kept": "web_kept"}), on="id").merge(

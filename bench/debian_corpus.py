@@ -227,24 +227,8 @@ def doc_candidates() -> list[str]:
 
 
 def doc_docs(source: str, paths: list[str]):
-    for p in paths:
-        try:
-            raw = read_limited(p, MAX_DOC_BYTES)
-        except (OSError, EOFError, gzip.BadGzipFile):
-            yield None, "unreadable"
-            continue
-        if len(raw) > MAX_DOC_BYTES:
-            yield None, "too_large"
-            continue
-        if len(raw) < MIN_DOC_BYTES:
-            yield None, "too_small"
-            continue
-        try:
-            text = raw.decode("utf-8", errors="strict")
-        except UnicodeDecodeError:
-            yield None, "not_utf8"  # Latin-1 READMEs exist; the corpus is about content, not encoding repair
-            continue
-        yield f"{source}:{p}", strip_terminal_formatting(text), file_url(p)
+    # Latin-1 READMEs are skipped as not_utf8: the corpus is about content, not encoding repair
+    return whole_file_docs(source, paths, MAX_DOC_BYTES, MIN_DOC_BYTES, transform=strip_terminal_formatting)
 
 
 # ---- 2. changelogs -------------------------------------------------------------------------------------------
@@ -343,11 +327,13 @@ def copyright_candidates() -> list[str]:
     return unique_real([p for p in paths if os.path.isfile(p)])
 
 
-def whole_file_docs(source: str, paths: list[str], max_bytes: int, min_bytes: int = 1):
+def whole_file_docs(source: str, paths: list[str], max_bytes: int, min_bytes: int = 1, transform=None):
+    """One document per file of `min_bytes`..`max_bytes` that decodes as UTF-8 (gzip read through), `transform`
+    applied to its text; (None, why) for a file left out."""
     for p in paths:
         try:
             raw = read_limited(p, max_bytes)
-        except OSError:
+        except (OSError, EOFError, gzip.BadGzipFile):
             yield None, "unreadable"
             continue
         if len(raw) > max_bytes:
@@ -361,7 +347,7 @@ def whole_file_docs(source: str, paths: list[str], max_bytes: int, min_bytes: in
         except UnicodeDecodeError:
             yield None, "not_utf8"
             continue
-        yield f"{source}:{p}", text, file_url(p)
+        yield f"{source}:{p}", transform(text) if transform else text, file_url(p)
 
 
 # ---- 5./7. Python stdlib ---------------------------------------------------------------------------------------

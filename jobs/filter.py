@@ -38,7 +38,7 @@ import hashlib
 
 from jobs.cli import UserError, run_main
 from jobs.runner import Stage, stage_main
-from jobs.schema import estimate_tokens
+from jobs.schema import estimate_tokens, estimate_tokens_col
 from jobs.stage import count_docs_tokens, log
 from udfs.common import nearest
 
@@ -67,10 +67,6 @@ def resolve_config(cfg: dict | None) -> dict:
     cfg = dict(cfg or {})
     if isinstance(cfg.get("quality"), dict):
         cfg["quality"] = normalise_conf(cfg["quality"])
-    if isinstance(cfg.get("domains"), dict):
-        cfg["domains"] = {d: ({**dc, "quality": normalise_conf(dc["quality"])}
-                              if isinstance(dc, dict) and isinstance(dc.get("quality"), dict) else dc)
-                          for d, dc in cfg["domains"].items()}
     out = {
         "langid": _deep_merge(DEFAULT_LANGID_CONF, cfg.get("langid")),
         "quality": _deep_merge(DEFAULT_QUALITY_CONF, cfg.get("quality")),
@@ -132,8 +128,8 @@ def resolve_config(cfg: dict | None) -> dict:
                                 f"{nearest(str(preset), DOMAIN_PRESETS)} (known: {', '.join(DOMAIN_PRESETS)})")
             # the preset first, the domain's own keys on top
             dcfg = _deep_merge(DOMAIN_PRESETS[preset], {k: v for k, v in dcfg.items() if k != "preset"})
-            if isinstance(dcfg.get("quality"), dict):
-                dcfg["quality"] = normalise_conf(dcfg["quality"])
+        if isinstance(dcfg.get("quality"), dict):  # once, after the preset: its int n-gram keys meet --set's "2"
+            dcfg = {**dcfg, "quality": normalise_conf(dcfg["quality"])}
         dl = dcfg.get("langid") or {}
         bad = sorted(set(dl) - DOMAIN_LANGID_KEYS)
         if bad:
@@ -413,7 +409,7 @@ def signals_frame(combined, names: list[str]):
     return combined.select(
         *ident, "lang", "lang_score", "quality_score", "reason", F.col("reason").isNull().alias("kept"),
         "n_bytes_raw", F.col("_n_bytes_clean").alias("n_bytes_clean"), F.col("_n_tokens_raw").alias("n_tokens_raw"),
-        ((F.col("_n_bytes_clean") + 3) / 4).cast("bigint").alias("n_tokens_clean"),  # jobs.schema.estimate_tokens
+        estimate_tokens_col(F.col("_n_bytes_clean")).alias("n_tokens_clean"),
         *[F.col("quality_signals")[n].alias(n) for n in names])
 
 

@@ -15,7 +15,7 @@ import time
 from jobs.cli import UserError, run_main
 from jobs.config import load_yaml
 from jobs.runner import Flag, Stage, stage_main
-from jobs.schema import DOCUMENT_COLUMNS, QUARANTINE_DDL, TRACE_DDL, estimate_tokens
+from jobs.schema import DOCUMENT_COLUMNS, QUARANTINE_DDL, TRACE_DDL, estimate_tokens, estimate_tokens_col
 from jobs.session import REPO_ROOT
 from jobs.stage import log
 
@@ -374,7 +374,7 @@ def plan(ctx) -> None:
     ingest_run = f"ingest-{run.config_hash}"
     run_id = F.lit(ingest_run)
     documents = (docs.where(~F.col("_is_dup"))
-                 .withColumn("n_tokens_est", F.floor((F.col("n_bytes") + 3) / 4).cast("bigint"))
+                 .withColumn("n_tokens_est", estimate_tokens_col(F.col("n_bytes")))
                  .withColumn("ingest_run", run_id)
                  .select(*DOCUMENT_COLUMNS))
     first_at = F.concat(F.col("_first.order_file"), F.lit(":"),

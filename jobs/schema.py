@@ -24,6 +24,13 @@ def estimate_tokens(n_bytes: int) -> int:
     return (int(n_bytes) + 3) // 4
 
 
+def estimate_tokens_col(n_bytes_col):
+    """`estimate_tokens` as a Spark column expression."""
+    from pyspark.sql import functions as F
+
+    return F.floor((n_bytes_col + 3) / 4).cast("bigint")
+
+
 def document_row(id: str, text: str, source: str = "test", domain: str = "web", url=None, meta: str = "{}",
                  trace=None, ingest_run: str = "manual") -> dict:
     """A complete `documents` row with derived columns filled in (used by tests and small tools)."""

@@ -63,17 +63,16 @@ def exit_process(rc: int) -> None:
     "terminate called without an active exception", turning a run whose every commit was done into exit 134."""
     import atexit
 
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
+    def flush():
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+
+    flush()
     atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
+    flush()  # what the exit handlers printed
     os._exit(rc)
 
 

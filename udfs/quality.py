@@ -140,15 +140,21 @@ class _NGrams:
         return repeated
 
 
+def _int_keyed(items) -> dict:
+    """(n, value) pairs whose n may be int or str (a --set override gives "2") -> {int n: value} in n order; where
+    both spellings of one n occur, the string one (the override) wins."""
+    merged: dict = {}
+    for k, v in sorted(items, key=lambda kv: isinstance(kv[0], str)):
+        merged[int(k)] = v
+    return dict(sorted(merged.items()))
+
+
 def _pairs(value) -> tuple[tuple[int, float], ...]:
     """{2: 0.2} / [[2, 0.2]] / {"2": 0.25} (from a --set override) -> ((2, 0.2),); a None threshold drops n."""
     if value is None:
         return ()
     items = value.items() if isinstance(value, Mapping) else value
-    merged: dict[int, float | None] = {}
-    for k, v in sorted(items, key=lambda kv: isinstance(kv[0], str)):  # string keys (overrides) win
-        merged[int(k)] = v
-    return tuple((n, float(f)) for n, f in sorted(merged.items()) if f is not None)
+    return tuple((n, float(f)) for n, f in _int_keyed(items).items() if f is not None)
 
 
 def _off(threshold) -> bool:
@@ -412,27 +418,14 @@ class C4Quality:
         check_curly = (self.filter_curly_bracket or annotate) and "{" in text
         check_policy = self.filter_policy and any(p in lower for p in self.policy_substrings)
         check_cite = self.remove_citations and "[" in text
-        max_len, min_words, min_sent = self.max_word_length, self.min_words_per_line, self.min_num_sentences
-        end_marks = self.end_punctuation
-        if annotate:
-            return self._annotate(text, signals, check_js, check_lorem, check_curly, check_policy, check_cite)
-
         lines = text.splitlines()
+        if annotate:
+            return self._annotate(text, lines, signals, check_js, check_lorem, check_curly, check_policy, check_cite)
+
+        min_sent = self.min_num_sentences
         kept: list[str] = []
         n_sentences = 0
-        for line in lines:
-            line = line.strip()
-            if not line:
-                continue
-            words = line.split()
-            if max_len is not None and len(line) > max_len and any(len(w) > max_len for w in words):
-                continue
-            if check_cite:
-                line = _CITATION_RE.sub("", line)
-            if self.filter_no_terminal_punct and (not line.endswith(end_marks) or line.endswith("...")):
-                continue
-            if min_words is not None and len(words) < min_words:
-                continue
+        for _, line in self._candidate_lines(lines, check_cite):
             if check_lorem or check_js or check_policy:
                 line_l = line.lower()
                 if check_lorem and "lorem ipsum" in line_l:
@@ -457,14 +450,11 @@ class C4Quality:
             return "bad_words", text
         return None, cleaned if self.rewrite else text
 
-    def _annotate(self, text, signals, check_js, check_lorem, check_curly, check_policy, check_cite):
-        """`clean` measuring everything: the same line rules, page rules noted by line instead of stopping."""
+    def _candidate_lines(self, lines: list[str], check_cite: bool):
+        """(1-based line number, stripped line) for the lines C4's per-line rules keep: not blank, no word longer
+        than max_word_length, citation marks removed, a terminal mark at the end (when that rule is on), at least
+        min_words_per_line words. The page rules and the javascript / policy drops come after, in the callers."""
         max_len, min_words, end_marks = self.max_word_length, self.min_words_per_line, self.end_punctuation
-        cap = max(self.min_num_sentences or 0, SENTENCE_CAP)
-        lines = text.splitlines()
-        kept: list[str] = []
-        n_sentences = 0
-        lorem_at = curly_at = 0
         for i, line in enumerate(lines, 1):
             line = line.strip()
             if not line:
@@ -478,6 +468,15 @@ class C4Quality:
                 continue
             if min_words is not None and len(words) < min_words:
                 continue
+            yield i, line
+
+    def _annotate(self, text, lines, signals, check_js, check_lorem, check_curly, check_policy, check_cite):
+        """`clean` measuring everything: the same line rules, page rules noted by line instead of stopping."""
+        cap = max(self.min_num_sentences or 0, SENTENCE_CAP)
+        kept: list[str] = []
+        n_sentences = 0
+        lorem_at = curly_at = 0
+        for i, line in self._candidate_lines(lines, check_cite):
             line_l = line.lower() if (check_lorem or check_js or check_policy) else ""
             if check_lorem and not lorem_at and "lorem ipsum" in line_l:
                 lorem_at = i
@@ -760,10 +759,7 @@ def normalise_conf(conf: Mapping | None) -> dict:
             params = dict(params)
             for key in ("top_n_grams", "dup_n_grams"):
                 if isinstance(params.get(key), Mapping):
-                    merged: dict = {}
-                    for k, v in sorted(params[key].items(), key=lambda kv: isinstance(kv[0], str)):
-                        merged[int(k)] = v
-                    params[key] = dict(sorted(merged.items()))
+                    params[key] = _int_keyed(params[key].items())
         out[family] = params
     return out
 
