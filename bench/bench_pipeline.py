@@ -76,6 +76,7 @@ def run_measured(cmd, env=None, cwd=None) -> tuple[float, int, subprocess.Comple
 
 def kernel_loops(paths, mb):
     import pyarrow as pa
+    import pyarrow.parquet  # noqa: F401
 
     from jobs import filter as filter_job
     from jobs import ingest
@@ -92,14 +93,36 @@ def kernel_loops(paths, mb):
     for i, p in enumerate(paths):
         tasks.append(dict(task_id=i, source_idx=0, fmt="jsonl", path=p, file=os.path.basename(p), rel_file=p,
                           start=0, end=-1, line_base=0, row_group=0, row_base=0))
+    # the record parser alone (the issue's kernel: udfs.records, sha256 and metadata included)
+    from udfs import records as R
+
     t0 = time.perf_counter()
-    texts = []
     for t in tasks:
-        batch = pa.RecordBatch.from_pylist([{c: t[c] for c in cols}])
-        for b in ingest.parse_tasks_fn([spec], limits)(iter([batch])):
-            kinds = b.column("kind").to_pylist()
-            texts.extend(x for x, k in zip(b.column("text").to_pylist(), kinds) if k == "doc")
-    out["ingest"] = time.perf_counter() - t0
+        for _ in R.iter_task_units(spec, t, limits):
+            pass
+    out["ingest (record parser)"] = time.perf_counter() - t0
+    # the worker function of the stage: parse, build Arrow batches, write both tables' Parquet files
+    import tempfile
+
+    from jobs.schema import document_arrow_schema, quarantine_arrow_schema
+
+    schemas = {"doc": document_arrow_schema(), "quarantine": quarantine_arrow_schema()}
+    texts = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folders = {k: os.path.join(tmp, k) for k in schemas}
+        for f in folders.values():
+            os.makedirs(f)
+        t0 = time.perf_counter()
+        for t in tasks:
+            batch = pa.RecordBatch.from_pylist([{c: t[c] for c in cols}])
+            for _ in ingest.parse_write_fn([spec], limits, folders, schemas, "bench")(iter([batch])):
+                pass
+            os.rename(os.path.join(folders["doc"], f"part-{os.getpid()}.parquet"),
+                      os.path.join(folders["doc"], f"{t['task_id']}.parquet"))
+        out["ingest (worker: parse + write Parquet)"] = time.perf_counter() - t0
+        for fn in sorted(os.listdir(folders["doc"])):
+            texts.extend(pa.parquet.read_table(os.path.join(folders["doc"], fn), columns=["text"])
+                         .column("text").to_pylist())
     cfg = filter_job.resolve_config(__import__("jobs.config", fromlist=["load_config"]).load_config()["filter"])
     t0 = time.perf_counter()
     kept = []
@@ -114,7 +137,73 @@ def kernel_loops(paths, mb):
     for i in range(0, len(kept), 5000):
         mh.signatures(kept[i:i + 5000], 5, 128, 1)
     out["dedup (signatures)"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    n_removed = dedup_loop(kept)
+    out["dedup (keys + LSH + verify + clusters)"] = time.perf_counter() - t0
+    print(f"kernel loop: dedup removes {n_removed} of {len(kept)} documents", flush=True)
     return out, len(texts), len(kept)
+
+
+def dedup_loop(texts: list[str]) -> int:
+    """jobs/dedup.py's work in one process with its own kernels and defaults: normalise, exact digest, MinHash
+    signatures and band keys (per batch of 5,000 as the job's mapInArrow), exact duplicates by digest, LSH buckets
+    in a dict (all pairs up to max_bucket_pairs, a star beyond), exact-Jaccard verification of every candidate
+    pair (the numba kernel), union-find clusters. Returns the number of documents it removes."""
+    import hashlib
+
+    from jobs import dedup
+    from udfs.minhash import band_keys, exact_jaccard_batch, permutations, signatures
+    from udfs.normalise import normalise
+
+    p = dedup.resolve_params({}, argparse.Namespace(threshold=None, ngram=None, num_perm=None, bands=None,
+                                                    rows=None, seed=None, verify=None, exact_only=False))
+    perms = permutations(p["num_perm"], p["seed"], p["scheme"])
+    norm, digests, buckets = [], {}, {}
+    exact = 0
+    for i in range(0, len(texts), 5000):
+        chunk = [normalise(t, True) for t in texts[i:i + 5000]]
+        sig = signatures(chunk, p["ngram"], p["num_perm"], p["seed"], p["scheme"], normalised=True, perms=perms)
+        keys = band_keys(sig, p["bands"], p["rows"])
+        for j, t in enumerate(chunk):
+            doc = i + j
+            norm.append(t)
+            d = hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest()
+            if d in digests:
+                exact += 1
+                continue
+            digests[d] = doc
+            if t:
+                for k in keys[j].tolist():
+                    buckets.setdefault(k, []).append(doc)
+    pairs = set()
+    cap = int(p["max_bucket_pairs"])
+    for ids in buckets.values():
+        if len(ids) < 2:
+            continue
+        if len(ids) <= cap:
+            pairs.update((a, b) for x, a in enumerate(ids) for b in ids[x + 1:])
+        else:
+            pairs.update((ids[0], b) for b in ids[1:])
+    pairs = sorted(pairs)
+    parent = list(range(len(texts)))
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for i in range(0, len(pairs), 20000):
+        chunk = pairs[i:i + 20000]
+        sims = exact_jaccard_batch([norm[a] for a, _ in chunk], [norm[b] for _, b in chunk], p["ngram"],
+                                   normalised=True)
+        for (a, b), sim in zip(chunk, sims.tolist()):
+            if sim >= p["threshold"]:
+                ra, rb = find(a), find(b)
+                if ra != rb:
+                    parent[max(ra, rb)] = min(ra, rb)
+    near = sum(1 for d in digests.values() if find(d) != d)
+    return exact + near
 
 
 def datatrove_run(corpus, work, cores):
@@ -159,6 +248,29 @@ def datatrove_run(corpus, work, cores):
     return out
 
 
+def by_name(rows, prefix: str) -> float:
+    return next(s for n, s, _, _ in rows if n.startswith(prefix))
+
+
+def fixed_costs(py, master, env, work, first_file, n_docs: int = 200) -> list[dict]:
+    """Ingest, filter and dedup on the first `n_docs` lines of one corpus file, each a process: their metrics rows
+    (the stage clock there is almost all fixed cost: Spark jobs, commits, the metrics row)."""
+    from jobs.tables import Lake
+
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    small = os.path.join(work, "small.jsonl")
+    with open(first_file, "rb") as f, open(small, "wb") as out:
+        for _ in range(n_docs):
+            out.write(f.readline())
+    lake = os.path.join(work, "lake")
+    for cmd in ([os.path.join(REPO, "jobs", "ingest.py"), "--input", small, "--format", "jsonl", "--source", "bench",
+                 "--domain", "web", "--id-field", "id"],
+                [os.path.join(REPO, "jobs", "filter.py")], [os.path.join(REPO, "jobs", "dedup.py")]):
+        run_measured([py, *cmd, "--lake", lake, "--master", master], env=env)
+    return Lake(None, lake, backend="delta-rs").read_arrow("metrics").to_pylist()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mb", type=float, default=1000.0)
@@ -200,6 +312,18 @@ def main():
         print(f"{name}: {s:.1f} s", flush=True)
     from jobs.tables import Lake
     metrics = Lake(None, lake, backend="delta-rs").read_arrow("metrics").to_pylist()
+    # the same three stages through jobs/pipeline.py: one Spark session for all of them
+    sources = os.path.join(args.work, "sources.yaml")
+    with open(sources, "w") as f:
+        json.dump({"sources": [{"name": "bench", "domain": "web", "format": "jsonl", "id_field": "id",
+                                "path": os.path.join(corpus, "*.jsonl")}]}, f)
+    lake2 = os.path.join(args.work, "lake-pipeline")
+    shutil.rmtree(lake2, ignore_errors=True)
+    s, rss, _ = run_measured([py, os.path.join(REPO, "jobs", "pipeline.py"), "--lake", lake2, "--sources", sources,
+                              "--stages", "ingest,filter,dedup", "--no-train", "--master", master], env=env)
+    rows.append(("lmrefinery: jobs/pipeline.py ingest,filter,dedup (one session)", s, args.cores, rss))
+    print(f"pipeline: {s:.1f} s", flush=True)
+    fixed = fixed_costs(py, master, env, os.path.join(args.work, "fixed"), paths[0])
     for m in metrics:
         t = json.loads(m["extra"]).get("timings", {})
         print(f"  {m['stage']}: {m['seconds']:.1f} s in the stage clock; writes (with the computing they trigger) "
@@ -212,18 +336,30 @@ def main():
         for name, s in steps.items():
             rows.append((f"datatrove: {name}", s, args.cores, None))
         rows.append(("datatrove: whole pipeline", total, args.cores, None))
-    lm_total = sum(s for n, s, _, _ in rows if n.startswith("lmrefinery:"))
-    rows.append(("lmrefinery: whole pipeline (ingest + filter + dedup)", lm_total, args.cores, None))
+    lm_total = by_name(rows, "lmrefinery: jobs/pipeline.py")
 
     print(f"\n{'step':58s} {'seconds':>8s} {'cores':>5s} {'MB/s/core':>10s} {'peak RSS':>9s}")
     for name, s, c, rss in rows:
         print(f"{name:58s} {s:8.1f} {c:5d} {mb / s / c:10.2f} {'' if rss is None else f'{rss / 1e9:.2f} GB':>9s}")
     by = {n: s for n, s, _, _ in rows}
-    for stage, kname in (("ingest", "ingest"), ("filter", "filter"), ("dedup", "dedup (signatures)")):
-        ratio = (by[f"kernel loop: {kname}"] * 1) / (by[[n for n in by if n.startswith(f"lmrefinery: {stage}")][0]] * args.cores)
-        print(f"{stage}: stage / kernel per core {ratio:.3f}x")
+    clock = {m["stage"]: m["seconds"] for m in metrics}
+    print("\nstage / kernel loop, per core (process = JVM start included; stage clock = the metrics row's seconds,"
+          " from the Spark session on)")
+    for stage, kname in (("ingest", "ingest (record parser)"), ("ingest", "ingest (worker: parse + write Parquet)"),
+                         ("filter", "filter"), ("dedup", "dedup (keys + LSH + verify + clusters)"),
+                         ("dedup", "dedup (signatures)")):
+        proc = by[[n for n in by if n.startswith(f"lmrefinery: {stage}")][0]]
+        k_s = by[f"kernel loop: {kname}"]
+        print(f"  {stage} vs {kname}: process {k_s / (proc * args.cores):.3f}x, "
+              f"stage clock {k_s / (clock[stage] * args.cores):.3f}x")
     if "datatrove: whole pipeline" in by:
-        print(f"whole pipeline: lmrefinery / datatrove per core {by['datatrove: whole pipeline'] / lm_total:.2f}x")
+        print(f"whole pipeline (jobs/pipeline.py, JVM start included): lmrefinery / datatrove per core "
+              f"{by['datatrove: whole pipeline'] / lm_total:.2f}x")
+    print("\nfixed cost per stage (the same stages on a 200-document input; stage clock, JVM start excluded):")
+    for m in fixed:
+        t = json.loads(m["extra"]).get("timings", {})
+        print(f"  {m['stage']}: {m['seconds']:.2f} s (session start before it {t.get('session_s')} s; writes "
+              f"{t.get('write_data_s')} s, commits {t.get('commit_s')} s, the rest {t.get('compute_s')} s)")
     print(f"load average at end: {os.getloadavg()}")
 
 

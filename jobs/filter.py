@@ -35,7 +35,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import copy
 import hashlib
+import time
 
+from jobs import direct
 from jobs.cli import UserError, run_main
 from jobs.runner import Stage, stage_main
 from jobs.schema import estimate_tokens, estimate_tokens_col
@@ -73,6 +75,7 @@ def resolve_config(cfg: dict | None) -> dict:
         "classifier": _deep_merge(DEFAULT_CLASSIFIER_CONF, cfg.get("classifier")),
         "audit_per_reason": int(cfg.get("audit_per_reason", 5)),
         "loud_loss_share": float(cfg.get("loud_loss_share", 0.5)),
+        "writer": cfg.get("writer", "auto"),
         "by_domain": {},
         "by_language": {},
     }
@@ -427,6 +430,130 @@ def prepare(ctx) -> None:
         "classifier_model": _model_fingerprint(cfg["classifier"]["model_path"])}
 
 
+FILTER_META_DDL = ("kind string, tbl string, part string, reason string, lang string, domain string, "
+                   "source string, docs bigint, tok bigint, tok_kept bigint, id string, row string")
+
+
+def _select(batch, cols, schema):
+    import pyarrow as pa
+
+    return pa.RecordBatch.from_arrays([batch.column(c).cast(f.type) for c, f in zip(cols, schema)], schema=schema)
+
+
+def signals_batch(cb, kept_mask, names: list[str], schema):
+    """`signals_frame` on one Arrow batch of `filter_batches` output."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = cb.num_rows
+    have = set(cb.schema.names)
+    cols = {c: cb.column(c) if c in have else pa.nulls(n, pa.string()) for c in ("id", "source", "domain")}
+    cols.update({c: cb.column(c) for c in ("lang", "lang_score", "quality_score", "reason", "n_bytes_raw")})
+    cols.update(kept=kept_mask, n_bytes_clean=cb.column("_n_bytes_clean"), n_tokens_raw=cb.column("_n_tokens_raw"),
+                n_tokens_clean=pc.divide(pc.add(cb.column("_n_bytes_clean"), 3), 4))  # estimate_tokens
+    sig = cb.column("quality_signals")
+    for name in names:
+        cols[name] = pc.map_lookup(sig, pa.scalar(name, pa.string()), "first")
+    return pa.RecordBatch.from_arrays([cols[f.name].cast(f.type) for f in schema], schema=schema)
+
+
+def filter_write_fn(cfg: dict, paths: dict, schemas: dict, cols: dict, names: list[str], audit_k: int,
+                    text_chars: int = 2000):
+    """mapInArrow over documents: filter (`filter_batches`), write the kept, rejected and signals rows into this
+    task's Parquet file of each table's write folder, and return FILTER_META_DDL rows only: the files, counts per
+    (reason, lang, domain, source), and this task's `audit_k` smallest ids per rejection reason (as JSON)."""
+    def run(batches):
+        import heapq
+        import json
+
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        stem = direct.part_stem()
+        writers, written, stats, audit = {}, {}, {}, {}
+
+        def write(role, batch):
+            if not batch.num_rows:
+                return
+            if role not in writers:
+                writers[role] = pq.ParquetWriter(os.path.join(paths[role], stem + ".parquet"), schemas[role],
+                                                 compression="snappy")
+                written[role] = 0
+            writers[role].write_batch(batch)
+            written[role] += batch.num_rows
+
+        for cb in filter_batches(batches, cfg):
+            kept_mask = pc.is_null(cb.column("reason"))
+            write("kept", _select(cb.filter(kept_mask), cols["kept"], schemas["kept"]))
+            rejected = _select(cb.filter(pc.invert(kept_mask)), cols["rejected"], schemas["rejected"])
+            write("rejected", rejected)
+            write("signals", signals_batch(cb, kept_mask, names, schemas["signals"]))
+            n = cb.num_rows
+            group = [cb.column(c).to_pylist() if c in cb.schema.names else [None] * n
+                     for c in ("reason", "lang", "domain", "source")]
+            tok_raw, tok = cb.column("_n_tokens_raw").to_pylist(), cb.column("n_tokens_est").to_pylist()
+            for key, tr, tk in zip(zip(*group), tok_raw, tok):
+                st = stats.get(key)
+                if st is None:
+                    st = stats[key] = [0, 0, 0]
+                st[0] += 1
+                st[1] += tr or 0
+                st[2] += tk or 0
+            if audit_k > 0 and rejected.num_rows:
+                ids, reasons = rejected.column("id").to_pylist(), rejected.column("reason").to_pylist()
+                for i, (doc_id, reason) in enumerate(zip(ids, reasons)):
+                    heap = audit.setdefault(reason, [])  # the audit_k smallest ids, as a max-heap of inverted keys
+                    if len(heap) == audit_k and doc_id >= heap[0][1]:
+                        continue
+                    row = rejected.slice(i, 1).to_pylist()[0]
+                    row["quality_signals"] = dict(row["quality_signals"] or [])
+                    if isinstance(row.get("text"), str):
+                        row["text"] = row["text"][:text_chars]
+                    item = (_Desc(doc_id), doc_id, json.dumps(row, ensure_ascii=False, default=_raw_json))
+                    if len(heap) < audit_k:
+                        heapq.heappush(heap, item)
+                    else:
+                        heapq.heapreplace(heap, item)
+        for w in writers.values():
+            w.close()
+        out = [{"kind": "file", "tbl": role, "part": stem + ".parquet", "docs": written[role]} for role in writers]
+        out += [{"kind": "stat", "reason": k[0], "lang": k[1], "domain": k[2], "source": k[3], "docs": v[0],
+                 "tok": v[1], "tok_kept": v[2]} for k, v in stats.items()]
+        out += [{"kind": "audit", "reason": reason, "id": doc_id, "row": row}
+                for reason, heap in audit.items() for _, doc_id, row in heap]
+        if out:
+            import pyarrow as pa
+
+            yield pa.RecordBatch.from_pylist(out, schema=_filter_meta_schema())
+
+    return run
+
+
+class _Desc:
+    """A heap key that orders strings in reverse, so `heapq` keeps the largest of the smallest ids on top."""
+    __slots__ = ("s",)
+
+    def __init__(self, s):
+        self.s = s
+
+    def __lt__(self, other):
+        return self.s > other.s
+
+
+def _raw_json(v):
+    if isinstance(v, (bytes, bytearray)):
+        return {"__bytes__": bytes(v).hex()}
+    return str(v)
+
+
+def _filter_meta_schema():
+    import pyarrow as pa
+
+    s, i64 = pa.string(), pa.int64()
+    return pa.schema([("kind", s), ("tbl", s), ("part", s), ("reason", s), ("lang", s), ("domain", s), ("source", s),
+                      ("docs", i64), ("tok", i64), ("tok_kept", i64), ("id", s), ("row", s)])
+
+
 def plan(ctx) -> None:
     cfg, run = ctx.params, ctx.run
     langid_model, fingerprints = ctx.state["langid_model"], ctx.extra_key
@@ -444,20 +571,43 @@ def plan(ctx) -> None:
     input_cols = docs.columns
     out_schema = StructType.fromDDL(", ".join(f"`{n}` {t}" for n, t in ADDED))
     out_schema = StructType(list(docs.schema.fields) + list(out_schema.fields))
-    docs_in, tokens_in = count_docs_tokens(docs)
 
     combined = docs.mapInArrow(lambda it: filter_batches(it, cfg), out_schema)
-    combined = combined.persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        with_score = ["quality_score"] if cfg["classifier"]["model_path"] else []
-        kept = combined.where(F.col("reason").isNull()).select(
-            *input_cols, "n_bytes_raw", "lang", "lang_score", "quality_signals", *with_score)
-        rejected = combined.where(F.col("reason").isNotNull()).select(
-            *input_cols, "lang", "lang_score", "reason", "quality_signals", *with_score)
-        run.write(kept, ctx.tables["output_table"])
-        run.write(rejected, ctx.tables["rejected_table"])
-        run.write(signals_frame(combined, signal_names(cfg)), ctx.tables["signals_table"])
+    with_score = ["quality_score"] if cfg["classifier"]["model_path"] else []
+    cols = {"kept": [*input_cols, "n_bytes_raw", "lang", "lang_score", "quality_signals", *with_score],
+            "rejected": [*input_cols, "lang", "lang_score", "reason", "quality_signals", *with_score]}
+    kept = combined.where(F.col("reason").isNull()).select(*cols["kept"])
+    rejected = combined.where(F.col("reason").isNotNull()).select(*cols["rejected"])
+    signals = signals_frame(combined, signal_names(cfg))
+    tables = {"kept": ctx.tables["output_table"], "rejected": ctx.tables["rejected_table"],
+              "signals": ctx.tables["signals_table"]}
+    audit_rows = None
+    if direct.enabled(ctx):
+        # one Spark job: the workers filter and write all three tables; counts and audit samples come back
+        from pyspark.sql.pandas.types import to_arrow_schema
 
+        schemas = {"kept": to_arrow_schema(kept.schema), "rejected": to_arrow_schema(rejected.schema),
+                   "signals": to_arrow_schema(signals.schema)}
+        folders = direct.WriteFolders(ctx.lake, tables)
+        t0 = time.perf_counter()
+        try:
+            meta = [r.asDict() for r in docs.mapInArrow(
+                filter_write_fn(cfg, folders.paths, schemas, cols, signal_names(cfg), cfg["audit_per_reason"]),
+                FILTER_META_DDL).collect()]
+        except BaseException:
+            folders.discard()
+            raise
+        folders.keep_only((r["tbl"], r["part"]) for r in meta if r["kind"] == "file")
+        folders.commit(run, "overwrite", schemas, seconds_data={"kept": time.perf_counter() - t0})
+        stats = [r for r in meta if r["kind"] == "stat"]
+        docs_in, tokens_in = sum(r["docs"] for r in stats), sum(r["tok"] for r in stats)
+        audit_rows = audit_sample([r for r in meta if r["kind"] == "audit"], cfg["audit_per_reason"])
+    else:
+        docs_in, tokens_in = count_docs_tokens(docs)
+        combined = combined.persist(StorageLevel.MEMORY_AND_DISK)
+        run.write(kept, tables["kept"])
+        run.write(rejected, tables["rejected"])
+        run.write(signals_frame(combined, signal_names(cfg)), tables["signals"])
         by = combined
         for c in ("domain", "source"):
             if c not in by.columns:
@@ -466,6 +616,7 @@ def plan(ctx) -> None:
                  .agg(F.count(F.lit(1)).alias("docs"), F.coalesce(F.sum("_n_tokens_raw"), F.lit(0)).alias("tok"),
                       F.coalesce(F.sum("n_tokens_est"), F.lit(0)).alias("tok_kept"))
                  .collect())
+    try:
         docs_out = sum(r["docs"] for r in stats if r["reason"] is None)
         # tokens of the text written (after C4 line cleaning), so token acceptance counts removed lines too
         tokens_out = sum(r["tok_kept"] for r in stats if r["reason"] is None)
@@ -496,11 +647,32 @@ def plan(ctx) -> None:
         run.finish(docs_in=docs_in, docs_out=docs_out, docs_rejected=docs_rejected, tokens_in=tokens_in,
                    tokens_out=tokens_out, reasons=reasons, extra=extra)
         if cfg["audit_per_reason"] > 0:
-            path = run.write_audit(rejected, ctx.tables["rejected_table"], per_reason=cfg["audit_per_reason"])
+            path = (run.write_audit_rows(audit_rows, tables["rejected"]) if audit_rows is not None
+                    else run.write_audit(rejected, tables["rejected"], per_reason=cfg["audit_per_reason"]))
             log(f"filter: audit sample per reason in {path}")
     finally:
-        combined.unpersist()
+        combined.unpersist()  # cached on Spark's path only; a no-op otherwise
     return 0
+
+
+def audit_sample(rows: list[dict], per_reason: int) -> list[dict]:
+    """The `per_reason` smallest ids per reason out of every task's candidates, as rows (bytes restored)."""
+    import json
+
+    def restore(v):
+        if isinstance(v, dict):
+            if set(v) == {"__bytes__"}:
+                return bytes.fromhex(v["__bytes__"])
+            return {k: restore(x) for k, x in v.items()}
+        return v
+
+    by_reason: dict = {}
+    for r in rows:
+        by_reason.setdefault(r["reason"], []).append(r)
+    out = []
+    for reason, rs in by_reason.items():
+        out += [restore(json.loads(r["row"])) for r in sorted(rs, key=lambda r: r["id"])[:per_reason]]
+    return out
 
 
 STAGE = Stage(name="filter", doc=__doc__.strip(), input_table="documents",

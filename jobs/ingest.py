@@ -1,8 +1,13 @@
 """Ingest: raw JSONL / plain text / Parquet / CSV sources -> the `documents` and `quarantine` Delta tables.
 
-Files are cut into tasks (byte ranges of uncompressed JSONL, whole gzip/text/CSV files, Parquet row groups) that
-Spark runs in parallel; each task parses its records in Python (`udfs/records.py`) and returns Arrow batches.
+Files are cut into units of work (byte ranges of uncompressed JSONL, whole gzip/text/CSV files, Parquet row groups),
+packed by bytes into Spark tasks (`pack_tasks`); each task parses its records in Python (`udfs/records.py`).
 Every raw unit becomes exactly one row: a document, or a quarantine entry with its reason, raw payload and trace.
+
+Two writers give the same rows (`ingest.writer`): by default (delta-rs backend, local lake) each task writes
+its documents and quarantine rows straight into Parquet files of the two tables' write folders and returns only a
+key per document, so the text never crosses into the JVM and is read once, written once (`write_direct`); with the
+native Delta backend, or `writer: spark`, the tasks return Arrow batches to Spark's writer (`write_with_spark`).
 """
 import os
 import sys
@@ -12,10 +17,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import glob
 import time
 
+from jobs import direct
 from jobs.cli import UserError, run_main
 from jobs.config import load_yaml
 from jobs.runner import Flag, Stage, stage_main
-from jobs.schema import DOCUMENT_COLUMNS, QUARANTINE_DDL, TRACE_DDL, estimate_tokens, estimate_tokens_col
+from jobs.schema import (DOCUMENT_COLUMNS, QUARANTINE_DDL, TRACE_DDL, document_arrow_schema, estimate_tokens,
+                         estimate_tokens_col, quarantine_arrow_schema)
 from jobs.session import REPO_ROOT
 from jobs.stage import log
 
@@ -262,15 +269,31 @@ def parse_tasks_fn(specs, limits, batch_rows: int = 2000, batch_bytes: int = 64 
     return run
 
 
+def original_bytes(specs, limits, by_id, wanted: dict) -> dict:
+    """{(task_id, order_pos): the raw bytes of that unit's line / row}, re-read from the task's file, for
+    duplicate-id rows (documents do not carry their raw bytes; duplicates are rare). `wanted`: task_id -> positions."""
+    from udfs import records as R
+
+    found = {}
+    for tid, positions in wanted.items():
+        t = by_id[tid]
+        left = set(positions)
+        for u in R.iter_task_units(specs[t["source_idx"]], t, limits, keep_raw=True):
+            pos = unit_order_pos(u) if u["kind"] == "doc" else None
+            if pos in left:
+                found[(tid, pos)] = u["raw"]
+                left.discard(pos)
+                if not left:
+                    break
+    return found
+
+
 def duplicate_raw_fn(specs, limits, tasks):
-    """mapInArrow over duplicate-id rows (grouped by task): re-read each task's file to give every row the
-    original bytes of its line / row (documents do not carry them, duplicates are rare)."""
+    """mapInArrow over duplicate-id rows (grouped by task): give every row the original bytes of its line / row."""
     by_id = {t["task_id"]: t for t in tasks}
 
     def run(batches):
         import pyarrow as pa
-
-        from udfs import records as R
 
         raw_max = limits.raw_payload_max_bytes
         for b in batches:
@@ -278,17 +301,7 @@ def duplicate_raw_fn(specs, limits, tasks):
             wanted = {}
             for r in rows:
                 wanted.setdefault(r["task_id"], set()).add(r["order_pos"])
-            found = {}
-            for tid, positions in wanted.items():
-                t = by_id[tid]
-                left = set(positions)
-                for u in R.iter_task_units(specs[t["source_idx"]], t, limits, keep_raw=True):
-                    pos = unit_order_pos(u) if u["kind"] == "doc" else None
-                    if pos in left:
-                        found[(tid, pos)] = u["raw"]
-                        left.discard(pos)
-                        if not left:
-                            break
+            found = original_bytes(specs, limits, by_id, wanted)
             raws = [found.get((r["task_id"], r["order_pos"])) for r in rows]
             raws = [x if x is not None else r["text"].encode("utf-8") for x, r in zip(raws, rows)]
             yield pa.RecordBatch.from_pydict({
@@ -297,6 +310,200 @@ def duplicate_raw_fn(specs, limits, tasks):
                 "raw_length": pa.array([len(x) for x in raws], pa.int64()),
                 "raw_truncated": pa.array([len(x) > raw_max for x in raws], pa.bool_()),
             })
+
+    return run
+
+
+# ---- the direct writer: workers parse and write the tables' Parquet files themselves --------------------------------
+# What the workers return instead of the data: one `key` row per document (for duplicate ids), one `file` row per
+# Parquet file written, `stat` rows of counts per (table, source, reason). A few narrow rows per document, so the
+# text crosses from Python to the JVM not at all.
+META_DDL = ("kind string, tbl string, part string, id string, order_file string, order_pos bigint, line bigint, "
+            "row bigint, task_id int, part_row bigint, source string, reason string, n bigint, b bigint, t bigint, "
+            "detail string")
+
+
+def _meta_schema():
+    import pyarrow as pa
+
+    s, i64 = pa.string(), pa.int64()
+    return pa.schema([("kind", s), ("tbl", s), ("part", s), ("id", s), ("order_file", s), ("order_pos", i64),
+                      ("line", i64), ("row", i64), ("task_id", pa.int32()), ("part_row", i64), ("source", s),
+                      ("reason", s), ("n", i64), ("b", i64), ("t", i64), ("detail", s)])
+
+
+def _meta_batch(rows: list[dict]):
+    import pyarrow as pa
+
+    return pa.RecordBatch.from_pylist(rows, schema=_meta_schema())
+
+
+def _key_batch(units, docs, part: str, base: int):
+    """The `key` META rows of a batch of documents: their id and position, and their row in file `part`."""
+    import pyarrow as pa
+
+    schema, n = _meta_schema(), units.num_rows
+    trace = units.column("trace")
+    cols = {"kind": pa.array(["key"] * n, pa.string()), "part": pa.array([part] * n, pa.string()),
+            "id": units.column("id"), "order_file": units.column("order_file"),
+            "order_pos": units.column("order_pos"), "line": trace.field("line"), "row": trace.field("row"),
+            "task_id": units.column("task_id"), "part_row": pa.array(range(base, base + n), pa.int64()),
+            "source": units.column("source"), "t": docs.column("n_tokens_est")}
+    return pa.RecordBatch.from_arrays([cols[f.name] if f.name in cols else pa.nulls(n, f.type) for f in schema],
+                                      schema=schema)
+
+
+def _table_batch(units, tbl: str, schema, ingest_run: str):
+    """The rows of one table (`documents` or `quarantine`) from a batch of unit rows of that kind, in the table's
+    column order and Arrow types."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = units.num_rows
+    cols = {name: units.column(name) for name in units.schema.names}
+    cols["ingest_run"] = pa.array([ingest_run] * n, pa.string())
+    if tbl == "doc":
+        cols["n_tokens_est"] = pc.divide(pc.add(cols["n_bytes"], 3), 4)  # estimate_tokens, integer division
+    return pa.RecordBatch.from_arrays([cols[f.name].cast(f.type) for f in schema], schema=schema)
+
+
+def parse_write_fn(specs, limits, folders: dict, schemas: dict, ingest_run: str, batch_rows: int = 2000,
+                   batch_bytes: int = 32 << 20):
+    """mapInArrow over task rows: parse every unit (`udfs/records.py`), write documents and quarantine rows into
+    this task's Parquet file of each table's write folder (`folders`: doc / quarantine -> path) and return only
+    META rows. A failed attempt's file has its own name (attempt number) and is never committed."""
+    from udfs.records import unit_arrow_schema
+
+    unit_schema = unit_arrow_schema()
+
+    def run(batches):
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        from udfs import records as R
+
+        stem = direct.part_stem()
+        writers, written, stats = {}, {"doc": 0, "quarantine": 0}, {}
+
+        def flush(rows):
+            batch = R.rows_to_batch(rows, unit_schema, limits)
+            kinds = batch.column("kind")
+            for tbl in ("doc", "quarantine"):
+                sel = batch.filter(pc.equal(kinds, tbl))
+                if not sel.num_rows:
+                    continue
+                if tbl not in writers:
+                    writers[tbl] = pq.ParquetWriter(os.path.join(folders[tbl], stem + ".parquet"), schemas[tbl],
+                                                    compression="snappy")
+                out = _table_batch(sel, tbl, schemas[tbl], ingest_run)
+                writers[tbl].write_batch(out)
+                sources, reasons = sel.column("source").to_pylist(), sel.column("reason").to_pylist()
+                sizes = sel.column("n_bytes" if tbl == "doc" else "raw_length").to_pylist()
+                tokens = out.column("n_tokens_est").to_pylist() if tbl == "doc" else [0] * len(sizes)
+                details = sel.column("detail").to_pylist()
+                for src, rsn, size, tok, det in zip(sources, reasons, sizes, tokens, details):
+                    st = stats.get((tbl, src, rsn))
+                    if st is None:
+                        st = stats[(tbl, src, rsn)] = [0, 0, 0, det]
+                    st[0] += 1
+                    st[1] += size or 0
+                    st[2] += tok or 0
+                if tbl == "doc":
+                    yield _key_batch(sel, out, stem + ".parquet", written["doc"])
+                written[tbl] += sel.num_rows
+
+        rows, size = [], 0
+        for b in batches:
+            for t in b.to_pylist():
+                spec = specs[t["source_idx"]]
+                for u in R.iter_task_units(spec, t, limits):
+                    if u["kind"] == "blank":
+                        st = stats.setdefault(("blank", spec.name, None), [0, 0, 0, None])
+                        st[0] += 1
+                        continue
+                    u["source"], u["domain"], u["task_id"] = spec.name, spec.domain, t["task_id"]
+                    u["order_file"] = t["file"]
+                    u["order_pos"] = unit_order_pos(u)
+                    rows.append(u)
+                    size += u.get("n_bytes") or u.get("raw_length") or 0
+                    if len(rows) >= batch_rows or size >= batch_bytes:
+                        yield from flush(rows)
+                        rows, size = [], 0
+        if rows:
+            yield from flush(rows)
+        for w in writers.values():
+            w.close()
+        out = [{"kind": "file", "tbl": tbl, "part": stem + ".parquet", "n": written[tbl]} for tbl in writers]
+        out += [{"kind": "stat", "tbl": tbl, "source": src, "reason": rsn, "n": v[0], "b": v[1], "t": v[2],
+                 "detail": v[3]} for (tbl, src, rsn), v in stats.items()]
+        if out:
+            yield _meta_batch(out)
+
+    return run
+
+
+def drop_duplicates_fn(specs, limits, tasks, folders: dict, schemas: dict, ingest_run: str):
+    """mapInArrow over the key rows of later duplicate ids, one partition per documents file holding some: write
+    that file again without them (`<part>.k.parquet`; the driver deletes the original), and write them to a
+    quarantine file as `duplicate_id` rows with the original bytes of their line / row and where the id was first
+    seen. Returns META rows (`file` with `detail` = the file it replaces, `stat` per source)."""
+    by_id = {t["task_id"]: t for t in tasks}
+
+    def run(batches):
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        raw_max = limits.raw_payload_max_bytes
+        keys = [r for b in batches for r in b.to_pylist()]
+        if not keys:
+            return
+        stem = direct.part_stem()
+        by_part = {}
+        for r in keys:
+            by_part.setdefault(r["part"], []).append(r)
+        q_parts, out, stats = [], [], {}
+        for part, rows in sorted(by_part.items()):
+            docs = pq.read_table(os.path.join(folders["doc"], part), schema=schemas["doc"])
+            drop = pa.array(sorted(r["part_row"] for r in rows), pa.int64())
+            mask = pc.is_in(pa.array(range(docs.num_rows), pa.int64()), value_set=drop)
+            kept, gone = docs.filter(pc.invert(mask)), docs.filter(mask)
+            new_part = part[: -len(".parquet")] + f".k-{stem}.parquet"
+            if kept.num_rows:
+                pq.write_table(kept, os.path.join(folders["doc"], new_part), compression="snappy")
+            out.append({"kind": "file", "tbl": "doc", "part": new_part if kept.num_rows else None,
+                        "n": kept.num_rows, "detail": part})
+            info = {r["part_row"]: r for r in rows}
+            order = sorted(info)  # `gone` keeps the file's row order
+            wanted = {}
+            for pr in order:
+                wanted.setdefault(info[pr]["task_id"], set()).add(info[pr]["order_pos"])
+            found = original_bytes(specs, limits, by_id, wanted)
+            texts = gone.column("text").to_pylist()
+            raws = [found.get((info[pr]["task_id"], info[pr]["order_pos"])) or texts[i].encode("utf-8")
+                    for i, pr in enumerate(order)]
+            q_parts.append(pa.table({
+                "quarantine_id": [f"{info[pr]['id']}#dup@{info[pr]['order_file']}:{info[pr]['order_pos']}"
+                                  for pr in order],
+                "id": gone.column("id"), "source": gone.column("source"), "domain": gone.column("domain"),
+                "reason": ["duplicate_id"] * gone.num_rows,
+                "detail": [f"first seen at {info[pr]['detail']}" for pr in order],
+                "raw": pa.array([x[:raw_max] for x in raws], pa.binary()),
+                "raw_length": pa.array([len(x) for x in raws], pa.int64()),
+                "raw_truncated": [len(x) > raw_max for x in raws],
+                "trace": gone.column("trace"), "ingest_run": [ingest_run] * gone.num_rows,
+            }).cast(schemas["quarantine"]))
+            for src, tok, raw in zip(gone.column("source").to_pylist(), gone.column("n_tokens_est").to_pylist(), raws):
+                st = stats.setdefault(src, [0, 0, 0])
+                st[0] += 1
+                st[1] += len(raw)
+                st[2] += tok or 0
+        q_part = f"dup-{stem}.parquet"
+        pq.write_table(pa.concat_tables(q_parts), os.path.join(folders["quarantine"], q_part), compression="snappy")
+        out.append({"kind": "file", "tbl": "quarantine", "part": q_part, "n": sum(t.num_rows for t in q_parts)})
+        out += [{"kind": "stat", "tbl": "dup", "source": src, "reason": "duplicate_id", "n": v[0], "b": v[1],
+                 "t": v[2]} for src, v in stats.items()]
+        yield _meta_batch(out)
 
     return run
 
@@ -347,14 +554,119 @@ def plan(ctx) -> None:
 
     spark, lake, run, args = ctx.spark, ctx.lake, ctx.run, ctx.args
     st = ctx.state
-    specs, limits, tasks, fingerprint, total_bytes = (st["specs"], st["limits"], st["tasks"], st["fingerprint"],
-                                                      st["total_bytes"])
+    specs, tasks, fingerprint, total_bytes = st["specs"], st["tasks"], st["fingerprint"], st["total_bytes"]
     out_t, q_t = ctx.tables["output_table"], ctx.tables["quarantine_table"]
     n_parts = len(pack_tasks(tasks, spark.sparkContext.defaultParallelism))
+    use_direct = direct.enabled(ctx)
     log(f"ingest: {len(specs)} source(s), {len(fingerprint)} file(s), {total_bytes / 1e6:.1f} MB: {len(tasks)} "
-        f"unit(s) of work in {n_parts} Spark task(s)")
+        f"unit(s) of work in {n_parts} Spark task(s); "
+        + ("the workers write the Parquet files" if use_direct else "Spark writes the Parquet files"))
 
     assign_line_bases(spark, tasks)
+    # Same value for every attempt of the same run key, so a restarted run can find what an attempt committed.
+    ingest_run = f"ingest-{run.config_hash}"
+    mode = "append" if args.append else "overwrite"
+    stats = (write_direct if use_direct else write_with_spark)(ctx, ingest_run, mode)
+
+    seconds = max(time.time() - run._t0, 1e-9)
+    docs_out, q_rows, blank_lines = stats["docs"], stats["quarantined"], stats["blank_lines"]
+    extra = {
+        "input_files": len(fingerprint), "input_bytes": total_bytes, "tasks": len(tasks),
+        "parse_failure_rate": (stats["parse_failures"] / (docs_out + q_rows)) if docs_out + q_rows else 0.0,
+        "duplicate_ids": stats["reasons"].get("duplicate_id", 0), "blank_lines": blank_lines,
+        "input_units": docs_out + q_rows + blank_lines,
+        "docs_per_s": (docs_out + q_rows) / seconds, "mb_per_s": total_bytes / 1e6 / seconds,
+        "per_source": stats["per_source"], "quarantine_table": q_t,
+    }
+    run.finish(docs_in=docs_out + q_rows, docs_out=docs_out, docs_rejected=q_rows,
+               tokens_in=stats["tokens_out"] + stats["quarantined_tokens"], tokens_out=stats["tokens_out"],
+               reasons=stats["reasons"], extra=extra, output_table=out_t)
+    if q_rows:
+        path = run.write_audit(lake.read(q_t).where(F.col("ingest_run") == ingest_run), q_t,
+                               order_col="quarantine_id")
+        log(f"ingest: audit sample of quarantined records: {path}")
+    log(f"ingest: {docs_out} documents -> {lake.path(out_t)}; {q_rows} quarantined -> {lake.path(q_t)}; "
+        f"{extra['mb_per_s']:.2f} MB/s")
+    return 0
+
+
+def write_direct(ctx, ingest_run: str, mode: str) -> dict:
+    """One Spark job parses and writes both tables' files (`parse_write_fn`); a shuffle of the narrow key rows finds
+    duplicate ids; only the documents files holding later duplicates are written again (`drop_duplicates_fn`).
+    The counts come from the workers' stat rows, so nothing committed is read back."""
+    from pyspark.sql import functions as F
+
+    spark, lake, run = ctx.spark, ctx.lake, ctx.run
+    specs, limits, tasks = ctx.state["specs"], ctx.state["limits"], ctx.state["tasks"]
+    out_t, q_t = ctx.tables["output_table"], ctx.tables["quarantine_table"]
+    run.hold()
+    schemas = {"doc": document_arrow_schema(), "quarantine": quarantine_arrow_schema()}
+    folders = direct.WriteFolders(lake, {"doc": out_t, "quarantine": q_t})
+    t0 = time.perf_counter()
+    try:
+        meta = (task_frame(spark, tasks).mapInArrow(parse_write_fn(specs, limits, folders.paths, schemas, ingest_run),
+                                                    META_DDL).persist())
+        small = [r.asDict() for r in meta.where(F.col("kind") != "key").collect()]
+        check_text_field(specs, [{"kind": r["tbl"], "source": r["source"], "reason": r["reason"],
+                                  "detail": r["detail"]} for r in small if r["kind"] == "stat"])
+        keys = meta.where(F.col("kind") == "key")
+        first_key = F.struct("order_file", "order_pos", "line", "row")
+        dup_ids = (keys.groupBy("id").agg(F.count(F.lit(1)).alias("_n"), F.min(first_key).alias("_first"))
+                   .where(F.col("_n") > 1).select("id", "_first"))
+        if dup_ids.limit(1).count():
+            first_at = F.concat(F.col("_first.order_file"), F.lit(":"),
+                                F.coalesce(F.col("_first.line").cast("string"),
+                                           F.concat(F.lit("row "), F.col("_first.row").cast("string"))))
+            later = (keys.join(dup_ids, "id")
+                     .where((F.col("order_file") != F.col("_first.order_file")) |
+                            (F.col("order_pos") != F.col("_first.order_pos")))
+                     .withColumn("detail", first_at).drop("_first"))
+            small += [r.asDict() for r in later.repartition("part").mapInArrow(
+                drop_duplicates_fn(specs, limits, tasks, folders.paths, schemas, ingest_run), META_DDL).collect()]
+        meta.unpersist()
+    except BaseException:
+        folders.discard()
+        raise
+    files = [r for r in small if r["kind"] == "file"]
+    replaced = {("doc", r["detail"]) for r in files if r["tbl"] == "doc" and r["detail"]}
+    # replaced documents files, and files of failed task attempts, go
+    folders.keep_only({(r["tbl"], r["part"]) for r in files if r["part"]} - replaced)
+    folders.commit(run, mode, schemas, seconds_data={"doc": time.perf_counter() - t0})
+
+    stats = [r for r in small if r["kind"] == "stat"]
+    per_source, reasons, q_tokens = {}, {}, 0
+    for r in stats:
+        src = per_source.setdefault(r["source"], {"docs": 0, "tokens": 0})
+        if r["tbl"] in ("doc", "dup"):
+            sign = 1 if r["tbl"] == "doc" else -1
+            src["docs"] += sign * int(r["n"])
+            src["tokens"] += sign * int(r["t"])
+        if r["tbl"] in ("quarantine", "dup"):
+            reasons[r["reason"]] = reasons.get(r["reason"], 0) + int(r["n"])
+            key = f"quarantined_{r['reason']}"
+            src[key] = src.get(key, 0) + int(r["n"])
+    by_reason_bytes = {}
+    for r in stats:  # tokens of quarantined units: per (source, reason), as the Spark path counts them
+        if r["tbl"] in ("quarantine", "dup"):
+            k = (r["source"], r["reason"])
+            by_reason_bytes[k] = by_reason_bytes.get(k, 0) + int(r["b"])
+    q_tokens = sum(estimate_tokens(b) for b in by_reason_bytes.values())
+    per_source = {k: v for k, v in per_source.items() if v["docs"] or len(v) > 2}
+    return {"docs": sum(v["docs"] for v in per_source.values()),
+            "tokens_out": sum(v["tokens"] for v in per_source.values()),
+            "quarantined": sum(reasons.values()), "quarantined_tokens": q_tokens, "reasons": reasons,
+            "parse_failures": sum(reasons.get(k, 0) for k in PARSE_FAILURES), "per_source": per_source,
+            "blank_lines": sum(int(r["n"]) for r in stats if r["tbl"] == "blank")}
+
+
+def write_with_spark(ctx, ingest_run: str, mode: str) -> dict:
+    """The documents and quarantine tables through Spark's own writer (the native Delta backend): the units are
+    cached, duplicate ids found with a join, and the counts read back from what was committed."""
+    from pyspark.sql import functions as F
+
+    spark, lake, run = ctx.spark, ctx.lake, ctx.run
+    specs, limits, tasks = ctx.state["specs"], ctx.state["limits"], ctx.state["tasks"]
+    out_t, q_t = ctx.tables["output_table"], ctx.tables["quarantine_table"]
     units = task_frame(spark, tasks).mapInArrow(parse_tasks_fn(specs, limits), UNIT_DDL)
     units = units.persist()
 
@@ -370,8 +682,6 @@ def plan(ctx) -> None:
     docs = docs.join(dup_ids, "id", "left").withColumn(
         "_is_dup", F.col("_first").isNotNull() & ((F.col("order_file") != F.col("_first.order_file")) |
                                                   (F.col("order_pos") != F.col("_first.order_pos"))))
-    # Same value for every attempt of the same run key, so a restarted run can find what an attempt committed.
-    ingest_run = f"ingest-{run.config_hash}"
     run_id = F.lit(ingest_run)
     documents = (docs.where(~F.col("_is_dup"))
                  .withColumn("n_tokens_est", estimate_tokens_col(F.col("n_bytes")))
@@ -396,37 +706,16 @@ def plan(ctx) -> None:
     unit_stats = (units.groupBy("source", "kind", "reason")
                   .agg(F.count(F.lit(1)).alias("n"), F.sum("n_bytes").alias("b"), F.first("detail").alias("detail"))
                   .collect())
-    blank_lines = sum(int(r["b"] or 0) for r in unit_stats if r["kind"] == "blank")
     check_text_field(specs, unit_stats)
 
-    mode = "append" if args.append else "overwrite"
     run.write(documents, out_t, mode=mode)
     run.write(quarantine, q_t, mode=mode)
     units.unpersist()
     dup_cached.unpersist()
-
     # Counts come from what was committed: this run's files only.
     stats = units_written_stats(lake, out_t, q_t, ingest_run)
-    seconds = max(time.time() - run._t0, 1e-9)
-    docs_out, q_rows = stats["docs"], stats["quarantined"]
-    extra = {
-        "input_files": len(fingerprint), "input_bytes": total_bytes, "tasks": len(tasks),
-        "parse_failure_rate": (stats["parse_failures"] / (docs_out + q_rows)) if docs_out + q_rows else 0.0,
-        "duplicate_ids": stats["reasons"].get("duplicate_id", 0), "blank_lines": blank_lines,
-        "input_units": docs_out + q_rows + blank_lines,
-        "docs_per_s": (docs_out + q_rows) / seconds, "mb_per_s": total_bytes / 1e6 / seconds,
-        "per_source": stats["per_source"], "quarantine_table": q_t,
-    }
-    run.finish(docs_in=docs_out + q_rows, docs_out=docs_out, docs_rejected=q_rows,
-               tokens_in=stats["tokens_out"] + stats["quarantined_tokens"], tokens_out=stats["tokens_out"],
-               reasons=stats["reasons"], extra=extra, output_table=out_t)
-    if q_rows:
-        path = run.write_audit(lake.read(q_t).where(F.col("ingest_run") == ingest_run), q_t,
-                               order_col="quarantine_id")
-        log(f"ingest: audit sample of quarantined records: {path}")
-    log(f"ingest: {docs_out} documents -> {lake.path(out_t)}; {q_rows} quarantined -> {lake.path(q_t)}; "
-        f"{extra['mb_per_s']:.2f} MB/s")
-    return 0
+    stats["blank_lines"] = sum(int(r["b"] or 0) for r in unit_stats if r["kind"] == "blank")
+    return stats
 
 
 DUP_DDL = (f"id string, source string, domain string, trace {TRACE_DDL}, order_file string, order_pos bigint, "

@@ -19,6 +19,29 @@ QUARANTINE_DDL = (
 )
 
 
+def _arrow_types():
+    import pyarrow as pa
+
+    s, i64 = pa.string(), pa.int64()
+    trace = pa.struct([("file", s), ("line", i64), ("row", i64), ("byte_offset", i64)])
+    return pa, s, i64, trace
+
+
+def document_arrow_schema():
+    """DOCUMENT_DDL as an Arrow schema, for files that Python workers write (tests check it equals Spark's)."""
+    pa, s, i64, trace = _arrow_types()
+    return pa.schema([("id", s), ("text", s), ("source", s), ("domain", s), ("url", s), ("meta", s), ("trace", trace),
+                      ("n_bytes", i64), ("n_tokens_est", i64), ("text_sha256", s), ("ingest_run", s)])
+
+
+def quarantine_arrow_schema():
+    """QUARANTINE_DDL as an Arrow schema."""
+    pa, s, i64, trace = _arrow_types()
+    return pa.schema([("quarantine_id", s), ("id", s), ("source", s), ("domain", s), ("reason", s), ("detail", s),
+                      ("raw", pa.binary()), ("raw_length", i64), ("raw_truncated", pa.bool_()), ("trace", trace),
+                      ("ingest_run", s)])
+
+
 def estimate_tokens(n_bytes: int) -> int:
     """Cheap token estimate used before tokenisation (~4 UTF-8 bytes per BPE token on English text)."""
     return (int(n_bytes) + 3) // 4

@@ -139,7 +139,25 @@ class StageRun:
 
     def write(self, df, table: str, mode: str = "overwrite") -> WriteResult:
         self.hold()
-        res = self.lake.write(df, table, mode=mode, app_id=self.app_id(table))
+        return self._written(table, self.lake.write(df, table, mode=mode, app_id=self.app_id(table)))
+
+    def commit_folder(self, table: str, batch_dir: str, mode: str, empty_schema, seconds_data: float = 0.0
+                      ) -> WriteResult:
+        """Commit a write folder that Python workers filled (`Lake.new_write_folder`), with the same transaction,
+        skip and drill semantics as `write`; when this run's output is already committed the folder is removed."""
+        import shutil
+
+        self.hold()
+        app_id = self.app_id(table)
+        if self.lake.already_written(table, mode, app_id):
+            shutil.rmtree(os.path.join(self.lake.path(table), batch_dir), ignore_errors=True)
+            res = WriteResult(table, self.lake.version(table), True, 0, 0)
+        else:
+            res = self.lake.commit_folder(table, batch_dir, mode, app_id, empty_schema=empty_schema,
+                                          seconds_data=seconds_data)
+        return self._written(table, res)
+
+    def _written(self, table: str, res: WriteResult) -> WriteResult:
         if os.environ.get("LMR_FAIL_AFTER_WRITE") == table:  # failure drill: die between two commits
             log(f"{self.stage}: LMR_FAIL_AFTER_WRITE={table}: exiting after committing {table}")
             os._exit(137)
@@ -206,6 +224,12 @@ class StageRun:
         if "text" in sample.columns:
             sample = sample.withColumn("text", F.substring("text", 1, text_chars))
 
+        rows = [r.asDict(recursive=True) for r in sample.collect()]
+        return self.write_audit_rows(rows, table, reason_col, order_col, text_chars)
+
+    def write_audit_rows(self, rows: list[dict], table: str, reason_col: str = "reason", order_col: str = "id",
+                         text_chars: int = 2000) -> str:
+        """The audit file from sampled rows (plain dicts): sorted by reason and id, raw bytes shown as text."""
         def readable(v):  # raw payloads are shown as text; undecodable bytes as \xNN escapes
             if isinstance(v, (bytes, bytearray)):
                 return bytes(v[:text_chars]).decode("utf-8", errors="backslashreplace")
@@ -213,8 +237,7 @@ class StageRun:
                 return {k: readable(x) for k, x in v.items()}
             return v
 
-        rows = [readable(r.asDict(recursive=True)) for r in sample.collect()]
-        lines = sorted(rows, key=lambda r: (str(r.get(reason_col)), str(r.get(order_col))))
+        lines = sorted((readable(r) for r in rows), key=lambda r: (str(r.get(reason_col)), str(r.get(order_col))))
         path = os.path.join(self.lake.root, "audit", f"{table}.jsonl")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = path + ".tmp"

@@ -161,11 +161,8 @@ class Lake:
         """
         if mode not in ("overwrite", "append"):
             raise TableError(f"unknown write mode {mode!r}")
-        if app_id is not None and self.exists(name):
-            done = self.txn_version(name, app_id)
-            if done is not None and done >= txn_version:
-                if mode == "append" or self.latest_commit_is(name, app_id):
-                    return WriteResult(name, self.version(name), True, 0, 0)
+        if self.already_written(name, mode, app_id, txn_version):
+            return WriteResult(name, self.version(name), True, 0, 0)
         if self.backend == "delta-spark":
             return self._write_native(df, name, mode, app_id, txn_version)
         return self._write_rs(df, name, mode, app_id, txn_version)
@@ -183,22 +180,49 @@ class Lake:
         return WriteResult(name, dt.version(), False, -1, -1, time.perf_counter() - t0)
 
     def _write_rs(self, df, name, mode, app_id, txn_version) -> WriteResult:
+        batch_dir, folder = self.new_write_folder(name)
+        t0 = time.perf_counter()
+        df.write.mode("error").parquet(folder)
+        t_data = time.perf_counter() - t0
+        from pyspark.sql.pandas.types import to_arrow_schema
+
+        return self.commit_folder(name, batch_dir, mode, app_id, txn_version, lambda: to_arrow_schema(df.schema),
+                                  seconds_data=t_data)
+
+    # ---- writes from Python workers ---------------------------------------------------------------------------
+    def new_write_folder(self, name: str) -> tuple[str, str]:
+        """(folder name, absolute path) of a fresh write folder inside table `name`: the data files of one write go
+        there, and nothing reads them before `commit_folder` adds them to the log. The name must not start with
+        '_' or '.', which Delta treats as hidden; `w-` marks it for `remove_uncommitted`."""
+        table_path = self.path(name)
+        os.makedirs(table_path, exist_ok=True)
+        batch_dir = f"w-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}"
+        return batch_dir, os.path.join(table_path, batch_dir)
+
+    def already_written(self, name: str, mode: str, app_id: str | None, txn_version: int = 0) -> bool:
+        """Whether a write with this application transaction is already done (see `write`)."""
+        if app_id is None or not self.exists(name):
+            return False
+        done = self.txn_version(name, app_id)
+        return done is not None and done >= txn_version and (mode == "append" or self.latest_commit_is(name, app_id))
+
+    def commit_folder(self, name, batch_dir, mode, app_id=None, txn_version=0, empty_schema=None,
+                      seconds_data: float = 0.0) -> WriteResult:
+        """Commit every Parquet file of write folder `batch_dir` of table `name` in one Delta transaction
+        (delta-rs), as the table's new content (`overwrite`) or an addition (`append`). `empty_schema()` gives the
+        Arrow schema when the folder holds no file. Files of Spark's own writer and of Python workers
+        (`pyarrow.parquet`) alike; the caller has removed any file that is not part of the write."""
         dl = _delta_rs()
         from deltalake.transaction import AddAction, CommitProperties, Transaction, create_table_with_add_actions
 
-        table_path = self.path(name)
-        os.makedirs(table_path, exist_ok=True)
-        # A fresh folder per write; its name must not start with '_' or '.', which Delta treats as hidden.
-        batch_dir = f"w-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}"
         t0 = time.perf_counter()
-        df.write.mode("error").parquet(os.path.join(table_path, batch_dir))
-        t_data = time.perf_counter() - t0
-
+        table_path = self.path(name)
+        folder = os.path.join(table_path, batch_dir)
         adds, arrow_schema, total_rows = [], None, 0
-        for fn in sorted(os.listdir(os.path.join(table_path, batch_dir))):
+        for fn in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
             if not fn.endswith(".parquet"):
                 continue
-            full = os.path.join(table_path, batch_dir, fn)
+            full = os.path.join(folder, fn)
             meta = pq.read_metadata(full)
             if arrow_schema is None:
                 arrow_schema = meta.schema.to_arrow_schema()
@@ -208,19 +232,21 @@ class Lake:
                                   modification_time=int(st.st_mtime * 1000), data_change=True,
                                   stats=json.dumps({"numRecords": meta.num_rows})))
         if arrow_schema is None:
-            from pyspark.sql.pandas.types import to_arrow_schema
-
-            arrow_schema = to_arrow_schema(df.schema)
+            arrow_schema = empty_schema()
         schema = dl.Schema.from_arrow(_strip_arrow_metadata(arrow_schema))
         props = CommitProperties(
             app_transactions=[Transaction(app_id=app_id, version=txn_version)] if app_id else None,
             custom_metadata={"lmrefinery.write": batch_dir, "lmrefinery.app_id": app_id or ""},
         )
+
+        def result():
+            return WriteResult(name, self.version(name), False, len(adds), total_rows, seconds_data,
+                               time.perf_counter() - t0)
+
         if not self.exists(name):
             try:
                 create_table_with_add_actions(table_path, schema, adds, mode="error", commit_properties=props)
-                return WriteResult(name, self.version(name), False, len(adds), total_rows, t_data,
-                                   time.perf_counter() - t0 - t_data)
+                return result()
             except Exception:
                 if not self.exists(name):
                     raise
@@ -230,8 +256,7 @@ class Lake:
             create_table_with_add_actions(table_path, schema, adds, mode="overwrite", commit_properties=props)
         else:
             dt.create_write_transaction(adds, mode=mode, schema=schema, commit_properties=props)
-        return WriteResult(name, self.version(name), False, len(adds), total_rows, t_data,
-                           time.perf_counter() - t0 - t_data)
+        return result()
 
 
 # ---- names, broken logs, leftovers ----------------------------------------------------------------------------

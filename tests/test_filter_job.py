@@ -436,3 +436,36 @@ def test_per_language_quality_overrides_apply_by_detected_language():
         filter_job.resolve_config({"by_language": {"de": {"threshold": 0.5}}})
     with pytest.raises(UserError, match=r"filter.by_language.de: filter.quality.gopher_quality: unknown key"):
         filter_job.resolve_config({"by_language": {"de": {"quality": {"gopher_quality": {"stopwords": []}}}}})
+
+
+def test_the_workers_writer_and_sparks_writer_give_the_same_tables(filtered_lake, tmp_path):
+    """`filter.writer: auto` (one Spark job: the workers write all three tables' files, the default here) and
+    `spark` (Spark's writer over a cached pass): the same rows in every table, the same metrics and audit sample."""
+    import shutil
+
+    from jobs.tables import Lake
+
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    from lake_digest import table_digest
+
+    root = str(tmp_path / "lake")
+    shutil.copytree(os.path.join(filtered_lake["root"], "documents"), os.path.join(root, "documents"))
+    assert filter_job.main(["--lake", root, "--set", "filter.writer=spark"]) == 0
+    a, b = filtered_lake["lake"], Lake(filtered_lake["lake"].spark, root)
+    for t in ("filtered", "rejected", "filter_signals"):
+        assert table_digest(a.path(t)) == table_digest(b.path(t)), t
+        assert a.read(t).schema == b.read(t).schema, t
+
+    def metrics(lake):
+        m = [r for r in lake.read_arrow("metrics").to_pylist() if r["stage"] == "filter"][-1]
+        extra = json.loads(m["extra"])
+        return ([m[k] for k in ("docs_in", "docs_out", "docs_rejected", "tokens_in", "tokens_out")],
+                dict(m["reasons"]), {k: v for k, v in extra.items() if k != "timings"})
+
+    assert metrics(a) == metrics(b)
+
+    def audit(root):
+        with open(os.path.join(root, "audit", "rejected.jsonl")) as f:
+            return [{k: v for k, v in json.loads(line).items() if k != "run_id"} for line in f]
+
+    assert audit(filtered_lake["root"]) == audit(root) and len(audit(root)) > 5

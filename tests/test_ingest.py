@@ -132,9 +132,11 @@ def test_conservation_and_metrics(ingested):
     assert extra["duplicate_ids"] == 1 and 0 < extra["parse_failure_rate"] < 1 and extra["docs_per_s"] > 0
     # blank lines are not records but are counted: units = documents + quarantined + blank
     assert extra["blank_lines"] == 1 and extra["input_units"] == docs + quar + 1
-    # where the time went: both tables' data writes and commits, the rest, within the stage's seconds
+    # where the time went: both tables' data writes and commits, the rest, within the stage's seconds (the workers
+    # write both tables' files in one Spark job, whose time is the documents write's)
     t = extra["timings"]
-    assert set(t["writes"]) == {"documents", "quarantine"} and all(d > 0 and c > 0 for d, c in t["writes"].values())
+    assert set(t["writes"]) == {"documents", "quarantine"} and all(c > 0 for _, c in t["writes"].values())
+    assert t["writes"]["documents"][0] > 0 and t["write_data_s"] > 0
     assert t["write_data_s"] + t["commit_s"] + t["compute_s"] == pytest.approx(m["seconds"], abs=0.01)
     assert t["session_s"] >= 0
     audit = [json.loads(x) for x in open(os.path.join(ingested.root, "audit", "quarantine.jsonl"))]
@@ -287,3 +289,61 @@ def test_small_files_share_spark_tasks_and_big_inputs_spread():
     one = [{"task_id": 0, "n_bytes": 1 << 30}]  # one task bigger than max_bytes stays one task
     assert ingest.pack_tasks(one, parallelism=4) == [one]
     assert ingest.pack_tasks([], parallelism=2) == []
+
+
+def _metrics(lake: Lake) -> dict:
+    row = [r for r in lake.read_arrow("metrics").to_pylist() if r["stage"] == "ingest"][-1]
+    extra = json.loads(row["extra"])
+    return {"counts": (row["docs_in"], row["docs_out"], row["docs_rejected"], row["tokens_in"], row["tokens_out"]),
+            "reasons": dict(row["reasons"]),
+            **{k: extra[k] for k in ("per_source", "blank_lines", "duplicate_ids", "input_units")}}
+
+
+def test_the_workers_writer_and_sparks_writer_give_the_same_tables(spark, corpus, ingested, tmp_path):
+    """`ingest.writer: auto` (the Python workers write the Parquet files, the default here) and `spark`
+    produce the same rows in both tables and the same metrics, also when a whole file repeats another's ids
+    (its documents file is written again empty) and ids repeat inside one file."""
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    from lake_digest import table_digest
+
+    root = tmp_path / "dups"
+    root.mkdir()
+    (root / "a.jsonl").write_text("".join(json.dumps({"id": i, "text": f"{PROSE} {i}"}) + "\n" for i in range(8)))
+    (root / "b.jsonl").write_text("".join(json.dumps({"id": i, "text": f"again {PROSE} {i}"}) + "\n"
+                                          for i in [3, 4, 4, 5]))
+    (root / "c.jsonl").write_text("".join(json.dumps({"id": i, "text": f"c {PROSE}"}) + "\n" for i in [20, 21, 20]))
+    dup_sources = tmp_path / "dups.yaml"
+    dup_sources.write_text(yaml.safe_dump({"sources": [
+        {"name": "d", "domain": "web", "format": "jsonl", "path": str(root / "*.jsonl"), "id_field": "id"}]}))
+    for sources, args in ((corpus, ["--max-doc-bytes", "2000", "--set", "ingest.chunk_bytes=200"]),
+                          (str(dup_sources), ["--set", "ingest.chunk_bytes=100"])):
+        lakes = {}
+        for direct in ("auto", "spark"):
+            lakes[direct] = str(tmp_path / f"lake-{direct}-{os.path.basename(sources)}")
+            assert ingest.main(["--lake", lakes[direct], "--sources", sources, *args,
+                                "--set", f"ingest.writer={direct}"]) == 0
+        for t in ("documents", "quarantine"):
+            assert (table_digest(os.path.join(lakes["auto"], t)) ==
+                    table_digest(os.path.join(lakes["spark"], t))), t
+        a, b = Lake(spark, lakes["auto"]), Lake(spark, lakes["spark"])
+        assert _metrics(a) == _metrics(b)
+        for t in ("documents", "quarantine"):  # every file in the write folders is committed, nothing else left
+            files = {os.path.relpath(u[7:] if u.startswith("file://") else u, a.path(t)) for u in a.files(t)}
+            on_disk = {os.path.join(d, f) for d in os.listdir(a.path(t)) if d.startswith("w-")
+                       for f in os.listdir(os.path.join(a.path(t), d))}
+            assert files == on_disk, t
+    q = Lake(spark, lakes["auto"]).read("quarantine").where("reason = 'duplicate_id'").collect()
+    assert len(q) == 5 and all(r["detail"].startswith("first seen at ") for r in q)
+    assert {r["detail"].rsplit(":", 1)[1] for r in q if r["id"] == "d/20"} == {"1"}  # the first line of c.jsonl
+    assert {r["raw"] for r in q if r["id"] == "d/4"} == {json.dumps({"id": 4, "text": f"again {PROSE} 4"}).encode()}
+
+
+def test_worker_arrow_schemas_equal_sparks(spark):
+    """The Arrow schemas the workers write with are what Spark makes of the tables' DDL, so the Delta schema of a
+    table does not depend on which writer made its files."""
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    from jobs import schema as S
+
+    for ddl, arrow in ((S.DOCUMENT_DDL, S.document_arrow_schema()), (S.QUARANTINE_DDL, S.quarantine_arrow_schema())):
+        assert to_arrow_schema(spark.createDataFrame([], ddl).schema) == arrow
