@@ -252,23 +252,43 @@ def by_name(rows, prefix: str) -> float:
     return next(s for n, s, _, _ in rows if n.startswith(prefix))
 
 
-def fixed_costs(py, master, env, work, first_file, n_docs: int = 200) -> list[dict]:
-    """Ingest, filter and dedup on the first `n_docs` lines of one corpus file, each a process: their metrics rows
-    (the stage clock there is almost all fixed cost: Spark jobs, commits, the metrics row)."""
+IN_SESSION = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from jobs.session import get_spark
+get_spark("bench", master=sys.argv[2])
+from jobs import dedup, filter, ingest
+lake, inp = sys.argv[3], sys.argv[4]
+for force in ([], ["--force"]):
+    assert ingest.main(["--lake", lake, "--input", inp, "--format", "jsonl", "--source", "bench", "--domain", "web",
+                        "--id-field", "id", *force]) == 0
+    assert filter.main(["--lake", lake, *force]) == 0
+    assert dedup.main(["--lake", lake, *force]) == 0
+"""
+
+
+def in_session(py, master, env, lake, inp) -> tuple[list[dict], list[dict]]:
+    """Ingest, filter and dedup twice in one Python process (one Spark session), the second time with --force:
+    (first round's metrics rows, second round's). The second round shows a stage in a warm session, as every stage
+    after the first runs in `jobs/pipeline.py` (JVM classes loaded, Python workers started, code compiled)."""
     from jobs.tables import Lake
 
+    shutil.rmtree(lake, ignore_errors=True)
+    run_measured([py, "-c", IN_SESSION, REPO, master, lake, inp], env=env)
+    rows = sorted(Lake(None, lake, backend="delta-rs").read_arrow("metrics").to_pylist(), key=lambda r: r["started_at"])
+    return rows[:3], rows[3:]
+
+
+def fixed_costs(py, master, env, work, first_file, n_docs: int = 200) -> tuple[list[dict], list[dict]]:
+    """`in_session` on the first `n_docs` lines of one corpus file: the stage clock there is almost all fixed cost
+    (Spark jobs, Python worker start, commits, the metrics row)."""
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     small = os.path.join(work, "small.jsonl")
     with open(first_file, "rb") as f, open(small, "wb") as out:
         for _ in range(n_docs):
             out.write(f.readline())
-    lake = os.path.join(work, "lake")
-    for cmd in ([os.path.join(REPO, "jobs", "ingest.py"), "--input", small, "--format", "jsonl", "--source", "bench",
-                 "--domain", "web", "--id-field", "id"],
-                [os.path.join(REPO, "jobs", "filter.py")], [os.path.join(REPO, "jobs", "dedup.py")]):
-        run_measured([py, *cmd, "--lake", lake, "--master", master], env=env)
-    return Lake(None, lake, backend="delta-rs").read_arrow("metrics").to_pylist()
+    return in_session(py, master, env, os.path.join(work, "lake"), small)
 
 
 def main():
@@ -324,6 +344,8 @@ def main():
     rows.append(("lmrefinery: jobs/pipeline.py ingest,filter,dedup (one session)", s, args.cores, rss))
     print(f"pipeline: {s:.1f} s", flush=True)
     fixed = fixed_costs(py, master, env, os.path.join(args.work, "fixed"), paths[0])
+    _, warm = in_session(py, master, env, os.path.join(args.work, "lake-session"), os.path.join(corpus, "*.jsonl"))
+    print("in one session, second round:", ", ".join(f"{m['stage']} {m['seconds']:.1f} s" for m in warm), flush=True)
     for m in metrics:
         t = json.loads(m["extra"]).get("timings", {})
         print(f"  {m['stage']}: {m['seconds']:.1f} s in the stage clock; writes (with the computing they trigger) "
@@ -343,23 +365,25 @@ def main():
         print(f"{name:58s} {s:8.1f} {c:5d} {mb / s / c:10.2f} {'' if rss is None else f'{rss / 1e9:.2f} GB':>9s}")
     by = {n: s for n, s, _, _ in rows}
     clock = {m["stage"]: m["seconds"] for m in metrics}
+    warm_clock = {m["stage"]: m["seconds"] for m in warm}
     print("\nstage / kernel loop, per core (process = JVM start included; stage clock = the metrics row's seconds,"
-          " from the Spark session on)")
+          " from the Spark session on; warm = the stage clock of a second run in the same session)")
     for stage, kname in (("ingest", "ingest (record parser)"), ("ingest", "ingest (worker: parse + write Parquet)"),
                          ("filter", "filter"), ("dedup", "dedup (keys + LSH + verify + clusters)"),
                          ("dedup", "dedup (signatures)")):
         proc = by[[n for n in by if n.startswith(f"lmrefinery: {stage}")][0]]
         k_s = by[f"kernel loop: {kname}"]
         print(f"  {stage} vs {kname}: process {k_s / (proc * args.cores):.3f}x, "
-              f"stage clock {k_s / (clock[stage] * args.cores):.3f}x")
+              f"stage clock {k_s / (clock[stage] * args.cores):.3f}x, warm {k_s / (warm_clock[stage] * args.cores):.3f}x")
     if "datatrove: whole pipeline" in by:
         print(f"whole pipeline (jobs/pipeline.py, JVM start included): lmrefinery / datatrove per core "
               f"{by['datatrove: whole pipeline'] / lm_total:.2f}x")
-    print("\nfixed cost per stage (the same stages on a 200-document input; stage clock, JVM start excluded):")
-    for m in fixed:
-        t = json.loads(m["extra"]).get("timings", {})
-        print(f"  {m['stage']}: {m['seconds']:.2f} s (session start before it {t.get('session_s')} s; writes "
-              f"{t.get('write_data_s')} s, commits {t.get('commit_s')} s, the rest {t.get('compute_s')} s)")
+    print("\nfixed cost per stage (the same stages on a 200-document input, twice in one session; stage clock):")
+    for label, ms in (("first run in the session", fixed[0]), ("second run (warm)", fixed[1])):
+        for m in ms:
+            t = json.loads(m["extra"]).get("timings", {})
+            print(f"  {label}: {m['stage']}: {m['seconds']:.2f} s (session start before it {t.get('session_s')} s; "
+                  f"writes {t.get('write_data_s')} s, commits {t.get('commit_s')} s, the rest {t.get('compute_s')} s)")
     print(f"load average at end: {os.getloadavg()}")
 
 

@@ -191,10 +191,10 @@ def pack_tasks(tasks, parallelism: int, max_bytes: int = MAX_PARTITION_BYTES,
     return [sorted(g, key=lambda t: t["task_id"]) for g in groups if g]
 
 
-def task_frame(spark, tasks):
+def task_frame(spark, tasks, max_bytes: int = MAX_PARTITION_BYTES):
     """The tasks as a DataFrame, one Spark partition per group of `pack_tasks`."""
     cols = [c.split()[0] for c in TASK_DDL.split(", ")]
-    groups = pack_tasks(tasks, spark.sparkContext.defaultParallelism)
+    groups = pack_tasks(tasks, spark.sparkContext.defaultParallelism, max_bytes)
     rows = [[tuple(t[c] for c in cols) for t in g] for g in groups]
     rdd = spark.sparkContext.parallelize(rows, max(1, len(rows))).flatMap(lambda g: g)
     return spark.createDataFrame(rdd, TASK_DDL)
@@ -544,7 +544,11 @@ def prepare(ctx) -> None:
     specs = load_sources(args, cfg)
     limits = resolve_limits(args, cfg)
     tasks, fingerprint, total_bytes = plan_tasks(specs, int(cfg.get("chunk_bytes", 32 << 20)))
-    ctx.state.update(specs=specs, limits=limits, tasks=tasks, fingerprint=fingerprint, total_bytes=total_bytes)
+    max_task_bytes = int(cfg.get("max_task_bytes", MAX_PARTITION_BYTES))
+    if max_task_bytes < 1:
+        raise UserError(f"ingest.max_task_bytes must be >= 1, got {max_task_bytes}")
+    ctx.state.update(specs=specs, limits=limits, tasks=tasks, fingerprint=fingerprint, total_bytes=total_bytes,
+                     max_task_bytes=max_task_bytes)
     ctx.run_config = {"sources": [s.__dict__ for s in specs], "limits": limits.__dict__, "append": args.append}
     ctx.extra_key = fingerprint
 
@@ -556,7 +560,7 @@ def plan(ctx) -> None:
     st = ctx.state
     specs, tasks, fingerprint, total_bytes = st["specs"], st["tasks"], st["fingerprint"], st["total_bytes"]
     out_t, q_t = ctx.tables["output_table"], ctx.tables["quarantine_table"]
-    n_parts = len(pack_tasks(tasks, spark.sparkContext.defaultParallelism))
+    n_parts = len(pack_tasks(tasks, spark.sparkContext.defaultParallelism, st["max_task_bytes"]))
     use_direct = direct.enabled(ctx)
     log(f"ingest: {len(specs)} source(s), {len(fingerprint)} file(s), {total_bytes / 1e6:.1f} MB: {len(tasks)} "
         f"unit(s) of work in {n_parts} Spark task(s); "
@@ -604,8 +608,8 @@ def write_direct(ctx, ingest_run: str, mode: str) -> dict:
     folders = direct.WriteFolders(lake, {"doc": out_t, "quarantine": q_t})
     t0 = time.perf_counter()
     try:
-        meta = (task_frame(spark, tasks).mapInArrow(parse_write_fn(specs, limits, folders.paths, schemas, ingest_run),
-                                                    META_DDL).persist())
+        worker = parse_write_fn(specs, limits, folders.paths, schemas, ingest_run)
+        meta = task_frame(spark, tasks, ctx.state["max_task_bytes"]).mapInArrow(worker, META_DDL).persist()
         small = [r.asDict() for r in meta.where(F.col("kind") != "key").collect()]
         check_text_field(specs, [{"kind": r["tbl"], "source": r["source"], "reason": r["reason"],
                                   "detail": r["detail"]} for r in small if r["kind"] == "stat"])
@@ -667,7 +671,7 @@ def write_with_spark(ctx, ingest_run: str, mode: str) -> dict:
     spark, lake, run = ctx.spark, ctx.lake, ctx.run
     specs, limits, tasks = ctx.state["specs"], ctx.state["limits"], ctx.state["tasks"]
     out_t, q_t = ctx.tables["output_table"], ctx.tables["quarantine_table"]
-    units = task_frame(spark, tasks).mapInArrow(parse_tasks_fn(specs, limits), UNIT_DDL)
+    units = task_frame(spark, tasks, ctx.state["max_task_bytes"]).mapInArrow(parse_tasks_fn(specs, limits), UNIT_DDL)
     units = units.persist()
 
     docs = units.where(F.col("kind") == "doc")

@@ -240,6 +240,10 @@ class Lake:
         )
 
         def result():
+            if not adds:  # no data file: nothing references the folder, which must not look like a leftover
+                import shutil
+
+                shutil.rmtree(folder, ignore_errors=True)
             return WriteResult(name, self.version(name), False, len(adds), total_rows, seconds_data,
                                time.perf_counter() - t0)
 

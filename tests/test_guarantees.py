@@ -440,7 +440,7 @@ def test_progress_lines_at_a_steady_interval_read_well_in_a_file(tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"text": f"{PROSE} {i}"}) + "\n" for i in range(60000)))
     env = {**os.environ, "LMR_SPARK_LOG_LEVEL": "ERROR", "LMR_PROGRESS_S": "1"}
-    r = subprocess.run(_ingest_cmd(str(tmp_path / "lake"), src, "s") + ["--set", "ingest.chunk_bytes=1048576"],
+    r = subprocess.run(_ingest_cmd(str(tmp_path / "lake"), src, "s") + ["--set", "ingest.chunk_bytes=1048576", "--set", "ingest.max_task_bytes=1048576"],
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     lines = [ln for ln in r.stderr.splitlines() if ": progress " in ln]

@@ -347,3 +347,29 @@ def test_worker_arrow_schemas_equal_sparks(spark):
 
     for ddl, arrow in ((S.DOCUMENT_DDL, S.document_arrow_schema()), (S.QUARANTINE_DDL, S.quarantine_arrow_schema())):
         assert to_arrow_schema(spark.createDataFrame([], ddl).schema) == arrow
+
+
+def test_metrics_arrow_schema_equals_sparks(spark, tmp_path):
+    """The driver writes metrics rows with pyarrow: the same schema as Spark's writer, and a metrics table that
+    Spark's writer started (lakes of earlier versions) takes the new rows without a schema change."""
+    import datetime as dt
+
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    from jobs.stage import METRICS_SCHEMA_DDL, METRICS_TABLE, _append_metrics, metrics_arrow_schema
+
+    spark_schema = to_arrow_schema(spark.createDataFrame([], METRICS_SCHEMA_DDL).schema, timezone="UTC")
+    assert spark_schema == metrics_arrow_schema()
+    row = {"stage": "s", "run_id": "r1", "run_key": "k", "started_at": dt.datetime(2026, 12, 2, tzinfo=dt.timezone.utc),
+           "seconds": 1.5, "input_table": None, "input_version": None, "output_table": "t", "output_version": 0,
+           "outputs": {"t": 0}, "docs_in": 2, "docs_out": 1, "docs_rejected": 1, "tokens_in": 4, "tokens_out": 2,
+           "doc_acceptance": 0.5, "token_acceptance": 0.5, "reasons": {"x": 1}, "config_hash": "h", "extra": "{}"}
+    lake = Lake(spark, str(tmp_path / "lake"))
+    lake.write(spark.createDataFrame([row], schema=METRICS_SCHEMA_DDL).coalesce(1), METRICS_TABLE, mode="append")
+    before = lake._dt(METRICS_TABLE).schema().to_json()
+    _append_metrics(lake, {**row, "run_id": "r2"}, app_id="a2")
+    _append_metrics(lake, {**row, "run_id": "r2"}, app_id="a2")  # the same transaction again: not a second row
+    assert lake._dt(METRICS_TABLE).schema().to_json() == before
+    rows = sorted(lake.read(METRICS_TABLE).collect(), key=lambda r: r["run_id"])
+    assert [(r["run_id"], r["outputs"], r["reasons"], r["started_at"]) for r in rows] == [
+        (rid, {"t": 0}, {"x": 1}, rows[0]["started_at"]) for rid in ("r1", "r2")]
