@@ -40,7 +40,7 @@ import time
 from jobs import direct
 from jobs.cli import UserError, run_main
 from jobs.runner import Stage, stage_main
-from jobs.schema import estimate_tokens, estimate_tokens_col
+from jobs.schema import estimate_tokens, estimate_tokens_arrow, estimate_tokens_col
 from jobs.stage import count_docs_tokens, log
 from udfs.common import nearest
 
@@ -450,7 +450,7 @@ def signals_batch(cb, kept_mask, names: list[str], schema):
     cols = {c: cb.column(c) if c in have else pa.nulls(n, pa.string()) for c in ("id", "source", "domain")}
     cols.update({c: cb.column(c) for c in ("lang", "lang_score", "quality_score", "reason", "n_bytes_raw")})
     cols.update(kept=kept_mask, n_bytes_clean=cb.column("_n_bytes_clean"), n_tokens_raw=cb.column("_n_tokens_raw"),
-                n_tokens_clean=pc.divide(pc.add(cb.column("_n_bytes_clean"), 3), 4))  # estimate_tokens
+                n_tokens_clean=estimate_tokens_arrow(cb.column("_n_bytes_clean")))
     sig = cb.column("quality_signals")
     for name in names:
         cols[name] = pc.map_lookup(sig, pa.scalar(name, pa.string()), "first")
@@ -607,7 +607,7 @@ def plan(ctx) -> None:
         combined = combined.persist(StorageLevel.MEMORY_AND_DISK)
         run.write(kept, tables["kept"])
         run.write(rejected, tables["rejected"])
-        run.write(signals_frame(combined, signal_names(cfg)), tables["signals"])
+        run.write(signals, tables["signals"])
         by = combined
         for c in ("domain", "source"):
             if c not in by.columns:

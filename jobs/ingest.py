@@ -22,7 +22,7 @@ from jobs.cli import UserError, run_main
 from jobs.config import load_yaml
 from jobs.runner import Flag, Stage, stage_main
 from jobs.schema import (DOCUMENT_COLUMNS, QUARANTINE_DDL, TRACE_DDL, document_arrow_schema, estimate_tokens,
-                         estimate_tokens_col, quarantine_arrow_schema)
+                         estimate_tokens_arrow, estimate_tokens_col, quarantine_arrow_schema)
 from jobs.session import REPO_ROOT
 from jobs.stage import log
 
@@ -233,9 +233,43 @@ def unit_order_pos(u: dict) -> int:
         tr["row"] if tr["row"] is not None else tr["line"] or 0)
 
 
+def tagged_units(batches, specs, limits):
+    """Every unit of the task rows in `batches`, tagged with its source, domain, task and position in its file.
+    Blank lines are not records: each task with some yields one `blank` unit holding their count in `n_bytes`."""
+    from udfs import records as R
+
+    for b in batches:
+        for t in b.to_pylist():
+            spec = specs[t["source_idx"]]
+            blank = 0
+            for u in R.iter_task_units(spec, t, limits):
+                if u["kind"] == "blank":
+                    blank += 1
+                    continue
+                u["source"], u["domain"], u["task_id"] = spec.name, spec.domain, t["task_id"]
+                u["order_file"] = t["file"]
+                u["order_pos"] = unit_order_pos(u)
+                yield u
+            if blank:
+                yield {"kind": "blank", "n_bytes": blank, "source": spec.name, "domain": spec.domain,
+                       "task_id": t["task_id"], "order_file": t["file"], "order_pos": t["start"]}
+
+
+def batched_units(units, batch_rows: int, batch_bytes: int):
+    """Lists of units of at most `batch_rows` rows or about `batch_bytes` bytes of text / raw payload."""
+    rows, size = [], 0
+    for u in units:
+        rows.append(u)
+        size += u.get("n_bytes") or u.get("raw_length") or 0
+        if len(rows) >= batch_rows or size >= batch_bytes:
+            yield rows
+            rows, size = [], 0
+    if rows:
+        yield rows
+
+
 def parse_tasks_fn(specs, limits, batch_rows: int = 2000, batch_bytes: int = 64 << 20):
-    """The function run inside `mapInArrow`: task rows in, unit rows (documents and quarantine) out.
-    Blank lines are not records: each task emits one `blank` row holding their count in `n_bytes`."""
+    """The function run inside `mapInArrow`: task rows in, unit rows (documents, quarantine, blank counts) out."""
     from udfs.records import unit_arrow_schema
 
     schema = unit_arrow_schema()
@@ -243,27 +277,7 @@ def parse_tasks_fn(specs, limits, batch_rows: int = 2000, batch_bytes: int = 64 
     def run(batches):
         from udfs import records as R
 
-        rows, size = [], 0
-        for b in batches:
-            for t in b.to_pylist():
-                spec = specs[t["source_idx"]]
-                blank = 0
-                for u in R.iter_task_units(spec, t, limits):
-                    if u["kind"] == "blank":
-                        blank += 1
-                        continue
-                    u["source"], u["domain"], u["task_id"] = spec.name, spec.domain, t["task_id"]
-                    u["order_file"] = t["file"]
-                    u["order_pos"] = unit_order_pos(u)
-                    rows.append(u)
-                    size += u.get("n_bytes") or u.get("raw_length") or 0
-                    if len(rows) >= batch_rows or size >= batch_bytes:
-                        yield R.rows_to_batch(rows, schema, limits)
-                        rows, size = [], 0
-                if blank:
-                    rows.append({"kind": "blank", "n_bytes": blank, "source": spec.name, "domain": spec.domain,
-                                 "task_id": t["task_id"], "order_file": t["file"], "order_pos": t["start"]})
-        if rows:
+        for rows in batched_units(tagged_units(batches, specs, limits), batch_rows, batch_bytes):
             yield R.rows_to_batch(rows, schema, limits)
 
     return run
@@ -357,13 +371,12 @@ def _table_batch(units, tbl: str, schema, ingest_run: str):
     """The rows of one table (`documents` or `quarantine`) from a batch of unit rows of that kind, in the table's
     column order and Arrow types."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     n = units.num_rows
     cols = {name: units.column(name) for name in units.schema.names}
     cols["ingest_run"] = pa.array([ingest_run] * n, pa.string())
     if tbl == "doc":
-        cols["n_tokens_est"] = pc.divide(pc.add(cols["n_bytes"], 3), 4)  # estimate_tokens, integer division
+        cols["n_tokens_est"] = estimate_tokens_arrow(cols["n_bytes"])
     return pa.RecordBatch.from_arrays([cols[f.name].cast(f.type) for f in schema], schema=schema)
 
 
@@ -412,24 +425,14 @@ def parse_write_fn(specs, limits, folders: dict, schemas: dict, ingest_run: str,
                     yield _key_batch(sel, out, stem + ".parquet", written["doc"])
                 written[tbl] += sel.num_rows
 
-        rows, size = [], 0
-        for b in batches:
-            for t in b.to_pylist():
-                spec = specs[t["source_idx"]]
-                for u in R.iter_task_units(spec, t, limits):
-                    if u["kind"] == "blank":
-                        st = stats.setdefault(("blank", spec.name, None), [0, 0, 0, None])
-                        st[0] += 1
-                        continue
-                    u["source"], u["domain"], u["task_id"] = spec.name, spec.domain, t["task_id"]
-                    u["order_file"] = t["file"]
-                    u["order_pos"] = unit_order_pos(u)
-                    rows.append(u)
-                    size += u.get("n_bytes") or u.get("raw_length") or 0
-                    if len(rows) >= batch_rows or size >= batch_bytes:
-                        yield from flush(rows)
-                        rows, size = [], 0
-        if rows:
+        def records(units):  # blank-line counts go to the stats, not into a table
+            for u in units:
+                if u["kind"] == "blank":
+                    stats.setdefault(("blank", u["source"], None), [0, 0, 0, None])[0] += u["n_bytes"]
+                else:
+                    yield u
+
+        for rows in batched_units(records(tagged_units(batches, specs, limits)), batch_rows, batch_bytes):
             yield from flush(rows)
         for w in writers.values():
             w.close()
@@ -603,7 +606,6 @@ def write_direct(ctx, ingest_run: str, mode: str) -> dict:
     spark, lake, run = ctx.spark, ctx.lake, ctx.run
     specs, limits, tasks = ctx.state["specs"], ctx.state["limits"], ctx.state["tasks"]
     out_t, q_t = ctx.tables["output_table"], ctx.tables["quarantine_table"]
-    run.hold()
     schemas = {"doc": document_arrow_schema(), "quarantine": quarantine_arrow_schema()}
     folders = direct.WriteFolders(lake, {"doc": out_t, "quarantine": q_t})
     t0 = time.perf_counter()
@@ -614,17 +616,10 @@ def write_direct(ctx, ingest_run: str, mode: str) -> dict:
         check_text_field(specs, [{"kind": r["tbl"], "source": r["source"], "reason": r["reason"],
                                   "detail": r["detail"]} for r in small if r["kind"] == "stat"])
         keys = meta.where(F.col("kind") == "key")
-        first_key = F.struct("order_file", "order_pos", "line", "row")
-        dup_ids = (keys.groupBy("id").agg(F.count(F.lit(1)).alias("_n"), F.min(first_key).alias("_first"))
-                   .where(F.col("_n") > 1).select("id", "_first"))
+        dup_ids = duplicate_ids(keys, F.col("line"), F.col("row"))
         if dup_ids.limit(1).count():
-            first_at = F.concat(F.col("_first.order_file"), F.lit(":"),
-                                F.coalesce(F.col("_first.line").cast("string"),
-                                           F.concat(F.lit("row "), F.col("_first.row").cast("string"))))
-            later = (keys.join(dup_ids, "id")
-                     .where((F.col("order_file") != F.col("_first.order_file")) |
-                            (F.col("order_pos") != F.col("_first.order_pos")))
-                     .withColumn("detail", first_at).drop("_first"))
+            later = (keys.join(dup_ids, "id").where(is_later_duplicate())
+                     .withColumn("detail", first_seen_at()).drop("_first"))
             small += [r.asDict() for r in later.repartition("part").mapInArrow(
                 drop_duplicates_fn(specs, limits, tasks, folders.paths, schemas, ingest_run), META_DDL).collect()]
         meta.unpersist()
@@ -638,29 +633,44 @@ def write_direct(ctx, ingest_run: str, mode: str) -> dict:
     folders.commit(run, mode, schemas, seconds_data={"doc": time.perf_counter() - t0})
 
     stats = [r for r in small if r["kind"] == "stat"]
-    per_source, reasons, q_tokens = {}, {}, 0
-    for r in stats:
-        src = per_source.setdefault(r["source"], {"docs": 0, "tokens": 0})
+    docs_by_source, quarantined = {}, {}
+    for r in stats:  # later duplicates were counted as documents by the parse job, then moved to quarantine
         if r["tbl"] in ("doc", "dup"):
             sign = 1 if r["tbl"] == "doc" else -1
-            src["docs"] += sign * int(r["n"])
-            src["tokens"] += sign * int(r["t"])
+            d, t = docs_by_source.get(r["source"], (0, 0))
+            docs_by_source[r["source"]] = (d + sign * int(r["n"]), t + sign * int(r["t"]))
         if r["tbl"] in ("quarantine", "dup"):
-            reasons[r["reason"]] = reasons.get(r["reason"], 0) + int(r["n"])
-            key = f"quarantined_{r['reason']}"
-            src[key] = src.get(key, 0) + int(r["n"])
-    by_reason_bytes = {}
-    for r in stats:  # tokens of quarantined units: per (source, reason), as the Spark path counts them
-        if r["tbl"] in ("quarantine", "dup"):
-            k = (r["source"], r["reason"])
-            by_reason_bytes[k] = by_reason_bytes.get(k, 0) + int(r["b"])
-    q_tokens = sum(estimate_tokens(b) for b in by_reason_bytes.values())
-    per_source = {k: v for k, v in per_source.items() if v["docs"] or len(v) > 2}
-    return {"docs": sum(v["docs"] for v in per_source.values()),
-            "tokens_out": sum(v["tokens"] for v in per_source.values()),
-            "quarantined": sum(reasons.values()), "quarantined_tokens": q_tokens, "reasons": reasons,
-            "parse_failures": sum(reasons.get(k, 0) for k in PARSE_FAILURES), "per_source": per_source,
-            "blank_lines": sum(int(r["n"]) for r in stats if r["tbl"] == "blank")}
+            n, b = quarantined.get((r["source"], r["reason"]), (0, 0))
+            quarantined[(r["source"], r["reason"])] = (n + int(r["n"]), b + int(r["b"]))
+    out = count_summary({k: v for k, v in docs_by_source.items() if v[0]}, quarantined)
+    out["blank_lines"] = sum(int(r["n"]) for r in stats if r["tbl"] == "blank")
+    return out
+
+
+def duplicate_ids(docs, line, row):
+    """(id, _first) of every id that more than one document has; `_first` is its earliest position (file, then
+    byte offset / row / line). `line`, `row`: the documents' line and row columns."""
+    from pyspark.sql import functions as F
+
+    first_key = F.struct("order_file", "order_pos", line.alias("line"), row.alias("row"))
+    return (docs.groupBy("id").agg(F.count(F.lit(1)).alias("_n"), F.min(first_key).alias("_first"))
+            .where(F.col("_n") > 1).select("id", "_first"))
+
+
+def is_later_duplicate():
+    """After a join with `duplicate_ids`: the document is not the one at its id's first position."""
+    from pyspark.sql import functions as F
+
+    return (F.col("order_file") != F.col("_first.order_file")) | (F.col("order_pos") != F.col("_first.order_pos"))
+
+
+def first_seen_at():
+    """`file:line` (or `file:row N`) of the id's first position, for the duplicate's quarantine detail."""
+    from pyspark.sql import functions as F
+
+    return F.concat(F.col("_first.order_file"), F.lit(":"),
+                    F.coalesce(F.col("_first.line").cast("string"),
+                               F.concat(F.lit("row "), F.col("_first.row").cast("string"))))
 
 
 def write_with_spark(ctx, ingest_run: str, mode: str) -> dict:
@@ -675,29 +685,21 @@ def write_with_spark(ctx, ingest_run: str, mode: str) -> dict:
     units = units.persist()
 
     docs = units.where(F.col("kind") == "doc")
-    first_key = F.struct("order_file", "order_pos", F.col("trace.line").alias("line"),
-                         F.col("trace.row").alias("row"))
-    dup_ids = (docs.groupBy("id").agg(F.count(F.lit(1)).alias("_n"), F.min(first_key).alias("_first"))
-               .where(F.col("_n") > 1).select("id", "_first"))
-    dup_cached = dup_ids.persist()
+    dup_cached = duplicate_ids(docs, F.col("trace.line"), F.col("trace.row")).persist()
     # Usually few: broadcast them, so the two writes below do not shuffle every document's text for the join.
     if dup_cached.count() <= BROADCAST_DUP_IDS:
         dup_ids = F.broadcast(dup_cached)
     docs = docs.join(dup_ids, "id", "left").withColumn(
-        "_is_dup", F.col("_first").isNotNull() & ((F.col("order_file") != F.col("_first.order_file")) |
-                                                  (F.col("order_pos") != F.col("_first.order_pos"))))
+        "_is_dup", F.col("_first").isNotNull() & is_later_duplicate())
     run_id = F.lit(ingest_run)
     documents = (docs.where(~F.col("_is_dup"))
                  .withColumn("n_tokens_est", estimate_tokens_col(F.col("n_bytes")))
                  .withColumn("ingest_run", run_id)
                  .select(*DOCUMENT_COLUMNS))
-    first_at = F.concat(F.col("_first.order_file"), F.lit(":"),
-                        F.coalesce(F.col("_first.line").cast("string"),
-                                   F.concat(F.lit("row "), F.col("_first.row").cast("string"))))
     dup_rows = (docs.where(F.col("_is_dup"))
                 .select("id", "source", "domain", "trace", "order_file", "order_pos", "task_id", "text",
                         F.lit("duplicate_id").alias("reason"),
-                        F.concat(F.lit("first seen at "), first_at).alias("detail"),
+                        F.concat(F.lit("first seen at "), first_seen_at()).alias("detail"),
                         F.concat(F.col("id"), F.lit("#dup@"), F.col("order_file"), F.lit(":"),
                                  F.col("order_pos").cast("string")).alias("quarantine_id")))
     # the later record's original bytes (its JSONL line / CSV row), re-read from its file
@@ -734,16 +736,24 @@ def units_written_stats(lake, out_t, q_t, ingest_run) -> dict:
 
     docs = lake.read(out_t).where(F.col("ingest_run") == ingest_run)
     quar = lake.read(q_t).where(F.col("ingest_run") == ingest_run)
-    per_source = {r["source"]: {"docs": int(r["d"]), "tokens": int(r["t"] or 0)}
-                  for r in docs.groupBy("source").agg(F.count(F.lit(1)).alias("d"),
-                                                      F.sum("n_tokens_est").alias("t")).collect()}
+    docs_by_source = {r["source"]: (int(r["d"]), int(r["t"] or 0))
+                      for r in docs.groupBy("source").agg(F.count(F.lit(1)).alias("d"),
+                                                          F.sum("n_tokens_est").alias("t")).collect()}
+    quarantined = {(r["source"], r["reason"]): (int(r["n"]), int(r["b"] or 0))
+                   for r in quar.groupBy("source", "reason").agg(F.count(F.lit(1)).alias("n"),
+                                                                 F.sum("raw_length").alias("b")).collect()}
+    return count_summary(docs_by_source, quarantined)
+
+
+def count_summary(docs_by_source: dict, quarantined: dict) -> dict:
+    """A run's counts from {source: (documents, tokens)} and {(source, reason): (rows, raw bytes)} (both writers);
+    a quarantined group's tokens are estimated from its raw bytes."""
+    per_source = {src: {"docs": d, "tokens": t} for src, (d, t) in docs_by_source.items()}
     reasons, q_tokens = {}, 0
-    for r in quar.groupBy("source", "reason").agg(F.count(F.lit(1)).alias("n"),
-                                                  F.sum("raw_length").alias("b")).collect():
-        reasons[r["reason"]] = reasons.get(r["reason"], 0) + int(r["n"])
-        q_tokens += estimate_tokens(int(r["b"] or 0))
-        per_source.setdefault(r["source"], {"docs": 0, "tokens": 0})
-        per_source[r["source"]][f"quarantined_{r['reason']}"] = int(r["n"])
+    for (src, reason), (n, b) in quarantined.items():
+        reasons[reason] = reasons.get(reason, 0) + n
+        q_tokens += estimate_tokens(b)
+        per_source.setdefault(src, {"docs": 0, "tokens": 0})[f"quarantined_{reason}"] = n
     return {"docs": sum(v["docs"] for v in per_source.values()),
             "tokens_out": sum(v["tokens"] for v in per_source.values()),
             "quarantined": sum(reasons.values()), "quarantined_tokens": q_tokens, "reasons": reasons,

@@ -47,6 +47,13 @@ def estimate_tokens(n_bytes: int) -> int:
     return (int(n_bytes) + 3) // 4
 
 
+def estimate_tokens_arrow(n_bytes):
+    """`estimate_tokens` over an Arrow integer array (integer division)."""
+    import pyarrow.compute as pc
+
+    return pc.divide(pc.add(n_bytes, 3), 4)
+
+
 def estimate_tokens_col(n_bytes_col):
     """`estimate_tokens` as a Spark column expression."""
     from pyspark.sql import functions as F
