@@ -148,11 +148,14 @@ def dedup_loop(texts: list[str]) -> int:
     """jobs/dedup.py's work in one process with its own kernels and defaults: normalise, exact digest, MinHash
     signatures and band keys (per batch of 5,000 as the job's mapInArrow), exact duplicates by digest, LSH buckets
     in a dict (all pairs up to max_bucket_pairs, a star beyond), exact-Jaccard verification of every candidate
-    pair (the numba kernel), union-find clusters. Returns the number of documents it removes."""
+    pair (each candidate's shingle set built once, `udfs.minhash.shingle_sets`, then one merge per pair, as the
+    job), union-find clusters. Returns the number of documents it removes."""
     import hashlib
 
+    import numpy as np
+
     from jobs import dedup
-    from udfs.minhash import band_keys, exact_jaccard_batch, permutations, signatures
+    from udfs.minhash import band_keys, jaccard_sets, permutations, shingle_sets, signatures
     from udfs.normalise import normalise
 
     p = dedup.resolve_params({}, argparse.Namespace(threshold=None, ngram=None, num_perm=None, bands=None,
@@ -193,10 +196,23 @@ def dedup_loop(texts: list[str]) -> int:
             x = parent[x]
         return x
 
+    # each candidate's shingle set once (as the job does), then one merge per pair
+    cand = sorted({d for pr in pairs for d in pr})
+    where, sets, offs = {}, [], [np.zeros(1, np.int64)]
+    base = 0
+    for i in range(0, len(cand), 5000):
+        h, o = shingle_sets([norm[d] for d in cand[i:i + 5000]], p["ngram"])
+        for j, d in enumerate(cand[i:i + 5000]):
+            where[d] = i + j
+        sets.append(h)
+        offs.append(o[1:] + base)
+        base += int(o[-1])
+    allh, allo = np.concatenate(sets) if sets else np.zeros(0, np.uint64), np.concatenate(offs)
     for i in range(0, len(pairs), 20000):
         chunk = pairs[i:i + 20000]
-        sims = exact_jaccard_batch([norm[a] for a, _ in chunk], [norm[b] for _, b in chunk], p["ngram"],
-                                   normalised=True)
+        ia = np.array([where[a] for a, _ in chunk], np.int64)
+        ib = np.array([where[b] for _, b in chunk], np.int64)
+        sims = jaccard_sets(*_gather(allh, allo, ia), *_gather(allh, allo, ib))
         for (a, b), sim in zip(chunk, sims.tolist()):
             if sim >= p["threshold"]:
                 ra, rb = find(a), find(b)
@@ -204,6 +220,16 @@ def dedup_loop(texts: list[str]) -> int:
                     parent[max(ra, rb)] = min(ra, rb)
     near = sum(1 for d in digests.values() if find(d) != d)
     return exact + near
+
+
+def _gather(h, offs, idx):
+    """The sets idx of (h, offs), packed as jaccard_sets takes them."""
+    import numpy as np
+
+    lens = offs[idx + 1] - offs[idx]
+    out_offs = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    pos = np.repeat(offs[idx] - out_offs[:-1], lens) + np.arange(out_offs[-1], dtype=np.int64)
+    return h[pos], out_offs
 
 
 def datatrove_run(corpus, work, cores):

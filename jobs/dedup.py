@@ -28,11 +28,15 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from jobs import direct  # noqa: E402
 from jobs.cli import UserError, run_main  # noqa: E402
 from jobs.runner import Flag, Stage, stage_main  # noqa: E402
 from jobs.stage import log  # noqa: E402
 
 VERIFY_MODES = ("exact", "estimate", "none")
+BROADCAST_CANDIDATE_PAIRS = 500_000
+BROADCAST_REMOVED = 2_000_000  # removed records (id and three short strings each) broadcast to the writing tasks
+AUDIT_PER_METHOD = 5
 
 
 def resolve_params(cfg: dict, args) -> dict:
@@ -59,6 +63,7 @@ def resolve_params(cfg: dict, args) -> dict:
     p.setdefault("quality_column", None)
     p.setdefault("max_bucket_pairs", 32)
     p.setdefault("cc_max_iterations", 60)
+    p.setdefault("local_components_max_edges", 2_000_000)
     p.setdefault("fp_weight", 0.5)
     p.setdefault("fn_weight", 0.5)
     p.setdefault("max_fp_mass", DEFAULT_MAX_FP_MASS)
@@ -142,28 +147,142 @@ def _keys_fn(params: dict):
     return fn
 
 
-def _verify_fn(params: dict):
-    """mapInArrow: (src, dst, text_a, text_b) -> (src, dst, sim) by exact shingle Jaccard or MinHash estimate."""
+def _sets_fn(params: dict):
+    """mapInArrow: (id, text) -> (id, v) for a candidate document, computed once however many pairs it is in:
+    verify=exact: its shingle set as sorted distinct 64-bit hashes (udfs.minhash.shingle_sets), little-endian
+    uint64 bytes; verify=estimate: its MinHash signature's bytes."""
     ngram, num_perm, seed, scheme = params["ngram"], params["num_perm"], params["seed"], params["scheme"]
     strip, mode = bool(params["strip_punctuation"]), params["verify"]
 
     def fn(batches):
+        import numpy as np
         import pyarrow as pa
 
-        from udfs.minhash import estimated_jaccard, exact_jaccard_batch, permutations, signatures
+        from udfs.minhash import permutations, shingle_sets, signatures
+        from udfs.normalise import normalise
 
         perms = permutations(num_perm, seed, scheme) if mode == "estimate" else None
         for batch in batches:
-            ta, tb = batch.column("text_a").to_pylist(), batch.column("text_b").to_pylist()
+            for part in _slices_by_bytes(batch, "text", 64 << 20):
+                norm = [normalise(t, strip) for t in part.column("text").to_pylist()]
+                if mode == "estimate":
+                    sig = signatures(norm, ngram, num_perm, seed, scheme, normalised=True, perms=perms)
+                    flat, offs = sig.ravel(), np.arange(0, sig.size + 1, num_perm, dtype=np.int64)
+                else:
+                    flat, offs = shingle_sets(norm, ngram)
+                width = flat.dtype.itemsize
+                v = pa.Array.from_buffers(pa.binary(), len(norm), [None, pa.py_buffer((offs * width).astype(np.int32)),
+                                                                    pa.py_buffer(np.ascontiguousarray(flat))])
+                yield pa.RecordBatch.from_arrays([part.column("id"), v], names=["id", "v"])
+
+    return fn
+
+
+def _offsets(arr):
+    """The value offsets of a (large_)string or (large_)binary Arrow array, as int64."""
+    import numpy as np
+    import pyarrow as pa
+
+    ot = np.int64 if pa.types.is_large_string(arr.type) or pa.types.is_large_binary(arr.type) else np.int32
+    w = np.dtype(ot).itemsize
+    return np.frombuffer(arr.buffers()[1], ot, count=len(arr) + 1, offset=arr.offset * w).astype(np.int64)
+
+
+def _slices_by_bytes(batch, column: str, limit: int):
+    """Row slices of an Arrow batch whose `column` holds at most `limit` bytes each (one row may exceed it): a
+    shingle set takes up to 4x its text's bytes, and an Arrow binary column holds at most 2 GiB."""
+    import numpy as np
+
+    arr = batch.column(column)
+    offs = _offsets(arr)
+    start = 0
+    while start < len(arr):
+        end = int(np.searchsorted(offs, offs[start] + limit, side="right")) - 1
+        end = min(max(end, start + 1), len(arr))
+        yield batch.slice(start, end - start)
+        start = end
+
+
+def _binary_values(arr, dtype):
+    """(values, offsets in values) of a binary Arrow array whose items are packed `dtype` arrays, without copying
+    unless the data is misaligned."""
+    import numpy as np
+
+    width = np.dtype(dtype).itemsize
+    offs = _offsets(arr)
+    data = arr.buffers()[2]
+    n = int(offs[-1] - offs[0])
+    raw = np.frombuffer(data, np.uint8, count=n, offset=int(offs[0])) if n else np.zeros(0, np.uint8)
+    if raw.ctypes.data % width:
+        raw = raw.copy()
+    return raw.view(dtype), (offs - offs[0]) // width
+
+
+def _pair_sim_fn(params: dict):
+    """mapInArrow: (src, dst, va, vb) -> (src, dst, sim): the exact Jaccard of two shingle sets (one merge per pair)
+    or the fraction of equal MinHash values, from the values `_sets_fn` made."""
+    num_perm, scheme, mode = params["num_perm"], params["scheme"], params["verify"]
+
+    def fn(batches):
+        import numpy as np
+        import pyarrow as pa
+
+        from udfs.minhash import estimated_jaccard, jaccard_sets, signature_dtype
+
+        for batch in batches:
             if mode == "estimate":
-                sim = estimated_jaccard(signatures(ta, ngram, num_perm, seed, scheme, strip, perms=perms),
-                                        signatures(tb, ngram, num_perm, seed, scheme, strip, perms=perms))
+                dt = signature_dtype(scheme)
+                sa, sb = (_binary_values(batch.column(c), dt)[0].reshape(-1, num_perm) for c in ("va", "vb"))
+                sim = estimated_jaccard(sa, sb)
             else:
-                sim = exact_jaccard_batch(ta, tb, ngram, strip)
+                sim = jaccard_sets(*_binary_values(batch.column("va"), np.uint64),
+                                   *_binary_values(batch.column("vb"), np.uint64))
             yield pa.RecordBatch.from_arrays([batch.column("src"), batch.column("dst"), pa.array(sim, pa.float64())],
                                              names=["src", "dst", "sim"])
 
     return fn
+
+
+DEDUP_META_DDL = "kind string, tbl string, part string, docs bigint, tok bigint, reason string, id string, row string"
+
+
+def dedup_write_fn(paths: dict, schemas: dict, cols: dict, audit_k: int, text_chars: int = 2000):
+    """mapInArrow over the input joined (left) with the removed records' (cluster_id, kept_id, method): write the
+    survivors into this task's `deduped` file and the rest into its `duplicates` file, and return DEDUP_META_DDL
+    rows only: the files, documents and tokens per method (null: kept), and the audit candidates."""
+    def run(batches):
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        files, audit, stats = direct.TaskFiles(paths, schemas), direct.AuditHeap(audit_k, text_chars), {}
+        for b in batches:
+            gone = pc.is_valid(b.column("method"))
+            for role, mask in (("deduped", pc.invert(gone)), ("duplicates", gone)):
+                part = b.filter(mask)
+                part = pa.RecordBatch.from_arrays([part.column(c).cast(f.type) for c, f in zip(cols[role], schemas[role])],
+                                                  schema=schemas[role])
+                files.write(role, part)
+            tok = b.column("n_tokens_est").to_pylist() if "n_tokens_est" in b.schema.names else [0] * b.num_rows
+            for m, t in zip(b.column("method").to_pylist(), tok):
+                st = stats.setdefault(m, [0, 0])
+                st[0] += 1
+                st[1] += t or 0
+            audit.offer(b.filter(gone).select(cols["duplicates"]), "method")
+        out = files.close()
+        out += [{"kind": "stat", "reason": m, "docs": v[0], "tok": v[1]} for m, v in stats.items()]
+        out += audit.rows()
+        if out:
+            yield pa.RecordBatch.from_pylist(out, schema=_meta_schema())
+
+    return run
+
+
+def _meta_schema():
+    import pyarrow as pa
+
+    s, i = pa.string(), pa.int64()
+    return pa.schema([("kind", s), ("tbl", s), ("part", s), ("docs", i), ("tok", i), ("reason", s), ("id", s),
+                      ("row", s)])
 
 
 # ---- Spark plan -----------------------------------------------------------------------------------------------------
@@ -180,7 +299,7 @@ def find_duplicates(df, params: dict, timings: dict | None = None):
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    from jobs.components import connected_components
+    from jobs.components import connected_components, local_components
 
     timings = {} if timings is None else timings
     info: dict = {}
@@ -213,7 +332,7 @@ def find_duplicates(df, params: dict, timings: dict | None = None):
         removed = exact_dups.select("id", F.col("exact_cluster").alias("cluster_id"),
                                     F.col("exact_kept").alias("kept_id"), F.lit("exact").alias("method"), "n_tokens")
         removed = _cut(removed)
-        removed.count()
+        info["docs_removed"] = removed.count()
         keys.unpersist()
         return removed, info
 
@@ -243,21 +362,33 @@ def find_duplicates(df, params: dict, timings: dict | None = None):
         edges = pairs
     else:
         cand = pairs.select(F.col("src").alias("id")).union(pairs.select(F.col("dst").alias("id"))).distinct()
-        texts = df.select("id", "text").join(cand, "id", "left_semi").persist(StorageLevel.DISK_ONLY)
-        joined = (pairs.join(texts.select(F.col("id").alias("src"), F.col("text").alias("text_a")), "src")
-                  .join(texts.select(F.col("id").alias("dst"), F.col("text").alias("text_b")), "dst")
-                  .select("src", "dst", "text_a", "text_b"))
-        sims = joined.mapInArrow(_verify_fn(params), "src string, dst string, sim double")
+        if info["candidate_pairs"] <= BROADCAST_CANDIDATE_PAIRS:
+            # at most 2 x that many ids: sent to every task, so the input is cut to the candidates where it is read
+            # instead of all of its text being shuffled to meet them
+            cand = F.broadcast(cand)
+        # each candidate's shingle set (or signature) once, then two narrow joins to its pairs
+        sets = (df.select("id", "text").join(cand, "id", "left_semi")
+                .mapInArrow(_sets_fn(params), "id string, v binary").persist(StorageLevel.DISK_ONLY))
+        joined = (pairs.join(sets.select(F.col("id").alias("src"), F.col("v").alias("va")), "src")
+                  .join(sets.select(F.col("id").alias("dst"), F.col("v").alias("vb")), "dst")
+                  .select("src", "dst", "va", "vb"))
+        sims = joined.mapInArrow(_pair_sim_fn(params), "src string, dst string, sim double")
         edges = _cut(sims.where(F.col("sim") >= float(params["threshold"])).select("src", "dst"))
     info["verified_pairs"] = edges.count()
     if params["verify"] != "none":
-        texts.unpersist()
+        sets.unpersist()
     timings["verify"] = round(time.time() - t0, 3)
 
     # 4. clusters = connected components of the verified pairs
     t0 = time.time()
-    if info["verified_pairs"]:
+    if info["verified_pairs"] and info["verified_pairs"] <= int(params["local_components_max_edges"]):
+        # a graph this small is one task's work: one Spark job instead of about ten per Large/Small-Star round
+        comp, rounds = _cut(local_components(edges)), 0
+        comp.count()
+        info["cc_method"] = "one task"
+    elif info["verified_pairs"]:
         comp, rounds = connected_components(edges, max_iterations=int(params["cc_max_iterations"]))
+        info["cc_method"] = "spark"
     else:
         comp, rounds = edges.sparkSession.createDataFrame([], "node string, component string"), 0
     info["cc_rounds"] = rounds
@@ -277,7 +408,7 @@ def find_duplicates(df, params: dict, timings: dict | None = None):
         "id", F.coalesce("final_cluster", "exact_cluster").alias("cluster_id"),
         F.coalesce("final_kept", "exact_kept").alias("kept_id"), F.lit("exact").alias("method"), "n_tokens")
     removed = _cut(exact_final.unionByName(near_dups))
-    removed.count()
+    info["docs_removed"] = removed.count()
     timings["resolve"] = round(time.time() - t0, 3)
     keys.unpersist()
     return removed, info
@@ -335,15 +466,46 @@ def plan(ctx) -> None:
     t0 = time.time()
     deduped = df.join(removed.select("id"), "id", "left_anti")
     duplicates = df.join(removed.drop("n_tokens"), "id", "inner")
-    run.write(deduped, out_t)
-    run.write(duplicates, dup_t)
+    has_tokens = "n_tokens_est" in df.columns
+    audit_rows = None
+    if direct.enabled(ctx):
+        # one Spark job: every task writes its survivors and its duplicates; counts and audit rows come back
+        from pyspark.sql.pandas.types import to_arrow_schema
+
+        tables = {"deduped": out_t, "duplicates": dup_t}
+        schemas = {"deduped": to_arrow_schema(deduped.schema), "duplicates": to_arrow_schema(duplicates.schema)}
+        cols = {"deduped": deduped.columns, "duplicates": duplicates.columns}
+        tags = removed.drop("n_tokens")
+        if info["docs_removed"] <= BROADCAST_REMOVED:
+            tags = F.broadcast(tags)  # the input is then read where it lies, not shuffled to meet its tags
+        folders = direct.WriteFolders(lake, tables)
+        try:
+            meta = [r.asDict() for r in df.join(tags, "id", "left").mapInArrow(
+                dedup_write_fn(folders.paths, schemas, cols, AUDIT_PER_METHOD), DEDUP_META_DDL).collect()]
+        except BaseException:
+            folders.discard()
+            raise
+        folders.keep_only((r["tbl"], r["part"]) for r in meta if r["kind"] == "file")
+        folders.commit(run, "overwrite", schemas, seconds_data={"deduped": time.time() - t0})
+        stats: dict = {}
+        for r in meta:
+            if r["kind"] == "stat":
+                d, t = stats.get(r["reason"], (0, 0))
+                stats[r["reason"]] = (d + r["docs"], t + r["tok"])
+        docs_out = stats.get(None, (0, 0))[0]
+        docs_dup = sum(d for m, (d, _) in stats.items() if m is not None)
+        by_method = {m: v for m, v in stats.items() if m is not None}
+        audit_rows = direct.audit_sample([r for r in meta if r["kind"] == "audit"], AUDIT_PER_METHOD)
+    else:
+        run.write(deduped, out_t)
+        run.write(duplicates, dup_t)
+        # counts from what was written, so the conservation check is about the tables, not the plan
+        docs_out, docs_dup = (_written_rows(lake, run, t) for t in (out_t, dup_t))
+        by_method = {r["method"]: (int(r["d"]), int(r["t"] or 0)) for r in
+                     removed.groupBy("method").agg(F.count(F.lit(1)).alias("d"), F.sum("n_tokens").alias("t"))
+                     .collect()}
     timings["write"] = round(time.time() - t0, 3)
 
-    # counts from what was written, so the conservation check is about the tables, not the plan
-    has_tokens = "n_tokens_est" in df.columns
-    docs_out, docs_dup = (_written_rows(lake, run, t) for t in (out_t, dup_t))
-    by_method = {r["method"]: (int(r["d"]), int(r["t"] or 0)) for r in
-                 removed.groupBy("method").agg(F.count(F.lit(1)).alias("d"), F.sum("n_tokens").alias("t")).collect()}
     exact_d, exact_t = by_method.get("exact", (0, 0))
     near_d, near_t = by_method.get("minhash", (0, 0))
     hist = cluster_size_histogram(removed)
@@ -357,13 +519,16 @@ def plan(ctx) -> None:
                                           "max_fp_mass")},
         "lsh": lsh,
         "timings_s": timings,
-        **{k: v for k, v in info.items() if k not in ("docs_in", "tokens_in")},
+        **{k: v for k, v in info.items() if k not in ("docs_in", "tokens_in", "docs_removed")},
     }
     run.finish(docs_in=info["docs_in"], docs_out=docs_out, docs_rejected=docs_dup,
                tokens_in=info["tokens_in"] if has_tokens else None,
                tokens_out=info["tokens_in"] - exact_t - near_t if has_tokens else None,
                reasons={"exact": exact_d, "minhash": near_d}, extra=extra)
-    run.write_audit(lake.read(dup_t), dup_t, reason_col="method")
+    if audit_rows is not None:
+        run.write_audit_rows(audit_rows, dup_t, reason_col="method")
+    else:
+        run.write_audit(lake.read(dup_t), dup_t, reason_col="method", per_reason=AUDIT_PER_METHOD)
     return 0
 
 

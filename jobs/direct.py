@@ -68,3 +68,108 @@ class WriteFolders:
         for role, table in self.tables.items():
             run.commit_folder(table, self.dirs[role], mode, (lambda s=schemas[role]: s),
                               seconds_data=(seconds_data or {}).get(role, 0.0))
+
+
+class TaskFiles:
+    """Inside a worker: this task attempt's Parquet file in each role's write folder, opened on the first rows."""
+
+    def __init__(self, paths: dict, schemas: dict, compression: str = "snappy"):
+        self.paths, self.schemas, self.compression = paths, schemas, compression
+        self.stem = part_stem()
+        self.writers, self.rows = {}, {}
+
+    def write(self, role: str, batch) -> None:
+        if not batch.num_rows:
+            return
+        if role not in self.writers:
+            import pyarrow.parquet as pq
+
+            self.writers[role] = pq.ParquetWriter(os.path.join(self.paths[role], self.stem + ".parquet"),
+                                                  self.schemas[role], compression=self.compression)
+            self.rows[role] = 0
+        self.writers[role].write_batch(batch)
+        self.rows[role] += batch.num_rows
+
+    def close(self) -> list[dict]:
+        """Close every file; one row per file written: {kind: file, tbl: role, part: file name, docs: rows}."""
+        for w in self.writers.values():
+            w.close()
+        return [{"kind": "file", "tbl": role, "part": self.stem + ".parquet", "docs": self.rows[role]}
+                for role in self.writers]
+
+
+class AuditHeap:
+    """Inside a worker: the `k` smallest ids per reason of this task's rows, each kept as a JSON row (text cut to
+    `text_chars`, maps as dicts, bytes as {"__bytes__": hex}) for `audit_sample` on the driver: the audit file
+    then equals StageRun.write_audit's sample of the committed table without reading it again."""
+
+    def __init__(self, k: int, text_chars: int = 2000):
+        self.k, self.text_chars, self.heaps = k, text_chars, {}
+
+    def offer(self, batch, reason_col: str) -> None:
+        import heapq
+        import json
+
+        import pyarrow as pa
+
+        if self.k <= 0 or not batch.num_rows:
+            return
+        maps = [f.name for f in batch.schema if pa.types.is_map(f.type)]
+        ids, reasons = batch.column("id").to_pylist(), batch.column(reason_col).to_pylist()
+        for i, (doc_id, reason) in enumerate(zip(ids, reasons)):
+            heap = self.heaps.setdefault(reason, [])  # a max-heap of inverted keys: the largest kept id on top
+            if len(heap) == self.k and doc_id >= heap[0][1]:
+                continue
+            row = batch.slice(i, 1).to_pylist()[0]
+            for c in maps:
+                row[c] = dict(row[c] or [])
+            if isinstance(row.get("text"), str):
+                row["text"] = row["text"][:self.text_chars]
+            item = (_Desc(doc_id), doc_id, json.dumps(row, ensure_ascii=False, default=_raw_json))
+            if len(heap) < self.k:
+                heapq.heappush(heap, item)
+            else:
+                heapq.heapreplace(heap, item)
+
+    def rows(self) -> list[dict]:
+        """{kind: audit, reason, id, row (JSON)} for every kept candidate."""
+        return [{"kind": "audit", "reason": reason, "id": doc_id, "row": row}
+                for reason, heap in self.heaps.items() for _, doc_id, row in heap]
+
+
+def audit_sample(rows: list[dict], per_reason: int) -> list[dict]:
+    """On the driver: the `per_reason` smallest ids per reason out of every task's AuditHeap rows, as rows (bytes
+    restored), for StageRun.write_audit_rows."""
+    import json
+
+    def restore(v):
+        if isinstance(v, dict):
+            if set(v) == {"__bytes__"}:
+                return bytes.fromhex(v["__bytes__"])
+            return {k: restore(x) for k, x in v.items()}
+        return v
+
+    by_reason: dict = {}
+    for r in rows:
+        by_reason.setdefault(r["reason"], []).append(r)
+    out = []
+    for reason, rs in by_reason.items():
+        out += [restore(json.loads(r["row"])) for r in sorted(rs, key=lambda r: r["id"])[:per_reason]]
+    return out
+
+
+class _Desc:
+    """A heap key that orders strings in reverse, so `heapq` keeps the largest of the smallest ids on top."""
+    __slots__ = ("s",)
+
+    def __init__(self, s):
+        self.s = s
+
+    def __lt__(self, other):
+        return self.s > other.s
+
+
+def _raw_json(v):
+    if isinstance(v, (bytes, bytearray)):
+        return {"__bytes__": bytes(v).hex()}
+    return str(v)

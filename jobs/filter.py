@@ -463,31 +463,15 @@ def filter_write_fn(cfg: dict, paths: dict, schemas: dict, cols: dict, names: li
     task's Parquet file of each table's write folder, and return FILTER_META_DDL rows only: the files, counts per
     (reason, lang, domain, source), and this task's `audit_k` smallest ids per rejection reason (as JSON)."""
     def run(batches):
-        import heapq
-        import json
-
         import pyarrow.compute as pc
-        import pyarrow.parquet as pq
 
-        stem = direct.part_stem()
-        writers, written, stats, audit = {}, {}, {}, {}
-
-        def write(role, batch):
-            if not batch.num_rows:
-                return
-            if role not in writers:
-                writers[role] = pq.ParquetWriter(os.path.join(paths[role], stem + ".parquet"), schemas[role],
-                                                 compression="snappy")
-                written[role] = 0
-            writers[role].write_batch(batch)
-            written[role] += batch.num_rows
-
+        files, audit, stats = direct.TaskFiles(paths, schemas), direct.AuditHeap(audit_k, text_chars), {}
         for cb in filter_batches(batches, cfg):
             kept_mask = pc.is_null(cb.column("reason"))
-            write("kept", _select(cb.filter(kept_mask), cols["kept"], schemas["kept"]))
+            files.write("kept", _select(cb.filter(kept_mask), cols["kept"], schemas["kept"]))
             rejected = _select(cb.filter(pc.invert(kept_mask)), cols["rejected"], schemas["rejected"])
-            write("rejected", rejected)
-            write("signals", signals_batch(cb, kept_mask, names, schemas["signals"]))
+            files.write("rejected", rejected)
+            files.write("signals", signals_batch(cb, kept_mask, names, schemas["signals"]))
             n = cb.num_rows
             group = [cb.column(c).to_pylist() if c in cb.schema.names else [None] * n
                      for c in ("reason", "lang", "domain", "source")]
@@ -499,51 +483,17 @@ def filter_write_fn(cfg: dict, paths: dict, schemas: dict, cols: dict, names: li
                 st[0] += 1
                 st[1] += tr or 0
                 st[2] += tk or 0
-            if audit_k > 0 and rejected.num_rows:
-                ids, reasons = rejected.column("id").to_pylist(), rejected.column("reason").to_pylist()
-                for i, (doc_id, reason) in enumerate(zip(ids, reasons)):
-                    heap = audit.setdefault(reason, [])  # the audit_k smallest ids, as a max-heap of inverted keys
-                    if len(heap) == audit_k and doc_id >= heap[0][1]:
-                        continue
-                    row = rejected.slice(i, 1).to_pylist()[0]
-                    row["quality_signals"] = dict(row["quality_signals"] or [])
-                    if isinstance(row.get("text"), str):
-                        row["text"] = row["text"][:text_chars]
-                    item = (_Desc(doc_id), doc_id, json.dumps(row, ensure_ascii=False, default=_raw_json))
-                    if len(heap) < audit_k:
-                        heapq.heappush(heap, item)
-                    else:
-                        heapq.heapreplace(heap, item)
-        for w in writers.values():
-            w.close()
-        out = [{"kind": "file", "tbl": role, "part": stem + ".parquet", "docs": written[role]} for role in writers]
+            audit.offer(rejected, "reason")
+        out = files.close()
         out += [{"kind": "stat", "reason": k[0], "lang": k[1], "domain": k[2], "source": k[3], "docs": v[0],
                  "tok": v[1], "tok_kept": v[2]} for k, v in stats.items()]
-        out += [{"kind": "audit", "reason": reason, "id": doc_id, "row": row}
-                for reason, heap in audit.items() for _, doc_id, row in heap]
+        out += audit.rows()
         if out:
             import pyarrow as pa
 
             yield pa.RecordBatch.from_pylist(out, schema=_filter_meta_schema())
 
     return run
-
-
-class _Desc:
-    """A heap key that orders strings in reverse, so `heapq` keeps the largest of the smallest ids on top."""
-    __slots__ = ("s",)
-
-    def __init__(self, s):
-        self.s = s
-
-    def __lt__(self, other):
-        return self.s > other.s
-
-
-def _raw_json(v):
-    if isinstance(v, (bytes, bytearray)):
-        return {"__bytes__": bytes(v).hex()}
-    return str(v)
 
 
 def _filter_meta_schema():
@@ -601,7 +551,7 @@ def plan(ctx) -> None:
         folders.commit(run, "overwrite", schemas, seconds_data={"kept": time.perf_counter() - t0})
         stats = [r for r in meta if r["kind"] == "stat"]
         docs_in, tokens_in = sum(r["docs"] for r in stats), sum(r["tok"] for r in stats)
-        audit_rows = audit_sample([r for r in meta if r["kind"] == "audit"], cfg["audit_per_reason"])
+        audit_rows = direct.audit_sample([r for r in meta if r["kind"] == "audit"], cfg["audit_per_reason"])
     else:
         docs_in, tokens_in = count_docs_tokens(docs)
         combined = combined.persist(StorageLevel.MEMORY_AND_DISK)
@@ -653,26 +603,6 @@ def plan(ctx) -> None:
     finally:
         combined.unpersist()  # cached on Spark's path only; a no-op otherwise
     return 0
-
-
-def audit_sample(rows: list[dict], per_reason: int) -> list[dict]:
-    """The `per_reason` smallest ids per reason out of every task's candidates, as rows (bytes restored)."""
-    import json
-
-    def restore(v):
-        if isinstance(v, dict):
-            if set(v) == {"__bytes__"}:
-                return bytes.fromhex(v["__bytes__"])
-            return {k: restore(x) for k, x in v.items()}
-        return v
-
-    by_reason: dict = {}
-    for r in rows:
-        by_reason.setdefault(r["reason"], []).append(r)
-    out = []
-    for reason, rs in by_reason.items():
-        out += [restore(json.loads(r["row"])) for r in sorted(rs, key=lambda r: r["id"])[:per_reason]]
-    return out
 
 
 STAGE = Stage(name="filter", doc=__doc__.strip(), input_table="documents",

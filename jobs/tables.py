@@ -128,9 +128,11 @@ class Lake:
                 raise TableError(f"table '{name}' (version {dt.version()}): data file {local} is missing; the table "
                                  f"was changed outside its Delta log (restore the file or rewrite the table)")
         if not uris:
+            import pyarrow as pa
             from pyspark.sql.pandas.types import from_arrow_schema
 
-            schema = from_arrow_schema(_arrow_schema_for_spark(dt.schema().to_arrow()))
+            # deltalake >= 1.0 hands out an arro3 schema; pyarrow takes it through the Arrow C interface
+            schema = from_arrow_schema(_arrow_schema_for_spark(pa.schema(dt.schema().to_arrow())))
             return self.spark.createDataFrame([], schema)
         return self.spark.read.parquet(*uris)
 

@@ -169,7 +169,7 @@ def test_params_from_threshold_and_workers_without_spark(corpus):
     from datasketch.lsh import _optimal_param
 
     from jobs.cli import UserError
-    from jobs.dedup import STAGE, _keys_fn, _verify_fn, lsh_summary, resolve_params
+    from jobs.dedup import STAGE, _keys_fn, _pair_sim_fn, _sets_fn, lsh_summary, resolve_params
     from jobs.runner import build_parser as stage_parser
 
     def build_parser():
@@ -227,11 +227,33 @@ def test_params_from_threshold_and_workers_without_spark(corpus):
     assert bk[1] is None and len(bk[0]) == 16 and bk[2] == bk[3]    # empty text: no band keys
 
     pairs = [("n0a", "n0b"), ("n0a", "n0c"), ("t1", "t2"), ("x0", "x1")]
-    vb = pa.RecordBatch.from_pydict({"src": [a for a, _ in pairs], "dst": [b for _, b in pairs],
-                                     "text_a": [by_id[a] for a, _ in pairs], "text_b": [by_id[b] for _, b in pairs]})
-    exact = next(_verify_fn(params())(iter([vb]))).column("sim").to_pylist()
-    assert exact == pytest.approx([jaccard(by_id[a], by_id[b]) for a, b in pairs])
-    est = next(_verify_fn(params("--verify", "estimate", "--num-perm", "256"))(iter([vb]))).column("sim").to_pylist()
+
+    def sims(p, limit=None):
+        """_sets_fn once per document (in slices of at most `limit` text bytes), then _pair_sim_fn per pair."""
+        docs = sorted({d for pr in pairs for d in pr})
+        tb = pa.RecordBatch.from_pydict({"id": docs, "text": [by_id[d] for d in docs]})
+        if limit is not None:
+            import jobs.dedup as dd
+
+            real = dd._slices_by_bytes
+            dd._slices_by_bytes = lambda b, c, _lim: real(b, c, limit)
+        try:
+            out = list(_sets_fn(p)(iter([tb])))
+        finally:
+            if limit is not None:
+                dd._slices_by_bytes = real
+        v = dict(zip(sum((b.column("id").to_pylist() for b in out), []), sum((b.column("v").to_pylist() for b in out), [])))
+        vb = pa.RecordBatch.from_pydict({"src": [a for a, _ in pairs], "dst": [b for _, b in pairs],
+                                         "va": [v[a] for a, _ in pairs], "vb": [v[b] for _, b in pairs]},
+                                        schema=pa.schema([("src", pa.string()), ("dst", pa.string()),
+                                                          ("va", pa.binary()), ("vb", pa.binary())]))
+        return len(out), next(_pair_sim_fn(p)(iter([vb]))).column("sim").to_pylist()
+
+    n_batches, exact = sims(params())
+    assert n_batches == 1 and exact == pytest.approx([jaccard(by_id[a], by_id[b]) for a, b in pairs])
+    n_batches, sliced = sims(params(), limit=1)          # one document per slice: the same values
+    assert n_batches == len({d for pr in pairs for d in pr}) and sliced == exact
+    _, est = sims(params("--verify", "estimate", "--num-perm", "256"))
     assert max(abs(x - y) for x, y in zip(est, exact)) < 0.12
 
 
@@ -364,7 +386,7 @@ def test_bench_variants_have_their_edit_kind_and_scores_count_pairs():
 
 
 def test_connected_components_matches_union_find(spark):
-    from jobs.components import connected_components
+    from jobs.components import connected_components, local_components
 
     rng = random.Random(5)
     nodes = [f"v{i:03d}" for i in range(300)]
@@ -385,11 +407,82 @@ def test_connected_components_matches_union_find(spark):
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
     expected = {x: find(x) for a, b in edges for x in (a, b) if a != b}
-    df = spark.createDataFrame(edges, "src string, dst string")
+    df = spark.createDataFrame(edges + [("v001", "v001")], "src string, dst string")   # a self loop is no edge
     comp, rounds = connected_components(df)
     got = {r["node"]: r["component"] for r in comp.collect()}
     assert got == expected
     assert rounds < 20
+    # the one-task path (dedup's default below dedup.local_components_max_edges) gives the same components
+    assert {r["node"]: r["component"] for r in local_components(df).collect()} == expected
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_min_label_components_equal_union_find(monkeypatch, backend):
+    import numpy as np
+
+    from udfs.graph import min_label_components
+
+    monkeypatch.setenv("LMR_MINHASH_BACKEND", backend)
+    for trial in range(60):
+        rng = random.Random(trial)
+        n = rng.randint(1, 200)
+        if trial % 3 == 0:   # a chain numbered against the direction labels travel
+            u, v = np.arange(n - 1, 0, -1), np.arange(n - 2, -1, -1)
+        else:
+            u = np.array([rng.randrange(n) for _ in range(rng.randint(0, 250))], np.int64)
+            v = np.array([rng.randrange(n) for _ in range(len(u))], np.int64)
+        parent = list(range(n))
+
+        def find(x):
+            while parent[x] != x:
+                x = parent[x]
+            return x
+
+        for a, b in zip(u.tolist(), v.tolist()):
+            ra, rb = find(a), find(b)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+        assert min_label_components(u, v, n).tolist() == [find(i) for i in range(n)], trial
+
+
+def test_writers_and_component_paths_give_the_same_tables(spark, tmp_path, corpus):
+    """dedup.writer auto (the workers write deduped and duplicates in one Spark job; the default here) with
+    components in one task, against Spark's writer with Large-Star/Small-Star components in Spark: the same rows
+    in both tables, the same schemas, metrics and audit sample."""
+    from jobs.dedup import main
+    from jobs.tables import Lake
+
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    from lake_digest import table_digest
+
+    rows, expect_removed, _ = corpus
+    runs = {"auto": [], "spark": ["--set", "dedup.writer=spark", "--set", "dedup.local_components_max_edges=0"]}
+    lakes = {}
+    for name, extra in runs.items():
+        lakes[name] = _make_lake(spark, str(tmp_path / name), rows)
+        assert main(["--lake", lakes[name].root, "--bands", "32", "--rows", "4", *extra]) == 0
+    a, b = lakes["auto"], lakes["spark"]
+    for t in ("deduped", "duplicates"):
+        assert table_digest(a.path(t)) == table_digest(b.path(t)), t
+        assert a.read(t).schema == b.read(t).schema, t
+    assert {r["id"]: (r["method"], r["kept_id"]) for r in a.read("duplicates").collect()} == expect_removed
+
+    def metrics(lake):
+        m = [r for r in lake.read_arrow("metrics").to_pylist() if r["stage"] == "dedup"][-1]
+        extra = json.loads(m["extra"])
+        return ([m[k] for k in ("docs_in", "docs_out", "docs_rejected", "tokens_in", "tokens_out")], dict(m["reasons"]),
+                {k: v for k, v in extra.items() if k not in ("timings", "timings_s", "cc_method", "cc_rounds")}, extra)
+
+    ma, mb = metrics(a), metrics(b)
+    assert ma[:3] == mb[:3]
+    assert (ma[3]["cc_method"], mb[3]["cc_method"]) == ("one task", "spark")
+
+    def audit(lake):
+        with open(os.path.join(lake.root, "audit", "duplicates.jsonl")) as f:
+            return [{k: v for k, v in json.loads(line).items() if k != "run_id"} for line in f]
+
+    assert audit(a) == audit(b) and len(audit(a)) == 3 + 5   # every exact duplicate, 5 of the 9 near ones
+    assert Lake(spark, a.root).read("deduped").count() + len(expect_removed) == len(rows)
 
 
 def test_bad_arguments_exit_2(spark, tmp_path):

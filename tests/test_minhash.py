@@ -232,3 +232,42 @@ def test_exact_jaccard_batch_matches_reference_and_estimate_tracks_it():
     est = mh.estimated_jaccard(mh.signatures(a, num_perm=256), mh.signatures(b, num_perm=256))
     assert np.abs(est - np.array(want)).mean() < 0.06
     assert mh.candidate_probability(0.95, 9, 13) > 0.99 > 0.01 > mh.candidate_probability(0.3, 9, 13)
+
+
+def test_strip_punctuation_equals_one_translate_table():
+    """The fast path (str.replace per punctuation character present, for non-ASCII text) deletes exactly what one
+    str.translate over the whole P* table deletes, on mixed-script strings full of punctuation and lone surrogates."""
+    from udfs.normalise import _punct_table, strip_punctuation
+
+    rng = random.Random(11)
+    pool = [chr(c) for c in list(range(32, 127)) + list(range(0xA0, 0x250)) + list(range(0x2000, 0x2070))
+            + list(range(0x3000, 0x3020)) + [0xFF01, 0xFF0C, 0xFE50, 0x1F600, 0xD800, 0xDFFF, 0x10FFFF]]
+    table = _punct_table()
+    for n in range(400):
+        t = "".join(rng.choice(pool) for _ in range(rng.randint(0, 60)))
+        if n % 4 == 0:
+            t = t.encode("ascii", "ignore").decode()       # ASCII inputs take str.translate
+        assert strip_punctuation(t) == t.translate(table), repr(t)
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_shingle_sets_are_sorted_distinct_hashes_and_jaccard_sets_counts_them(monkeypatch, backend):
+    monkeypatch.setenv("LMR_MINHASH_BACKEND", backend)
+    texts = [normalise(t) for t in _texts(60, seed=4)] + ["", "a", "a a a a a a a a a a"]
+    hv, offs = mh.shingle_hashes64(texts, 5)
+    sets, so = mh.shingle_sets(texts, 5)
+    assert len(so) == len(texts) + 1 and so[0] == 0 and so[-1] == len(sets)
+    for i in range(len(texts)):
+        np.testing.assert_array_equal(sets[so[i]:so[i + 1]], np.unique(hv[offs[i]:offs[i + 1]]))
+    assert so[-1] - so[-2] == 1 and so[-3] == so[-4]        # 10 x "a": one distinct shingle; "" none
+    rng = random.Random(2)
+    ia = np.array([rng.randrange(len(texts)) for _ in range(200)])
+    ib = np.array([rng.randrange(len(texts)) for _ in range(200)])
+
+    def pack(idx):
+        parts = [sets[so[i]:so[i + 1]] for i in idx]
+        return np.concatenate(parts), np.concatenate([[0], np.cumsum([len(p) for p in parts])])
+
+    got = mh.jaccard_sets(*pack(ia), *pack(ib))
+    want = [jaccard(texts[a], texts[b], 5) for a, b in zip(ia, ib)]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)

@@ -64,6 +64,21 @@ def test_empty_table_keeps_schema(spark, lake):
     assert df.count() == 0 and df.columns == ["id", "s"]
 
 
+def test_table_committed_without_files_reads_as_empty_with_its_schema(spark, lake):
+    """A stage whose workers write nothing (every document rejected, an input of bad lines only) commits a table
+    version with no data file; the next stage reads it as an empty DataFrame with the table's columns."""
+    import pyarrow as pa
+
+    if lake.backend != "delta-rs":
+        pytest.skip("write folders are the delta-rs backend's")
+    schema = pa.schema([("id", pa.string()), ("n", pa.int64())])
+    batch_dir, path = lake.new_write_folder("nofiles")
+    os.makedirs(path)
+    lake.commit_folder("nofiles", batch_dir, "overwrite", empty_schema=lambda: schema)
+    df = lake.read("nofiles")
+    assert df.count() == 0 and df.columns == ["id", "n"]
+
+
 def test_missing_table_is_a_clear_error(lake):
     with pytest.raises(TableError, match="table 'nope' not found"):
         lake.read("nope")

@@ -19,8 +19,9 @@ The batch is one UTF-8 buffer (normalised texts joined by newlines) with shingle
 Python object is made per shingle. With numba installed one compiled kernel hashes (SHA-1), permutes and
 min-reduces; without it SHA-1 runs through hashlib over memoryview slices and the permutations through numpy.
 Both paths give identical results (`LMR_MINHASH_BACKEND=numpy` forces the second). `exact_jaccard_batch` (candidate
-verification) hashes shingles to 64 bits and intersects sorted hash arrays in a compiled kernel; the fallback uses
-blake2b and Python sets: other hash values, the same Jaccard.
+verification) hashes shingles to 64 bits, keeps each document's set as its sorted distinct hashes (`shingle_sets`, once
+per document) and intersects two sets in one merge (`jaccard_sets`, a compiled kernel); the fallback uses blake2b and
+numpy: other hash values, the same Jaccard.
 """
 from __future__ import annotations
 
@@ -277,28 +278,34 @@ if njit is not None:
             out[j] = h ^ (h >> _S33)
 
     @njit(cache=True)
+    def _sorted_sets_kernel(h, offs, out, out_offs):
+        """Each document's hashes h[offs[i]:offs[i+1]] sorted with repeats dropped, written to out (out_offs)."""
+        n = 0
+        out_offs[0] = 0
+        for i in range(offs.shape[0] - 1):
+            a = np.sort(h[offs[i]:offs[i + 1]])
+            for x in range(a.shape[0]):
+                if x == 0 or a[x] != a[x - 1]:
+                    out[n] = a[x]
+                    n += 1
+            out_offs[i + 1] = n
+
+    @njit(cache=True)
     def _jaccard_kernel(ha, oa, hb, ob, out):
-        """Jaccard of the hash sets ha[oa[i]:oa[i+1]] and hb[ob[i]:ob[i+1]] for every pair i (sort, then merge)."""
+        """Jaccard of the sorted, distinct hash sets ha[oa[i]:oa[i+1]] and hb[ob[i]:ob[i+1]] for every pair i
+        (one merge)."""
         for i in range(out.shape[0]):
-            a = np.sort(ha[oa[i]:oa[i + 1]])
-            b = np.sort(hb[ob[i]:ob[i + 1]])
-            na, nb, inter, ua, ub = a.shape[0], b.shape[0], 0, 0, 0
-            x, y = 0, 0
-            while x < na or y < nb:
-                if y >= nb or (x < na and a[x] < b[y]):
-                    v = a[x]
-                    ua += 1
-                elif x >= na or b[y] < a[x]:
-                    v = b[y]
-                    ub += 1
-                else:
-                    v = a[x]
-                    inter += 1
-                while x < na and a[x] == v:
+            x, xe, y, ye, inter = oa[i], oa[i + 1], ob[i], ob[i + 1], 0
+            while x < xe and y < ye:
+                if ha[x] < hb[y]:
                     x += 1
-                while y < nb and b[y] == v:
+                elif hb[y] < ha[x]:
                     y += 1
-            union = ua + ub + inter
+                else:
+                    inter += 1
+                    x += 1
+                    y += 1
+            union = (oa[i + 1] - oa[i]) + (ob[i + 1] - ob[i]) - inter
             out[i] = 1.0 if union == 0 else inter / union
 
 
@@ -419,6 +426,38 @@ def shingle_hashes64(norm_texts: list[str], ngram: int) -> tuple[np.ndarray, np.
     return np.frombuffer(d, np.uint64), offs
 
 
+def shingle_sets(norm_texts: list[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
+    """(hashes uint64, offsets int64[n + 1]): the shingle set of each normalised text as its sorted, distinct
+    64-bit shingle hashes (`shingle_hashes64`); text i owns hashes[offsets[i]:offsets[i+1]]. Built once per
+    document, so a document in many candidate pairs is normalised and hashed once (`jaccard_sets` compares)."""
+    h, offs = shingle_hashes64(norm_texts, ngram)
+    if backend() == "numba":
+        out, out_offs = np.empty_like(h), np.empty_like(offs)
+        _sorted_sets_kernel(h, offs, out, out_offs)
+        return out[:out_offs[-1]], out_offs
+    parts = [np.unique(h[offs[i]:offs[i + 1]]) for i in range(len(offs) - 1)]
+    out_offs = np.concatenate([[0], np.cumsum([len(x) for x in parts])]).astype(np.int64)
+    return (np.concatenate(parts) if parts else np.zeros(0, np.uint64)), out_offs
+
+
+def jaccard_sets(ha: np.ndarray, oa: np.ndarray, hb: np.ndarray, ob: np.ndarray) -> np.ndarray:
+    """Jaccard of pair i's two sets, ha[oa[i]:oa[i+1]] and hb[ob[i]:ob[i+1]] (each sorted and distinct, as
+    `shingle_sets` makes them); 1.0 when both are empty."""
+    n = len(oa) - 1
+    if n != len(ob) - 1:
+        raise ValueError(f"{n} sets against {len(ob) - 1}")
+    out = np.empty(n, np.float64)
+    if backend() == "numba":
+        _jaccard_kernel(ha, np.asarray(oa, np.int64), hb, np.asarray(ob, np.int64), out)
+        return out
+    for i in range(n):
+        a, b = ha[oa[i]:oa[i + 1]], hb[ob[i]:ob[i + 1]]
+        inter = len(np.intersect1d(a, b, assume_unique=True))
+        union = len(a) + len(b) - inter
+        out[i] = 1.0 if union == 0 else inter / union
+    return out
+
+
 def exact_jaccard_batch(texts_a, texts_b, ngram: int = 5, strip_punct: bool = True,
                         normalised: bool = False) -> np.ndarray:
     """Exact Jaccard of shingle sets, pair by pair (64-bit hashes of shingles stand in for the shingles); 1.0 for
@@ -427,16 +466,6 @@ def exact_jaccard_batch(texts_a, texts_b, ngram: int = 5, strip_punct: bool = Tr
     norm_b = list(texts_b) if normalised else [normalise(t, strip_punct) for t in texts_b]
     if len(norm_a) != len(norm_b):
         raise ValueError(f"{len(norm_a)} texts against {len(norm_b)}")
-    out = np.empty(len(norm_a), np.float64)
     if not norm_a:
-        return out
-    ha, oa = shingle_hashes64(norm_a, ngram)
-    hb, ob = shingle_hashes64(norm_b, ngram)
-    if backend() == "numba":
-        _jaccard_kernel(ha, oa, hb, ob, out)
-        return out
-    for i in range(len(norm_a)):
-        sa, sb = set(ha[oa[i]:oa[i + 1]].tolist()), set(hb[ob[i]:ob[i + 1]].tolist())
-        union = len(sa | sb)
-        out[i] = 1.0 if union == 0 else len(sa & sb) / union
-    return out
+        return np.empty(0, np.float64)
+    return jaccard_sets(*shingle_sets(norm_a, ngram), *shingle_sets(norm_b, ngram))
