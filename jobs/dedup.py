@@ -12,8 +12,11 @@ Normalisation (udfs.normalise): NFKC, case fold, punctuation (Unicode P*) remove
 1. Exact: documents whose normalised text has the same 128-bit digest form a group.
 2. Near, among exact survivors: MinHash signatures of word n-gram shingles (udfs.minhash, vectorised per Arrow
    batch), cut into `bands` bands of `rows` values; documents sharing a band bucket are candidate pairs, checked
-   (exact shingle Jaccard by default) against the threshold; connected components of the verified pairs
-   (jobs.components, in Spark) are the clusters.
+   (exact shingle Jaccard by default: each candidate's shingle set is built once, then one merge per pair) against
+   the threshold; connected components of the verified pairs are the clusters (jobs.components: in one task up to
+   dedup.local_components_max_edges pairs, else Large-Star/Small-Star rounds in Spark; the same components).
+3. Output: on a local delta-rs lake the tasks write `deduped` and `duplicates` themselves in one Spark job
+   (jobs.direct; dedup.writer=spark keeps Spark's writer).
    Bands x rows (unless --bands/--rows): with verification (exact, estimate) the fewest expected missed pairs
    (false-negative mass above the threshold) whose false-positive mass below it is <= dedup.max_fp_mass
    (udfs.minhash.recall_param), since a false candidate only costs its check; with --verify none datasketch's
@@ -272,17 +275,9 @@ def dedup_write_fn(paths: dict, schemas: dict, cols: dict, audit_k: int, text_ch
         out += [{"kind": "stat", "reason": m, "docs": v[0], "tok": v[1]} for m, v in stats.items()]
         out += audit.rows()
         if out:
-            yield pa.RecordBatch.from_pylist(out, schema=_meta_schema())
+            yield direct.meta_batch(out, DEDUP_META_DDL)
 
     return run
-
-
-def _meta_schema():
-    import pyarrow as pa
-
-    s, i = pa.string(), pa.int64()
-    return pa.schema([("kind", s), ("tbl", s), ("part", s), ("docs", i), ("tok", i), ("reason", s), ("id", s),
-                      ("row", s)])
 
 
 # ---- Spark plan -----------------------------------------------------------------------------------------------------

@@ -70,6 +70,28 @@ class WriteFolders:
                               seconds_data=(seconds_data or {}).get(role, 0.0))
 
 
+_ARROW_OF = {"string": "string", "bigint": "int64", "int": "int32", "double": "float64", "boolean": "bool_"}
+
+
+def meta_schema(ddl: str):
+    """The Arrow schema of a flat Spark DDL of the types workers return ("kind string, docs bigint, ..."), so the
+    narrow rows a worker yields match the mapInArrow schema declared with the same DDL."""
+    import pyarrow as pa
+
+    fields = []
+    for item in ddl.split(","):
+        name, typ = item.split()
+        fields.append((name, getattr(pa, _ARROW_OF[typ])()))
+    return pa.schema(fields)
+
+
+def meta_batch(rows: list[dict], ddl: str):
+    """`rows` (dicts; missing keys are nulls) as one Arrow batch of `meta_schema(ddl)`."""
+    import pyarrow as pa
+
+    return pa.RecordBatch.from_pylist(rows, schema=meta_schema(ddl))
+
+
 class TaskFiles:
     """Inside a worker: this task attempt's Parquet file in each role's write folder, opened on the first rows."""
 

@@ -489,19 +489,9 @@ def filter_write_fn(cfg: dict, paths: dict, schemas: dict, cols: dict, names: li
                  "tok": v[1], "tok_kept": v[2]} for k, v in stats.items()]
         out += audit.rows()
         if out:
-            import pyarrow as pa
-
-            yield pa.RecordBatch.from_pylist(out, schema=_filter_meta_schema())
+            yield direct.meta_batch(out, FILTER_META_DDL)
 
     return run
-
-
-def _filter_meta_schema():
-    import pyarrow as pa
-
-    s, i64 = pa.string(), pa.int64()
-    return pa.schema([("kind", s), ("tbl", s), ("part", s), ("reason", s), ("lang", s), ("domain", s), ("source", s),
-                      ("docs", i64), ("tok", i64), ("tok_kept", i64), ("id", s), ("row", s)])
 
 
 def plan(ctx) -> None:

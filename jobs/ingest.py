@@ -338,18 +338,11 @@ META_DDL = ("kind string, tbl string, part string, id string, order_file string,
 
 
 def _meta_schema():
-    import pyarrow as pa
-
-    s, i64 = pa.string(), pa.int64()
-    return pa.schema([("kind", s), ("tbl", s), ("part", s), ("id", s), ("order_file", s), ("order_pos", i64),
-                      ("line", i64), ("row", i64), ("task_id", pa.int32()), ("part_row", i64), ("source", s),
-                      ("reason", s), ("n", i64), ("b", i64), ("t", i64), ("detail", s)])
+    return direct.meta_schema(META_DDL)
 
 
 def _meta_batch(rows: list[dict]):
-    import pyarrow as pa
-
-    return pa.RecordBatch.from_pylist(rows, schema=_meta_schema())
+    return direct.meta_batch(rows, META_DDL)
 
 
 def _key_batch(units, docs, part: str, base: int):
