@@ -38,6 +38,7 @@ from jobs.stage import log  # noqa: E402
 
 VERIFY_MODES = ("exact", "estimate", "none")
 BROADCAST_CANDIDATE_PAIRS = 500_000
+BROADCAST_SHARED_BUCKETS = 4_000_000  # LSH band keys held by two or more documents, broadcast to filter band rows
 BROADCAST_REMOVED = 2_000_000  # removed records (id and three short strings each) broadcast to the writing tasks
 AUDIT_PER_METHOD = 5
 
@@ -336,8 +337,15 @@ def find_duplicates(df, params: dict, timings: dict | None = None):
     cap = int(params["max_bucket_pairs"])
     # a bucket key already mixes in its band number (udfs.minhash.band_keys), so it alone names the bucket
     banded = survivors.where(F.col("bkeys").isNotNull()).select("id", F.explode("bkeys").alias("bkey"))
-    buckets = (banded.groupBy("bkey").agg(F.sort_array(F.collect_list("id")).alias("ids"))
-               .where(F.size("ids") > 1))
+    # Most band keys name a bucket of one document. A plain count per key (a hash aggregate on a long) finds the
+    # shared ones, and only their rows are gathered into id lists: collect_list is an object aggregate, which
+    # falls back to sorting its input after a few hundred keys per task.
+    shared = _cut(banded.groupBy("bkey").count().where(F.col("count") > 1).select("bkey"))
+    info["shared_buckets"] = shared.count()
+    if info["shared_buckets"] <= BROADCAST_SHARED_BUCKETS:
+        shared = F.broadcast(shared)  # 8 bytes a key: the band rows are then filtered where they are made
+    buckets = (banded.join(shared, "bkey", "left_semi")
+               .groupBy("bkey").agg(F.sort_array(F.collect_list("id")).alias("ids")))
     all_pairs = F.expr("flatten(transform(sequence(0, size(ids) - 2), i -> "
                        "transform(sequence(i + 1, size(ids) - 1), j -> named_struct('a', ids[i], 'b', ids[j]))))")
     star = F.expr("transform(slice(ids, 2, size(ids) - 1), x -> named_struct('a', ids[0], 'b', x))")
