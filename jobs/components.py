@@ -71,7 +71,10 @@ def _local_fn(src: str, dst: str):
 
         from udfs.graph import min_label_components
 
-        t = pa.Table.from_batches(list(batches))
+        batches = list(batches)
+        if not batches:
+            return
+        t = pa.Table.from_batches(batches)
         if t.num_rows == 0:
             return
         a, b = t.column(src).combine_chunks(), t.column(dst).combine_chunks()

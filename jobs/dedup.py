@@ -39,7 +39,7 @@ from jobs.stage import log  # noqa: E402
 VERIFY_MODES = ("exact", "estimate", "none")
 BROADCAST_CANDIDATE_PAIRS = 500_000
 BROADCAST_SHARED_BUCKETS = 4_000_000  # LSH band keys held by two or more documents, broadcast to filter band rows
-BROADCAST_REMOVED = 2_000_000  # removed records (id and three short strings each) broadcast to the writing tasks
+BROADCAST_REMOVED = 500_000  # removed records (id and three short strings each) broadcast to the writing tasks
 AUDIT_PER_METHOD = 5
 
 
@@ -394,6 +394,7 @@ def find_duplicates(df, params: dict, timings: dict | None = None):
         info["cc_method"] = "spark"
     else:
         comp, rounds = edges.sparkSession.createDataFrame([], "node string, component string"), 0
+        info["cc_method"] = "none"
     info["cc_rounds"] = rounds
     timings["components"] = round(time.time() - t0, 3)
 
@@ -473,10 +474,8 @@ def plan(ctx) -> None:
     audit_rows = None
     if direct.enabled(ctx):
         # one Spark job: every task writes its survivors and its duplicates; counts and audit rows come back
-        from pyspark.sql.pandas.types import to_arrow_schema
-
         tables = {"deduped": out_t, "duplicates": dup_t}
-        schemas = {"deduped": to_arrow_schema(deduped.schema), "duplicates": to_arrow_schema(duplicates.schema)}
+        schemas = {"deduped": direct.file_schema(deduped), "duplicates": direct.file_schema(duplicates)}
         cols = {"deduped": deduped.columns, "duplicates": duplicates.columns}
         tags = removed.drop("n_tokens")
         if info["docs_removed"] <= BROADCAST_REMOVED:

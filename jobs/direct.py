@@ -70,6 +70,15 @@ class WriteFolders:
                               seconds_data=(seconds_data or {}).get(role, 0.0))
 
 
+def file_schema(df):
+    """The Arrow schema a worker writes a DataFrame's rows with: Spark's, nullability flags included, as Spark's own
+    writer keeps them (a `lit()` column is NOT NULL in both), so the table's Delta schema does not depend on the
+    writer (tests compare the Delta schemas of both writers)."""
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    return to_arrow_schema(df.schema)
+
+
 _ARROW_OF = {"string": "string", "bigint": "int64", "int": "int32", "double": "float64", "boolean": "bool_"}
 
 

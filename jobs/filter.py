@@ -524,10 +524,8 @@ def plan(ctx) -> None:
     audit_rows = None
     if direct.enabled(ctx):
         # one Spark job: the workers filter and write all three tables; counts and audit samples come back
-        from pyspark.sql.pandas.types import to_arrow_schema
-
-        schemas = {"kept": to_arrow_schema(kept.schema), "rejected": to_arrow_schema(rejected.schema),
-                   "signals": to_arrow_schema(signals.schema)}
+        schemas = {"kept": direct.file_schema(kept), "rejected": direct.file_schema(rejected),
+                   "signals": direct.file_schema(signals)}
         folders = direct.WriteFolders(ctx.lake, tables)
         t0 = time.perf_counter()
         try:

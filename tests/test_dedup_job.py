@@ -450,6 +450,8 @@ def test_writers_and_component_paths_give_the_same_tables(spark, tmp_path, corpu
     components in one task, against Spark's writer with Large-Star/Small-Star components in Spark: the same rows
     in both tables, the same schemas, metrics and audit sample."""
     from jobs.dedup import main
+    from deltalake import DeltaTable
+
     from jobs.tables import Lake
 
     sys.path.insert(0, os.path.join(REPO, "scripts"))
@@ -465,6 +467,7 @@ def test_writers_and_component_paths_give_the_same_tables(spark, tmp_path, corpu
     for t in ("deduped", "duplicates"):
         assert table_digest(a.path(t)) == table_digest(b.path(t)), t
         assert a.read(t).schema == b.read(t).schema, t
+        assert DeltaTable(a.path(t)).schema().to_json() == DeltaTable(b.path(t)).schema().to_json(), t
     assert {r["id"]: (r["method"], r["kept_id"]) for r in a.read("duplicates").collect()} == expect_removed
 
     def metrics(lake):

@@ -443,6 +443,8 @@ def test_the_workers_writer_and_sparks_writer_give_the_same_tables(filtered_lake
     `spark` (Spark's writer over a cached pass): the same rows in every table, the same metrics and audit sample."""
     import shutil
 
+    from deltalake import DeltaTable
+
     from jobs.tables import Lake
 
     sys.path.insert(0, os.path.join(REPO, "scripts"))
@@ -458,6 +460,7 @@ def test_the_workers_writer_and_sparks_writer_give_the_same_tables(filtered_lake
     for t in ("filtered", "rejected", "filter_signals"):
         assert table_digest(a.path(t)) == table_digest(b.path(t)), t
         assert a.read(t).schema == b.read(t).schema, t
+        assert DeltaTable(a.path(t)).schema().to_json() == DeltaTable(b.path(t)).schema().to_json(), t
     assert a.read("filtered").count() == sum(v[0] is None for v in filtered_lake["ref"].values())
 
     def metrics(lake):

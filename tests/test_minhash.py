@@ -260,6 +260,12 @@ def test_shingle_sets_are_sorted_distinct_hashes_and_jaccard_sets_counts_them(mo
     for i in range(len(texts)):
         np.testing.assert_array_equal(sets[so[i]:so[i + 1]], np.unique(hv[offs[i]:offs[i + 1]]))
     assert so[-1] - so[-2] == 1 and so[-3] == so[-4]        # 10 x "a": one distinct shingle; "" none
+    # both backends hash alike (sets from workers of either kind compare), long shingles included
+    odd = texts + ["w" * 3000, "short doc " + "é" * 700]
+    mine = mh.shingle_hashes64(odd, 5)[0]
+    monkeypatch.setenv("LMR_MINHASH_BACKEND", "numba" if backend == "numpy" else "numpy")
+    np.testing.assert_array_equal(mh.shingle_hashes64(odd, 5)[0], mine)
+    monkeypatch.setenv("LMR_MINHASH_BACKEND", backend)
     rng = random.Random(2)
     ia = np.array([rng.randrange(len(texts)) for _ in range(200)])
     ib = np.array([rng.randrange(len(texts)) for _ in range(200)])

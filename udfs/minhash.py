@@ -20,8 +20,8 @@ Python object is made per shingle. With numba installed one compiled kernel hash
 min-reduces; without it SHA-1 runs through hashlib over memoryview slices and the permutations through numpy.
 Both paths give identical results (`LMR_MINHASH_BACKEND=numpy` forces the second). `exact_jaccard_batch` (candidate
 verification) hashes shingles to 64 bits, keeps each document's set as its sorted distinct hashes (`shingle_sets`, once
-per document) and intersects two sets in one merge (`jaccard_sets`, a compiled kernel); the fallback uses blake2b and
-numpy: other hash values, the same Jaccard.
+per document) and intersects two sets in one merge (`jaccard_sets`, a compiled kernel); the numpy fallback computes
+the same hash values, so sets made by workers with different backends still compare.
 """
 from __future__ import annotations
 
@@ -410,9 +410,10 @@ def estimated_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
 
 
 def shingle_hashes64(norm_texts: list[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
-    """(hashes uint64, doc_offsets) of every shingle of each normalised text, for exact set comparisons: 64 bits
-    make a collision inside one pair's shingle sets negligible (~n^2 / 2^65). numba: FNV-1a 64 + fmix64; numpy
-    fallback: 8-byte blake2b. The two give different hash values, hence the same Jaccard values."""
+    """(hashes uint64, doc_offsets) of every shingle of each normalised text, for exact set comparisons: FNV-1a 64
+    finished with fmix64; 64 bits make a collision inside one pair's shingle sets negligible (~n^2 / 2^65). Both
+    backends give the same values (numba: one compiled loop; numpy: `_hash64_numpy`), so sets hashed by different
+    workers compare correctly."""
     buf, starts, ends, offs = shingle_spans(norm_texts, ngram)
     if len(starts) == 0:
         return np.zeros(0, np.uint64), offs
@@ -420,10 +421,37 @@ def shingle_hashes64(norm_texts: list[str], ngram: int) -> tuple[np.ndarray, np.
         out = np.zeros(len(starts), np.uint64)
         _hash64_many(buf, starts, ends, out)
         return out, offs
-    mv = memoryview(buf)
-    b2 = hashlib.blake2b
-    d = b"".join([b2(mv[s:e], digest_size=8).digest() for s, e in zip(starts.tolist(), ends.tolist())])
-    return np.frombuffer(d, np.uint64), offs
+    return _hash64_numpy(buf, starts, ends), offs
+
+
+_FNV64_OFFSET, _FNV64_PRIME, _M64 = 0xCBF29CE484222325, 0x100000001B3, (1 << 64) - 1
+
+
+def _hash64_numpy(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, vector_bytes: int = 256) -> np.ndarray:
+    """`_hash64_many` without numba: FNV-1a over byte k of every shingle at once (shingles ordered longest first,
+    so the ones still going are a prefix), for the first `vector_bytes` bytes; the rare longer shingle (a whole
+    short document) finishes in Python integers. Then fmix64. numpy's uint64 arithmetic wraps, as FNV wants."""
+    lens = (ends - starts).astype(np.int64)
+    order = np.argsort(-lens, kind="stable")
+    st, ln = starts[order].astype(np.int64), lens[order]
+    h = np.full(len(st), np.uint64(_FNV64_OFFSET), np.uint64)
+    prime = np.uint64(_FNV64_PRIME)
+    top = int(min(int(ln[0]) if len(ln) else 0, vector_bytes))
+    n_active = np.searchsorted(-ln, -np.arange(top), side="left")  # shingles longer than k bytes
+    for k in range(top):
+        n = int(n_active[k])
+        h[:n] = (h[:n] ^ buf[st[:n] + k].astype(np.uint64)) * prime
+    for i in np.flatnonzero(ln > vector_bytes).tolist():
+        x = int(h[i])
+        for b in buf[st[i] + vector_bytes:st[i] + ln[i]].tobytes():
+            x = ((x ^ b) * _FNV64_PRIME) & _M64
+        h[i] = np.uint64(x)
+    h = (h ^ (h >> np.uint64(33))) * np.uint64(0xFF51AFD7ED558CCD)
+    h = (h ^ (h >> np.uint64(33))) * np.uint64(0xC4CEB9FE1A85EC53)
+    h = h ^ (h >> np.uint64(33))
+    out = np.empty_like(h)
+    out[order] = h
+    return out
 
 
 def shingle_sets(norm_texts: list[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
