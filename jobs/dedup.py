@@ -37,7 +37,7 @@ from jobs.runner import Flag, Stage, stage_main  # noqa: E402
 from jobs.stage import log  # noqa: E402
 
 VERIFY_MODES = ("exact", "estimate", "none")
-BROADCAST_CANDIDATE_PAIRS = 500_000
+BROADCAST_CANDIDATE_PAIRS = 500_000  # candidate pairs whose ids (at most 2 x as many) are broadcast to cut the input
 BROADCAST_SHARED_BUCKETS = 4_000_000  # LSH band keys held by two or more documents, broadcast to filter band rows
 BROADCAST_REMOVED = 500_000  # removed records (id and three short strings each) broadcast to the writing tasks
 AUDIT_PER_METHOD = 5
@@ -255,17 +255,13 @@ def dedup_write_fn(paths: dict, schemas: dict, cols: dict, audit_k: int, text_ch
     survivors into this task's `deduped` file and the rest into its `duplicates` file, and return DEDUP_META_DDL
     rows only: the files, documents and tokens per method (null: kept), and the audit candidates."""
     def run(batches):
-        import pyarrow as pa
         import pyarrow.compute as pc
 
         files, audit, stats = direct.TaskFiles(paths, schemas), direct.AuditHeap(audit_k, text_chars), {}
         for b in batches:
             gone = pc.is_valid(b.column("method"))
             for role, mask in (("deduped", pc.invert(gone)), ("duplicates", gone)):
-                part = b.filter(mask)
-                part = pa.RecordBatch.from_arrays([part.column(c).cast(f.type) for c, f in zip(cols[role], schemas[role])],
-                                                  schema=schemas[role])
-                files.write(role, part)
+                files.write(role, direct.select(b.filter(mask), cols[role], schemas[role]))
             tok = b.column("n_tokens_est").to_pylist() if "n_tokens_est" in b.schema.names else [0] * b.num_rows
             for m, t in zip(b.column("method").to_pylist(), tok):
                 st = stats.setdefault(m, [0, 0])

@@ -79,6 +79,13 @@ def file_schema(df):
     return to_arrow_schema(df.schema)
 
 
+def select(batch, cols: list[str], schema):
+    """Columns `cols` of an Arrow batch, cast to the table's file `schema` (in that order)."""
+    import pyarrow as pa
+
+    return pa.RecordBatch.from_arrays([batch.column(c).cast(f.type) for c, f in zip(cols, schema)], schema=schema)
+
+
 _ARROW_OF = {"string": "string", "bigint": "int64", "int": "int32", "double": "float64", "boolean": "bool_"}
 
 

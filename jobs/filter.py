@@ -434,12 +434,6 @@ FILTER_META_DDL = ("kind string, tbl string, part string, reason string, lang st
                    "source string, docs bigint, tok bigint, tok_kept bigint, id string, row string")
 
 
-def _select(batch, cols, schema):
-    import pyarrow as pa
-
-    return pa.RecordBatch.from_arrays([batch.column(c).cast(f.type) for c, f in zip(cols, schema)], schema=schema)
-
-
 def signals_batch(cb, kept_mask, names: list[str], schema):
     """`signals_frame` on one Arrow batch of `filter_batches` output."""
     import pyarrow as pa
@@ -468,8 +462,8 @@ def filter_write_fn(cfg: dict, paths: dict, schemas: dict, cols: dict, names: li
         files, audit, stats = direct.TaskFiles(paths, schemas), direct.AuditHeap(audit_k, text_chars), {}
         for cb in filter_batches(batches, cfg):
             kept_mask = pc.is_null(cb.column("reason"))
-            files.write("kept", _select(cb.filter(kept_mask), cols["kept"], schemas["kept"]))
-            rejected = _select(cb.filter(pc.invert(kept_mask)), cols["rejected"], schemas["rejected"])
+            files.write("kept", direct.select(cb.filter(kept_mask), cols["kept"], schemas["kept"]))
+            rejected = direct.select(cb.filter(pc.invert(kept_mask)), cols["rejected"], schemas["rejected"])
             files.write("rejected", rejected)
             files.write("signals", signals_batch(cb, kept_mask, names, schemas["signals"]))
             n = cb.num_rows

@@ -1,13 +1,14 @@
-"""Connected components of an edge list that fits one worker: numpy only, no Spark.
+"""Connected components of an edge list that fits one worker (no Spark).
 
     labels = min_label_components(u, v, n)    # labels[i] = smallest node number in node i's component
 
 With numba: union-find (the root of a set is always its smallest node; path halving), one pass over the edges.
-Without it (or LMR_MINHASH_BACKEND=numpy): min-label propagation with pointer jumping; every round each edge pulls both endpoints' labels down to the smaller
-of the two, then each label is replaced by its own label until that no longer changes. Labels only decrease and
-always name a node of the same component, so at the fixed point (every edge's endpoints agree) each component
-carries its smallest node number. A round is a few vectorised passes over the edges; dedup graphs (stars and short
-chains) settle in a handful of rounds, and pointer jumping keeps long chains to O(log n) rounds in practice.
+Without it (udfs.minhash.backend() == "numpy"): min-label propagation with pointer jumping. Every round each edge
+pulls both endpoints' labels down to the smaller of the two, then each label is replaced by its own label until
+that no longer changes. Labels only decrease and always name a node of the same component, so at the fixed point
+(every edge's endpoints agree) each component carries its smallest node number. A round is a few vectorised passes
+over the edges; dedup graphs (stars and short chains) settle in a handful of rounds, and pointer jumping keeps
+long chains to O(log n) rounds in practice.
 """
 from __future__ import annotations
 
@@ -41,11 +42,11 @@ if njit is not None:
 
 def min_label_components(u: np.ndarray, v: np.ndarray, n: int, max_rounds: int = 10_000) -> np.ndarray:
     """Component label of each of n nodes: the smallest node number of its component (u, v: int endpoints)."""
-    import os
+    from udfs.minhash import backend
 
     u = np.asarray(u, np.int64)
     v = np.asarray(v, np.int64)
-    if njit is not None and os.environ.get("LMR_MINHASH_BACKEND", "auto") != "numpy":
+    if njit is not None and backend() == "numba":
         return _union_find(u, v, n)
     labels = np.arange(n, dtype=np.int64)
     for _ in range(max_rounds):

@@ -166,6 +166,8 @@ except ImportError:  # the numpy/hashlib path below gives the same values
     njit = None
 
 _M32 = np.uint64(0xFFFFFFFF)
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)  # FNV-1a 64 of shingles for exact sets (both backends)
+_FNV_PRIME = np.uint64(0x100000001B3)
 _MP = np.uint64(MERSENNE_PRIME)
 _C1 = np.uint64(0x85EBCA6B)
 _C2 = np.uint64(0xC2B2AE35)
@@ -260,8 +262,6 @@ if njit is not None:
         for j in range(starts.shape[0]):
             out[j] = _sha1_hash32_nb(buf, starts[j], ends[j], block, w)
 
-    _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
-    _FNV_PRIME = np.uint64(0x100000001B3)
     _X1 = np.uint64(0xFF51AFD7ED558CCD)
     _X2 = np.uint64(0xC4CEB9FE1A85EC53)
     _S33 = np.uint64(33)
@@ -424,33 +424,26 @@ def shingle_hashes64(norm_texts: list[str], ngram: int) -> tuple[np.ndarray, np.
     return _hash64_numpy(buf, starts, ends), offs
 
 
-_FNV64_OFFSET, _FNV64_PRIME, _M64 = 0xCBF29CE484222325, 0x100000001B3, (1 << 64) - 1
-
-
 def _hash64_numpy(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, vector_bytes: int = 256) -> np.ndarray:
     """`_hash64_many` without numba: FNV-1a over byte k of every shingle at once (shingles ordered longest first,
     so the ones still going are a prefix), for the first `vector_bytes` bytes; the rare longer shingle (a whole
-    short document) finishes in Python integers. Then fmix64. numpy's uint64 arithmetic wraps, as FNV wants."""
+    short document) finishes in Python integers. Then `_fmix64`. numpy's uint64 arithmetic wraps, as FNV wants."""
     lens = (ends - starts).astype(np.int64)
     order = np.argsort(-lens, kind="stable")
     st, ln = starts[order].astype(np.int64), lens[order]
-    h = np.full(len(st), np.uint64(_FNV64_OFFSET), np.uint64)
-    prime = np.uint64(_FNV64_PRIME)
+    h = np.full(len(st), _FNV_OFFSET, np.uint64)
     top = int(min(int(ln[0]) if len(ln) else 0, vector_bytes))
     n_active = np.searchsorted(-ln, -np.arange(top), side="left")  # shingles longer than k bytes
     for k in range(top):
         n = int(n_active[k])
-        h[:n] = (h[:n] ^ buf[st[:n] + k].astype(np.uint64)) * prime
+        h[:n] = (h[:n] ^ buf[st[:n] + k].astype(np.uint64)) * _FNV_PRIME
     for i in np.flatnonzero(ln > vector_bytes).tolist():
-        x = int(h[i])
+        x, prime = int(h[i]), int(_FNV_PRIME)
         for b in buf[st[i] + vector_bytes:st[i] + ln[i]].tobytes():
-            x = ((x ^ b) * _FNV64_PRIME) & _M64
+            x = ((x ^ b) * prime) & 0xFFFFFFFFFFFFFFFF
         h[i] = np.uint64(x)
-    h = (h ^ (h >> np.uint64(33))) * np.uint64(0xFF51AFD7ED558CCD)
-    h = (h ^ (h >> np.uint64(33))) * np.uint64(0xC4CEB9FE1A85EC53)
-    h = h ^ (h >> np.uint64(33))
     out = np.empty_like(h)
-    out[order] = h
+    out[order] = _fmix64(h)
     return out
 
 
