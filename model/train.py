@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import hashlib
 import json
 import math
@@ -277,15 +278,31 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     cfg = build_config(args.config, args.overrides)
     rank, world, device = setup_distributed(cfg)
+    finished = False
     try:
-        return _train(args, cfg, rank, world, device)
+        code = _train(args, cfg, rank, world, device)
+        finished = True
+        return code
     except TrainingStopped as e:
         if rank == 0:
             print(f"train: stopped: {e}", file=sys.stderr)
         return 3
     finally:
         if world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+            shutdown_distributed(finished)
+
+
+def shutdown_distributed(finished: bool) -> None:
+    """End the process group while the interpreter is fully alive. DDP's reducer keeps the gloo group alive through
+    reference cycles; left to interpreter finalisation, its C++ worker threads now and then aborted a rank that had
+    already finished ("terminate called without an active exception", seen once in CI). After a normal finish the
+    barrier keeps any rank from closing its sockets while a peer still writes its summary; after a failure there is
+    no barrier, since a peer may be waiting in another collective."""
+    if finished:
+        dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
+    gc.collect()
 
 
 def _train(args, cfg: dict, rank: int, world: int, device: torch.device) -> int:
