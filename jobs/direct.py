@@ -25,12 +25,12 @@ from jobs.cli import UserError
 
 
 def enabled(ctx, key: str = "writer") -> bool:
-    """`<stage>.writer`: auto (the default) = the workers write when the delta-rs backend commits a local lake;
-    spark = Spark's writer, which the native Delta backend always uses."""
+    """`<stage>.writer`: auto (the default) = the workers write the Parquet files of a local lake and the driver
+    commits them (delta-spark or delta-rs); spark = Spark's writer."""
     mode = ctx.params.get(key, "auto")
     if mode not in ("auto", "spark"):
         raise UserError(f"{ctx.stage.name}.{key} must be auto or spark (got {mode!r})")
-    return mode == "auto" and ctx.lake.backend == "delta-rs" and "://" not in ctx.lake.root
+    return mode == "auto" and "://" not in ctx.lake.root
 
 
 def part_stem() -> str:

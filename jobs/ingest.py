@@ -4,10 +4,10 @@ Files are cut into units of work (byte ranges of uncompressed JSONL, whole gzip/
 packed by bytes into Spark tasks (`pack_tasks`); each task parses its records in Python (`udfs/records.py`).
 Every raw unit becomes exactly one row: a document, or a quarantine entry with its reason, raw payload and trace.
 
-Two writers give the same rows (`ingest.writer`): by default (delta-rs backend, local lake) each task writes
+Two writers give the same rows (`ingest.writer`): by default (a local lake, either table backend) each task writes
 its documents and quarantine rows straight into Parquet files of the two tables' write folders and returns only a
-key per document, so the text never crosses into the JVM and is read once, written once (`write_direct`); with the
-native Delta backend, or `writer: spark`, the tasks return Arrow batches to Spark's writer (`write_with_spark`).
+key per document, so the text never crosses into the JVM and is read once, written once (`write_direct`); with a
+lake on object storage, or `writer: spark`, the tasks return Arrow batches to Spark's writer (`write_with_spark`).
 """
 import os
 import sys
@@ -667,7 +667,7 @@ def first_seen_at():
 
 
 def write_with_spark(ctx, ingest_run: str, mode: str) -> dict:
-    """The documents and quarantine tables through Spark's own writer (the native Delta backend): the units are
+    """The documents and quarantine tables through Spark's own writer (`writer: spark`, object storage): the units are
     cached, duplicate ids found with a join, and the counts read back from what was committed."""
     from pyspark.sql import functions as F
 

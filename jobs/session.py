@@ -48,6 +48,46 @@ def load_spark_conf(path: str | None = None) -> dict:
     return {str(k): str(v) for k, v in (data.get("conf") or {}).items()}
 
 
+JARS_DIR = os.environ.get("LMR_JARS_DIR", os.path.join(REPO_ROOT, ".cache", "jars"))
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+
+
+def delta_jars() -> list[str]:
+    """The JARs of conf/jars.lock that scripts/install_jars.py put in `.cache/jars` (all of them, or none)."""
+    lock = os.path.join(REPO_ROOT, "conf", "jars.lock")
+    if not os.path.exists(lock):
+        return []
+    names = []
+    with open(lock) as f:
+        for line in f:
+            line = line.split("#", 1)[0].strip()
+            if line:
+                _, artifact, version = line.split()[0].split(":")
+                names.append(os.path.join(JARS_DIR, f"{artifact}-{version}.jar"))
+    return names if names and all(os.path.exists(p) for p in names) else []
+
+
+def delta_conf(merged: dict) -> dict:
+    """The native Delta backend's settings, where the JARs are installed and `LMR_TABLE_BACKEND` is not delta-rs:
+    the JARs on the classpath, Delta's SQL extension and catalog (so `format("delta")`, `DESCRIBE HISTORY`,
+    `OPTIMIZE` and `VACUUM` work), and a snapshot of the log in few partitions (the default, 50, costs 50 tasks
+    each time a small local table's state is rebuilt). Settings the user gave win."""
+    if os.environ.get("LMR_TABLE_BACKEND", "auto") == "delta-rs" or _launched_by_spark_submit():
+        return {}  # under spark-submit the submitter's --jars / --packages and --conf decide (docs/cluster.md)
+    jars = delta_jars()
+    if not jars:
+        return {}
+    given = [j for j in merged.get("spark.jars", "").split(",") if j]
+    exts = [e for e in merged.get("spark.sql.extensions", "").split(",") if e]
+    return {
+        "spark.jars": ",".join(given + [j for j in jars if j not in given]),
+        "spark.sql.extensions": ",".join(exts + ([DELTA_EXTENSION] if DELTA_EXTENSION not in exts else [])),
+        "spark.sql.catalog.spark_catalog": merged.get("spark.sql.catalog.spark_catalog",
+                                                      "org.apache.spark.sql.delta.catalog.DeltaCatalog"),
+        "spark.databricks.delta.snapshotPartitions": merged.get("spark.databricks.delta.snapshotPartitions", "2"),
+    }
+
+
 def _ship_code(spark) -> None:
     """On a real cluster ship udfs/ and jobs/ as a zip (spark-submit --py-files does the same)."""
     master = spark.sparkContext.master
@@ -83,6 +123,7 @@ def get_spark(app_name: str = "lmrefinery", master: str | None = None, conf: dic
     elif not _launched_by_spark_submit():
         builder = builder.master("local[*]")
     merged = {**load_spark_conf(), **(conf or {}), **REQUIRED_CONF}
+    merged.update(delta_conf(merged))
     if os.environ.get("LMR_SPARK_PROGRESS", "") not in ("", "0", "false"):
         merged["spark.ui.showConsoleProgress"] = "true"  # Spark's console progress bar, off by default
     if os.environ.get("LMR_SPARK_NOISE", "") in ("", "0", "false"):

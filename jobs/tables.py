@@ -53,7 +53,9 @@ def _native_delta_available(spark) -> bool:
     if "DeltaSparkSessionExtension" not in exts:
         return False
     try:
-        spark.sparkContext._jvm.java.lang.Class.forName("io.delta.sql.DeltaSparkSessionExtension")
+        # through Spark's class loader, which holds the JARs of spark.jars (java.lang.Class.forName does not)
+        spark.sparkContext._jvm.org.apache.spark.util.Utils.classForName(
+            "io.delta.sql.DeltaSparkSessionExtension", True, False)
         return True
     except Exception:
         return False
@@ -150,7 +152,10 @@ class Lake:
     def latest_commit_is(self, name: str, app_id: str) -> bool:
         """Whether the table's latest commit is the write of application transaction `app_id`."""
         info = self.last_commit_info(name)
-        return app_id in (info.get("lmrefinery.app_id"), info.get("userMetadata"))
+        # delta-rs keeps custom metadata at the top of commitInfo, a delta-spark commit of a write folder in its
+        # tags, and Spark's own writer in userMetadata
+        return app_id in (info.get("lmrefinery.app_id"), (info.get("tags") or {}).get("lmrefinery.app_id"),
+                          info.get("userMetadata"))
 
     def write(self, df, name: str, mode: str = "overwrite", app_id: str | None = None,
               txn_version: int = 0) -> WriteResult:
@@ -177,7 +182,8 @@ class Lake:
         if app_id is not None:
             writer = writer.option("txnAppId", app_id).option("txnVersion", txn_version)
             writer = writer.option("userMetadata", app_id)
-        writer.save(self.path(name))
+        with _delta_conflicts(name):
+            writer.save(self.path(name))
         dt = self._dt(name)
         return WriteResult(name, dt.version(), False, -1, -1, time.perf_counter() - t0)
 
@@ -210,17 +216,15 @@ class Lake:
 
     def commit_folder(self, name, batch_dir, mode, app_id=None, txn_version=0, empty_schema=None,
                       seconds_data: float = 0.0) -> WriteResult:
-        """Commit every Parquet file of write folder `batch_dir` of table `name` in one Delta transaction
-        (delta-rs), as the table's new content (`overwrite`) or an addition (`append`). `empty_schema()` gives the
-        Arrow schema when the folder holds no file. Files of Spark's own writer and of Python workers
-        (`pyarrow.parquet`) alike; the caller has removed any file that is not part of the write."""
-        dl = _delta_rs()
-        from deltalake.transaction import AddAction, CommitProperties, Transaction, create_table_with_add_actions
-
+        """Commit every Parquet file of write folder `batch_dir` of table `name` in one Delta transaction, as the
+        table's new content (`overwrite`) or an addition (`append`): through delta-spark's transaction log API on
+        the native backend, through delta-rs otherwise. `empty_schema()` gives the Arrow schema when the folder
+        holds no file. Files of Spark's own writer and of Python workers (`pyarrow.parquet`) alike; the caller has
+        removed any file that is not part of the write."""
         t0 = time.perf_counter()
         table_path = self.path(name)
         folder = os.path.join(table_path, batch_dir)
-        adds, arrow_schema, total_rows = [], None, 0
+        files, arrow_schema, total_rows = [], None, 0  # (path in the table, size, mtime ms, rows)
         for fn in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
             if not fn.endswith(".parquet"):
                 continue
@@ -230,24 +234,36 @@ class Lake:
                 arrow_schema = meta.schema.to_arrow_schema()
             st = os.stat(full)
             total_rows += meta.num_rows
-            adds.append(AddAction(path=f"{batch_dir}/{fn}", size=st.st_size, partition_values={},
-                                  modification_time=int(st.st_mtime * 1000), data_change=True,
-                                  stats=json.dumps({"numRecords": meta.num_rows})))
+            files.append((f"{batch_dir}/{fn}", st.st_size, int(st.st_mtime * 1000), meta.num_rows))
         if arrow_schema is None:
             arrow_schema = empty_schema()
-        schema = dl.Schema.from_arrow(_strip_arrow_metadata(arrow_schema))
-        props = CommitProperties(
-            app_transactions=[Transaction(app_id=app_id, version=txn_version)] if app_id else None,
-            custom_metadata={"lmrefinery.write": batch_dir, "lmrefinery.app_id": app_id or ""},
-        )
+        arrow_schema = _strip_arrow_metadata(arrow_schema)
 
-        def result():
-            if not adds:  # no data file: nothing references the folder, which must not look like a leftover
+        def result(version=None):
+            if not files:  # no data file: nothing references the folder, which must not look like a leftover
                 import shutil
 
                 shutil.rmtree(folder, ignore_errors=True)
-            return WriteResult(name, self.version(name), False, len(adds), total_rows, seconds_data,
-                               time.perf_counter() - t0)
+            return WriteResult(name, self.version(name) if version is None else version, False, len(files),
+                               total_rows, seconds_data, time.perf_counter() - t0)
+
+        tags = {"lmrefinery.write": batch_dir, "lmrefinery.app_id": app_id or ""}
+        if self.backend == "delta-spark":
+            with _delta_conflicts(name):
+                version = _commit_native(self.spark, table_path, name, files, arrow_schema, mode, app_id,
+                                         txn_version, tags)
+            return result(version)
+
+        dl = _delta_rs()
+        from deltalake.transaction import AddAction, CommitProperties, Transaction, create_table_with_add_actions
+
+        adds = [AddAction(path=path, size=size, partition_values={}, modification_time=mtime, data_change=True,
+                          stats=json.dumps({"numRecords": rows})) for path, size, mtime, rows in files]
+        schema = dl.Schema.from_arrow(arrow_schema)
+        props = CommitProperties(
+            app_transactions=[Transaction(app_id=app_id, version=txn_version)] if app_id else None,
+            custom_metadata=tags,
+        )
 
         if not self.exists(name):
             try:
@@ -263,6 +279,88 @@ class Lake:
         else:
             dt.create_write_transaction(adds, mode=mode, schema=schema, commit_properties=props)
         return result()
+
+
+# ---- delta-spark: commits of write folders, conflicts ------------------------------------------------------------
+def _commit_native(spark, table_path, name, files, arrow_schema, mode, app_id, txn_version, tags) -> int:
+    """One delta-spark transaction adding `files` (already in the table folder) and, for `overwrite`, removing
+    every file of the snapshot it read: the commit Spark's own writer would make, so `engineInfo` names Delta Lake
+    and Delta's conflict detection applies. A new table gets protocol (1, 2) and its metadata; an overwrite with
+    another schema replaces the metadata (same table id), an append must match the table's columns."""
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    jvm = spark._jvm
+    delta = jvm.org.apache.spark.sql.delta
+    conv = jvm.scala.jdk.javaapi.CollectionConverters
+    txn = delta.DeltaLog.forTable(spark._jsparkSession, table_path).startTransaction()
+    schema_json = from_arrow_schema(arrow_schema).json()
+    actions = []
+    if txn.readVersion() < 0:
+        actions.append({"protocol": {"minReaderVersion": 1, "minWriterVersion": 2}})
+        actions.append({"metaData": _metadata_action(str(uuid.uuid4()), schema_json, int(time.time() * 1000))})
+    else:
+        current = txn.metadata()
+        if _columns(current.schemaString()) != _columns(schema_json):
+            if mode == "append":
+                raise TableError(f"table '{name}': the files to append have columns {_columns(schema_json)}, the "
+                                 f"table has {_columns(current.schemaString())}")
+            created = current.createdTime()
+            actions.append({"metaData": _metadata_action(current.id(), schema_json,
+                                                         created.get() if created.isDefined() else None)})
+    java_actions = jvm.java.util.ArrayList()
+    if mode == "overwrite" and txn.readVersion() >= 0:
+        for f in conv.asJava(txn.filterFiles()):
+            java_actions.add(f.remove())
+    for path, size, mtime, rows in files:
+        actions.append({"add": {"path": path, "partitionValues": {}, "size": size, "modificationTime": mtime,
+                                "dataChange": True, "stats": json.dumps({"numRecords": rows})}})
+    if app_id:
+        actions.append({"txn": {"appId": app_id, "version": txn_version, "lastUpdated": int(time.time() * 1000)}})
+    for a in actions:
+        java_actions.add(delta.actions.Action.fromJson(json.dumps(a)))
+    none = jvm.scala.Option.empty()
+    operation = delta.DeltaOperations.Write(jvm.org.apache.spark.sql.SaveMode.valueOf(mode.capitalize()),
+                                            none, none, none, none, none, none, none, none)
+    jtags = jvm.java.util.HashMap()
+    for k, v in tags.items():
+        jtags.put(k, v)
+    scala_map = getattr(getattr(jvm.scala.collection.immutable, "Map$"), "MODULE$")
+    return int(txn.commit(conv.asScala(java_actions).toList(), operation, getattr(scala_map, "from")(conv.asScala(jtags))))
+
+
+def _metadata_action(table_id: str, schema_json: str, created_ms) -> dict:
+    meta = {"id": table_id, "format": {"provider": "parquet", "options": {}}, "schemaString": schema_json,
+            "partitionColumns": [], "configuration": {}}
+    if created_ms is not None:
+        meta["createdTime"] = created_ms
+    return meta
+
+
+def _columns(schema_json: str) -> list[tuple[str, str]]:
+    """Names and types of a Spark schema's JSON, nullability aside (workers and Spark's writer may differ there)."""
+    return [(f["name"], json.dumps(f["type"], sort_keys=True)) for f in json.loads(schema_json)["fields"]]
+
+
+class _delta_conflicts:
+    """delta-spark's conflict exceptions (another writer committed in between) as one line naming the table."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, e, tb):
+        java = getattr(e, "java_exception", None)  # py4j's Py4JJavaError
+        if java is None:
+            return False
+        cls = java.getClass().getName()
+        if not any(k in cls for k in ("Concurrent", "ProtocolChanged", "MetadataChanged")):
+            return False
+        first = java.getMessage() or ""
+        first = first.strip().splitlines()[0][:200] if first.strip() else ""
+        raise TableError(f"table '{self.name}': another writer committed to it during this write "
+                         f"({cls.rsplit('.', 1)[-1]}: {first}); run the stage again") from None
 
 
 # ---- names, broken logs, leftovers ----------------------------------------------------------------------------

@@ -800,7 +800,7 @@ class Builder:
             lines = ["forum.example.org > Debian > General help", f"Thread: {r['title']}",
                      f"{op} wrote on 2022-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}:",
                      r["title"] + (" Any ideas?" if rng.random() < 0.5 else ""), "Reply | Quote | Report",
-                     f"moderator wrote:", r["text"], "Reply | Quote | Report"]
+                     "moderator wrote:", r["text"], "Reply | Quote | Report"]
             for _ in range(rng.randint(1, 4)):
                 lines += [f"{rng.choice(USERS)} wrote:", rng.choice(REPLIES), "Reply | Quote"]
             lines += ["Posts: %d  Joined: 20%02d" % (rng.randint(1, 5000), rng.randint(5, 23)),

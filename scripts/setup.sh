@@ -19,10 +19,20 @@ if ! command -v java >/dev/null 2>&1; then
   fi
 fi
 
+# The delta-spark JARs (conf/jars.lock) into .cache/jars, checked by sha256; without them the lake falls back to the
+# delta-rs backend, so a machine that cannot reach Maven Central still gets a working set-up (said loudly).
+# LMR_NO_JARS=1 skips them on purpose.
+jars() {
+  if [ "${LMR_NO_JARS:-0}" = 1 ]; then return 0; fi
+  "${VENV_PY:-.venv/bin/python}" scripts/install_jars.py \
+    || echo "setup: WARNING: the delta-spark JARs could not be fetched; tables will be written by delta-rs" >&2
+}
+
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
 STAMP=.venv/.lmrefinery-setup
 WANT="$(cat requirements.txt requirements-extra.txt 2>/dev/null | sha256sum | cut -c1-16) $TORCH_SPEC $(sha256sum scripts/install_tokenizers.py | cut -c1-16)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && .venv/bin/python -c 'import pyspark, torch, tiktoken' 2>/dev/null; then
+  jars
   exit 0
 fi
 
@@ -37,5 +47,6 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 .venv/bin/pip install -q --no-deps -r requirements-extra.txt
 .venv/bin/pip install -q --no-deps -e . 2>/dev/null
 .venv/bin/python scripts/install_tokenizers.py
+jars
 echo "$WANT" > "$STAMP"
 echo "setup: environment ready in .venv" >&2
