@@ -11,8 +11,11 @@ setup:
 demo: setup
 	$(PY) jobs/pipeline.py --lake $(LAKE)
 
+# The whole suite on the default backend (native delta-spark where set-up fetched its JARs), then the table tests
+# again on the delta-rs fallback (no JARs on the classpath), so both backends stay tested.
 test: setup
 	.venv/bin/pytest -q -p no:cacheprovider
+	LMR_TABLE_BACKEND=delta-rs .venv/bin/pytest -q -p no:cacheprovider tests/test_tables.py tests/test_guarantees.py
 
 clean:
 	rm -rf $(LAKE) out runs

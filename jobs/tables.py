@@ -293,7 +293,9 @@ def _commit_native(spark, table_path, name, files, arrow_schema, mode, app_id, t
     delta = jvm.org.apache.spark.sql.delta
     conv = jvm.scala.jdk.javaapi.CollectionConverters
     txn = delta.DeltaLog.forTable(spark._jsparkSession, table_path).startTransaction()
-    schema_json = from_arrow_schema(arrow_schema).json()
+    # Delta's own writer stores every column as nullable (`asNullable`); so does this commit, so that a table's
+    # schema does not depend on which writer made it
+    schema_json = json.dumps(_as_nullable(json.loads(from_arrow_schema(arrow_schema).json())))
     actions = []
     if txn.readVersion() < 0:
         actions.append({"protocol": {"minReaderVersion": 1, "minWriterVersion": 2}})
@@ -326,6 +328,18 @@ def _commit_native(spark, table_path, name, files, arrow_schema, mode, app_id, t
         jtags.put(k, v)
     scala_map = getattr(getattr(jvm.scala.collection.immutable, "Map$"), "MODULE$")
     return int(txn.commit(conv.asScala(java_actions).toList(), operation, getattr(scala_map, "from")(conv.asScala(jtags))))
+
+
+def _as_nullable(t):
+    """A Spark schema's JSON with every field, array element and map value nullable."""
+    if isinstance(t, dict):
+        t = {k: _as_nullable(v) for k, v in t.items()}
+        for key in ("nullable", "containsNull", "valueContainsNull"):
+            if key in t:
+                t[key] = True
+    elif isinstance(t, list):
+        t = [_as_nullable(v) for v in t]
+    return t
 
 
 def _metadata_action(table_id: str, schema_json: str, created_ms) -> dict:
