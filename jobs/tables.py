@@ -115,13 +115,6 @@ class Lake:
     # ---- reads ----------------------------------------------------------------------------------------------
     def read(self, name: str, version: int | None = None):
         """A Spark DataFrame over the table's snapshot (latest, or `version`)."""
-        if self.backend == "delta-spark":
-            if not self.exists(name):
-                raise TableError(f"table '{name}' not found under lake {self.root}")
-            reader = self.spark.read.format("delta")
-            if version is not None:
-                reader = reader.option("versionAsOf", version)
-            return reader.load(self.path(name))
         dt = self._dt(name, version)
         uris = list(dt.file_uris())
         for uri in uris:  # a file deleted behind Delta's back: name it now, not in a Spark stack trace later
@@ -129,6 +122,11 @@ class Lake:
             if "://" not in local and not os.path.exists(local):
                 raise TableError(f"table '{name}' (version {dt.version()}): data file {local} is missing; the table "
                                  f"was changed outside its Delta log (restore the file or rewrite the table)")
+        if self.backend == "delta-spark":
+            reader = self.spark.read.format("delta")
+            if version is not None:
+                reader = reader.option("versionAsOf", version)
+            return reader.load(self.path(name))
         if not uris:
             import pyarrow as pa
             from pyspark.sql.pandas.types import from_arrow_schema
@@ -185,7 +183,9 @@ class Lake:
         with _delta_conflicts(name):
             writer.save(self.path(name))
         dt = self._dt(name)
-        return WriteResult(name, dt.version(), False, -1, -1, time.perf_counter() - t0)
+        metrics = (dt.history(1)[0].get("operationMetrics") or {}) if dt.history(1) else {}
+        return WriteResult(name, dt.version(), False, int(metrics.get("numFiles", -1)),
+                           int(metrics.get("numOutputRows", -1)), time.perf_counter() - t0)
 
     def _write_rs(self, df, name, mode, app_id, txn_version) -> WriteResult:
         batch_dir, folder = self.new_write_folder(name)
