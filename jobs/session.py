@@ -52,18 +52,29 @@ JARS_DIR = os.environ.get("LMR_JARS_DIR", os.path.join(REPO_ROOT, ".cache", "jar
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 
 
+def read_jars_lock(path: str | None = None) -> list[tuple[str, str, str, str]]:
+    """(group, artifact, version, sha256) of each JAR in conf/jars.lock (scripts/install_jars.py fetches them)."""
+    path = path or os.path.join(REPO_ROOT, "conf", "jars.lock")
+    out = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            try:
+                coord, sha = line.split()
+                group, artifact, version = coord.split(":")
+            except ValueError:
+                raise ValueError(f"{path}:{n}: expected 'group:artifact:version sha256'") from None
+            out.append((group, artifact, version, sha.lower()))
+    return out
+
+
 def delta_jars() -> list[str]:
     """The JARs of conf/jars.lock that scripts/install_jars.py put in `.cache/jars` (all of them, or none)."""
-    lock = os.path.join(REPO_ROOT, "conf", "jars.lock")
-    if not os.path.exists(lock):
+    if not os.path.exists(os.path.join(REPO_ROOT, "conf", "jars.lock")):
         return []
-    names = []
-    with open(lock) as f:
-        for line in f:
-            line = line.split("#", 1)[0].strip()
-            if line:
-                _, artifact, version = line.split()[0].split(":")
-                names.append(os.path.join(JARS_DIR, f"{artifact}-{version}.jar"))
+    names = [os.path.join(JARS_DIR, f"{artifact}-{version}.jar") for _, artifact, version, _ in read_jars_lock()]
     return names if names and all(os.path.exists(p) for p in names) else []
 
 

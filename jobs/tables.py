@@ -15,6 +15,7 @@ removed and uncommitted files.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -183,7 +184,8 @@ class Lake:
         with _delta_conflicts(name):
             writer.save(self.path(name))
         dt = self._dt(name)
-        metrics = (dt.history(1)[0].get("operationMetrics") or {}) if dt.history(1) else {}
+        hist = dt.history(1)
+        metrics = (hist[0].get("operationMetrics") or {}) if hist else {}
         return WriteResult(name, dt.version(), False, int(metrics.get("numFiles", -1)),
                            int(metrics.get("numOutputRows", -1)), time.perf_counter() - t0)
 
@@ -352,28 +354,22 @@ def _metadata_action(table_id: str, schema_json: str, created_ms) -> dict:
 
 def _columns(schema_json: str) -> list[tuple[str, str]]:
     """Names and types of a Spark schema's JSON, nullability aside (workers and Spark's writer may differ there)."""
-    return [(f["name"], json.dumps(f["type"], sort_keys=True)) for f in json.loads(schema_json)["fields"]]
+    return [(f["name"], json.dumps(_as_nullable(f["type"]), sort_keys=True)) for f in json.loads(schema_json)["fields"]]
 
 
-class _delta_conflicts:
+@contextlib.contextmanager
+def _delta_conflicts(name: str):
     """delta-spark's conflict exceptions (another writer committed in between) as one line naming the table."""
-
-    def __init__(self, name: str):
-        self.name = name
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, typ, e, tb):
+    try:
+        yield
+    except Exception as e:
         java = getattr(e, "java_exception", None)  # py4j's Py4JJavaError
-        if java is None:
-            return False
-        cls = java.getClass().getName()
+        cls = java.getClass().getName() if java is not None else ""
         if not any(k in cls for k in ("Concurrent", "ProtocolChanged", "MetadataChanged")):
-            return False
-        first = java.getMessage() or ""
-        first = first.strip().splitlines()[0][:200] if first.strip() else ""
-        raise TableError(f"table '{self.name}': another writer committed to it during this write "
+            raise
+        first = (java.getMessage() or "").strip()
+        first = first.splitlines()[0][:200] if first else ""
+        raise TableError(f"table '{name}': another writer committed to it during this write "
                          f"({cls.rsplit('.', 1)[-1]}: {first}); run the stage again") from None
 
 

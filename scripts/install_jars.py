@@ -22,23 +22,11 @@ import tempfile
 import urllib.request
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from jobs.session import JARS_DIR, read_jars_lock  # noqa: E402
+
 CENTRAL = "https://repo.maven.apache.org/maven2"
-
-
-def read_lock(path: str) -> list[tuple[str, str, str, str]]:
-    out = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            line = line.split("#", 1)[0].strip()
-            if not line:
-                continue
-            try:
-                coord, sha = line.split()
-                group, artifact, version = coord.split(":")
-            except ValueError:
-                raise SystemExit(f"install_jars: {path}:{n}: expected 'group:artifact:version sha256'") from None
-            out.append((group, artifact, version, sha.lower()))
-    return out
 
 
 def sha256_file(path: str) -> str:
@@ -63,11 +51,16 @@ def fetch_https(group: str, artifact: str, version: str, dest: str) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dest", default=os.environ.get("LMR_JARS_DIR", os.path.join(REPO, ".cache", "jars")))
+    ap.add_argument("--dest", default=JARS_DIR)
     ap.add_argument("--lock", default=os.path.join(REPO, "conf", "jars.lock"))
     args = ap.parse_args(argv)
     os.makedirs(args.dest, exist_ok=True)
-    for group, artifact, version, sha in read_lock(args.lock):
+    try:
+        lock = read_jars_lock(args.lock)
+    except ValueError as e:
+        print(f"install_jars: {e}", file=sys.stderr)
+        return 1
+    for group, artifact, version, sha in lock:
         name = f"{artifact}-{version}.jar"
         final = os.path.join(args.dest, name)
         if os.path.exists(final) and sha256_file(final) == sha:

@@ -24,7 +24,7 @@ fi
 # LMR_NO_JARS=1 skips them on purpose.
 jars() {
   if [ "${LMR_NO_JARS:-0}" = 1 ]; then return 0; fi
-  "${VENV_PY:-.venv/bin/python}" scripts/install_jars.py \
+  .venv/bin/python scripts/install_jars.py \
     || echo "setup: WARNING: the delta-spark JARs could not be fetched; tables will be written by delta-rs" >&2
 }
 
