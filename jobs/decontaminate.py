@@ -22,6 +22,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from jobs import storage  # noqa: E402
 from jobs.cli import UserError, run_main  # noqa: E402
 from jobs.runner import Flag, Stage, stage_main  # noqa: E402
 from jobs.schema import estimate_tokens  # noqa: E402
@@ -267,11 +268,9 @@ def plan(ctx) -> None:
                   "docs_in": docs_in, "docs_clean": docs_clean, "docs_excised": docs_excised,
                   "docs_dropped": docs_dropped, "benchmarks": report}
     print(format_report(report_doc))
-    rep_path = os.path.join(lake.root, "reports", "contamination.json")
-    os.makedirs(os.path.dirname(rep_path), exist_ok=True)
-    with open(rep_path + ".tmp", "w") as f:
-        json.dump({"run_id": run.run_id, **report_doc}, f, indent=2, sort_keys=True)
-    os.replace(rep_path + ".tmp", rep_path)
+    rep_path = storage.join(lake.root, "reports", "contamination.json")
+    storage.write_bytes(rep_path, json.dumps({"run_id": run.run_id, **report_doc}, indent=2,
+                                             sort_keys=True).encode())
 
     run.finish(docs_in=docs_in, docs_out=docs_out, docs_rejected=docs_dropped, tokens_in=tokens_in,
                tokens_out=tokens_out, reasons=reasons, extra=report_doc)

@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import glob
 import time
 
-from jobs import direct
+from jobs import direct, storage
 from jobs.cli import UserError, run_main
 from jobs.config import load_yaml
 from jobs.runner import Flag, Stage, stage_main
@@ -67,6 +67,8 @@ TASK_DDL = ("task_id int, source_idx int, fmt string, path string, file string, 
 
 # ---- sources and tasks (driver side: file metadata only) --------------------------------------------------------------
 def resolve_path(path: str) -> str:
+    if storage.is_remote(path):
+        return path
     if os.path.isabs(path) or glob.has_magic(path) is False and os.path.exists(path):
         return path
     if glob.glob(path):
@@ -77,6 +79,8 @@ def resolve_path(path: str) -> str:
 def list_files(spec) -> list[tuple[str, str]]:
     """(absolute path, path relative to the source root) of every input file of a source, sorted."""
     pattern = resolve_path(spec.path)
+    if storage.is_remote(pattern):
+        return list_remote_files(spec, pattern)
     if os.path.isdir(pattern):
         root = pattern
         files = [os.path.join(d, f) for d, _, fs in os.walk(pattern) for f in fs
@@ -94,7 +98,31 @@ def list_files(spec) -> list[tuple[str, str]]:
     return out
 
 
+def list_remote_files(spec, pattern: str) -> list[tuple[str, str]]:
+    """`list_files` for an s3:// source: every object under a prefix (with the format's suffix), or the objects
+    matching a glob (`*` may span '/', as in `s3://bucket/crawl/*.jsonl`)."""
+    import fnmatch
+
+    storage.check_supported(pattern, f"source {spec.name!r}:")
+    magic = [i for i, ch in enumerate(pattern) if ch in "*?["]
+    if magic:
+        root = pattern[:magic[0]].rsplit("/", 1)[0]
+        files = [f for f in storage.list_files(root) if fnmatch.fnmatchcase(f, pattern)]
+    else:
+        root = pattern.rstrip("/")
+        files = [f for f in storage.list_files(root)
+                 if f == root or (f.endswith(FORMAT_SUFFIXES[spec.format])
+                                  and not f.rsplit("/", 1)[1].startswith((".", "_")))]
+        if files == [root]:
+            root = root.rsplit("/", 1)[0]
+    if not files:
+        raise UserError(f"source {spec.name!r}: no input object matches {spec.path!r}")
+    return [(f, f[len(root):].lstrip("/")) for f in sorted(files)]
+
+
 def display_path(path: str) -> str:
+    if storage.is_remote(path):
+        return path
     rel = os.path.relpath(path, REPO_ROOT)
     return path if rel.startswith("..") else rel
 
@@ -137,18 +165,18 @@ def plan_tasks(specs, chunk_bytes: int):
     tasks, fingerprint, total_bytes = [], [], 0
     for si, spec in enumerate(specs):
         for path, rel in list_files(spec):
-            st = os.stat(path)
-            total_bytes += st.st_size
-            fingerprint.append([spec.name, display_path(path), st.st_size, int(st.st_mtime)])
+            size, mtime = storage.stat(path)
+            total_bytes += size
+            fingerprint.append([spec.name, display_path(path), size, int(mtime)])
             base = dict(source_idx=si, fmt=spec.format, path=path, file=display_path(path), rel_file=rel, start=0,
                         end=-1, line_base=0, row_group=0, row_base=0)
-            if spec.format == "jsonl" and not path.endswith(".gz") and st.st_size > chunk_bytes:
-                for start in range(0, st.st_size, chunk_bytes):
-                    end = min(start + chunk_bytes, st.st_size)
+            if spec.format == "jsonl" and not path.endswith(".gz") and size > chunk_bytes:
+                for start in range(0, size, chunk_bytes):
+                    end = min(start + chunk_bytes, size)
                     tasks.append({**base, "start": start, "end": end, "n_bytes": end - start})
             elif spec.format == "parquet":
                 try:
-                    md = pq.ParquetFile(path).metadata
+                    md = pq.ParquetFile(storage.open_input(path) if storage.is_remote(path) else path).metadata
                 except Exception as e:
                     raise UserError(f"source {spec.name!r}: cannot read Parquet file {path}: {e}")
                 row_base = 0
@@ -157,7 +185,7 @@ def plan_tasks(specs, chunk_bytes: int):
                                   "n_bytes": md.row_group(rg).total_byte_size})
                     row_base += md.row_group(rg).num_rows
             else:
-                tasks.append({**base, "n_bytes": st.st_size})
+                tasks.append({**base, "n_bytes": size})
     for i, t in enumerate(tasks):
         t["task_id"] = i
     return tasks, fingerprint, total_bytes
@@ -209,13 +237,14 @@ def assign_line_bases(spark, tasks):
     def count(batches):
         import pyarrow as pa
 
+        from udfs import fileio
         from udfs.records import count_line_starts
 
         for b in batches:
             ids, counts = [], []
             for t in b.to_pylist():
                 ids.append(t["task_id"])
-                counts.append(count_line_starts(t["path"], t["start"], t["end"], os.path.getsize(t["path"])))
+                counts.append(count_line_starts(t["path"], t["start"], t["end"], fileio.size(t["path"])))
             yield pa.RecordBatch.from_pydict({"task_id": pa.array(ids, pa.int32()), "n": pa.array(counts, pa.int64())})
 
     counts = {r["task_id"]: r["n"] for r in task_frame(spark, chunked).mapInArrow(count, "task_id int, n bigint")

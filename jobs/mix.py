@@ -19,6 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from jobs import storage  # noqa: E402
 from jobs.cli import UserError, run_main  # noqa: E402
 from jobs.runner import Flag, Stage, stage_main  # noqa: E402
 from jobs.stage import log  # noqa: E402
@@ -130,11 +131,8 @@ def plan(ctx) -> None:
              "max_epochs": cfg["max_epochs"], "force_epochs": bool(cfg["force_epochs"]),
              "weights": {p.domain: p.weight for p in plans}, "rows_out": sum(r["docs"] for r in rows),
              "warnings": warnings, "domains": rows}
-    report_path = os.path.join(lake.root, "reports", "mixture.json")
-    os.makedirs(os.path.dirname(report_path), exist_ok=True)
-    with open(report_path + ".tmp", "w") as f:
-        json.dump({"run_id": run.run_id, **extra}, f, indent=2, sort_keys=True)
-    os.replace(report_path + ".tmp", report_path)
+    report_path = storage.join(lake.root, "reports", "mixture.json")
+    storage.write_bytes(report_path, json.dumps({"run_id": run.run_id, **extra}, indent=2, sort_keys=True).encode())
     run.finish(docs_in=docs_in, docs_out=docs_out, docs_rejected=docs_in - docs_out,
                tokens_in=sum(tok_counts.values()), tokens_out=tokens_out,
                reasons={"not_sampled": docs_in - docs_out} if docs_in > docs_out else {}, extra=extra)

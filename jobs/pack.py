@@ -37,6 +37,7 @@ import uuid
 
 import numpy as np
 
+from jobs import storage
 from jobs.cli import UserError, run_main
 from jobs.runner import Flag, Stage, stage_main
 from udfs import packed
@@ -573,7 +574,7 @@ def prepare_run(ctx) -> None:
     from udfs.tokenize import load_encoding, ranks_sha256, resolve_spec
 
     cfg, args = ctx.params, ctx.args
-    out_dir = os.path.abspath(args.out or os.path.join(os.path.abspath(args.lake), "packed"))
+    out_dir = storage.normalise(args.out or storage.join(storage.normalise(args.lake), "packed"))
     enc = load_encoding(resolve_spec(str(cfg["tokenizer"])))
     ctx.state["out_dir"] = out_dir
     ctx.run_config = {k: v for k, v in cfg.items() if k not in ("report_tokenizers", "input_table")}
@@ -599,11 +600,8 @@ def early(ctx):
         report = compression_report(df, [n.strip() for n in names if n.strip()])
         report = {"table": args.input_table, "version": version,
                   "created_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), **report}
-        path = os.path.join(lake.root, "reports", "tokenizers.json")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump(report, f, indent=2)
-        os.replace(path + ".tmp", path)
+        path = storage.join(lake.root, "reports", "tokenizers.json")
+        storage.write_bytes(path, json.dumps(report, indent=2).encode())
         print(format_report(report))
         log(f"pack: compression report written to {path}")
         if args.report_only:
@@ -627,17 +625,24 @@ def plan(ctx) -> None:
 
     args, cfg, lake, run, spark = ctx.args, ctx.params, ctx.lake, ctx.run, ctx.spark
     out_dir, df, version = ctx.state["out_dir"], ctx.state["df"], ctx.state["input_version"]
+    # object storage: pack into local scratch (the same code, the same bytes), upload when it is complete
+    local_out = _scratch_dir(out_dir) if storage.is_remote(out_dir) else out_dir
     # this run holds the lease of out_dir: temporary folders of dead pack runs can go
-    for leftover in _leftover_tmp_dirs(out_dir):
+    for leftover in _leftover_tmp_dirs(local_out):
         shutil.rmtree(leftover, ignore_errors=True)
         log(f"pack: removed {leftover} (left by a pack run that died)")
     docs_in = df.count()
-    manifest = pack(spark, df, out_dir, tokenizer=str(cfg["tokenizer"]), val_fraction=float(cfg["val_fraction"]),
+    manifest = pack(spark, df, local_out, tokenizer=str(cfg["tokenizer"]), val_fraction=float(cfg["val_fraction"]),
                     seed=int(cfg["seed"]), shard_tokens=int(cfg["shard_tokens"]),
                     nanogpt_bins=bool(cfg["nanogpt_bins"]), source={"table": args.input_table, "version": version},
                     mixture_weights=_mix_weights(lake, args.input_table, version),
                     extra={"stage_run": {"run_id": run.run_id, "run_key": run.run_key,
                                          "config_hash": run.config_hash}})
+    if local_out != out_dir:
+        t0 = time.time()
+        n = storage.upload_tree(local_out, out_dir, last=packed.MANIFEST)
+        shutil.rmtree(local_out, ignore_errors=True)
+        log(f"pack: uploaded {n} bytes to {out_dir} in {time.time() - t0:.1f} s (manifest last)")
     s = manifest["splits"]
     docs_out = s["train"]["documents"] + s["val"]["documents"]
     tokens = s["train"]["tokens"] + s["val"]["tokens"]
@@ -681,7 +686,25 @@ def _leftover_tmp_dirs(out_dir: str) -> list[str]:
             if d.startswith(prefix) and os.path.isdir(os.path.join(parent, d))] if os.path.isdir(parent) else []
 
 
+def _scratch_dir(out_uri: str) -> str:
+    """The local folder a pack for `out_uri` (object storage) is built in: under `LMR_SCRATCH` (default the
+    system's temporary folder), one per destination, so a dead run's leftovers are found by the next."""
+    import hashlib
+    import tempfile
+
+    base = os.environ.get("LMR_SCRATCH") or tempfile.gettempdir()
+    return os.path.join(base, "lmrefinery-pack", hashlib.sha1(out_uri.encode()).hexdigest()[:16], "packed")
+
+
 def _still_there(out_dir: str, run_key: str) -> bool:
+    if storage.is_remote(out_dir):  # the manifest and every file it names, at the size it gives
+        try:
+            m = json.loads(storage.read_bytes(storage.join(out_dir, packed.MANIFEST)))
+            return ((m.get("stage_run") or {}).get("run_key") == run_key
+                    and all(storage.stat(storage.join(out_dir, name))[0] == e["bytes"]
+                            for name, e in m["files"].items()))
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
     try:
         m = verify_packed(out_dir, check_hashes=False)
     except PackedError:

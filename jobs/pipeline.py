@@ -13,6 +13,7 @@ import importlib
 import subprocess
 import time
 
+from jobs import storage
 from jobs.cli import UserError, run_main
 from jobs.config import load_config
 from jobs.session import REPO_ROOT, get_spark
@@ -98,7 +99,10 @@ def main(argv=None):
     tcfg = pcfg.get("train", {}) or {}
     train = not args.no_train and tcfg.get("enabled", True)
     total = len(stages) + (3 if train else 0)
-    lake = os.path.abspath(args.lake)
+    lake = storage.normalise(args.lake)
+    if train and storage.is_remote(lake):
+        raise UserError(f"--lake {lake}: the training run reads its shards from a local folder; run the stages "
+                        f"with --no-train, then copy <lake>/packed down (or mount it) and run model/train.py --data")
     t_all = time.time()
     get_spark("lmrefinery-pipeline", master=args.master)
     timings = []
@@ -150,10 +154,10 @@ def main(argv=None):
         for line in losses:
             print(f"  {line}", file=sys.stderr)
     print(f"\nlmrefinery: pipeline finished in {time.time() - t_all:.0f}s. Lake: {lake}", file=sys.stderr)
-    print(f"  tables:  {', '.join(sorted(d for d in os.listdir(lake) if os.path.isdir(os.path.join(lake, d, '_delta_log'))))}",
+    print(f"  tables:  {', '.join(sorted(d for d, is_dir, _, _ in storage.entries(lake) if is_dir and storage.isdir(storage.join(lake, d, '_delta_log'))))}",
           file=sys.stderr)
-    if os.path.exists(os.path.join(lake, "packed", "manifest.json")):
-        print(f"  shards:  {os.path.join(lake, 'packed')}", file=sys.stderr)
+    if storage.exists(storage.join(lake, "packed", "manifest.json")):
+        print(f"  shards:  {storage.join(lake, 'packed')}", file=sys.stderr)
     if train and os.path.exists(os.path.join(lake, "report.html")):
         print(f"  report:  {os.path.join(lake, 'report.html')}", file=sys.stderr)
     return 0

@@ -70,12 +70,48 @@ def read_jars_lock(path: str | None = None) -> list[tuple[str, str, str, str]]:
     return out
 
 
-def delta_jars() -> list[str]:
-    """The JARs of conf/jars.lock that scripts/install_jars.py put in `.cache/jars` (all of them, or none)."""
+def _locked_jars(delta: bool) -> list[str]:
+    """The JARs of conf/jars.lock that scripts/install_jars.py put in `.cache/jars`: Delta's (group io.delta) or
+    the S3A connector's (hadoop-aws and the AWS SDK modules it uses); all of the kind, or none."""
     if not os.path.exists(os.path.join(REPO_ROOT, "conf", "jars.lock")):
         return []
-    names = [os.path.join(JARS_DIR, f"{artifact}-{version}.jar") for _, artifact, version, _ in read_jars_lock()]
+    names = [os.path.join(JARS_DIR, f"{artifact}-{version}.jar") for group, artifact, version, _ in read_jars_lock()
+             if (group == "io.delta") == delta]
     return names if names and all(os.path.exists(p) for p in names) else []
+
+
+def delta_jars() -> list[str]:
+    return _locked_jars(True)
+
+
+def s3a_jars() -> list[str]:
+    return _locked_jars(False)
+
+
+def _add_jars(merged: dict, jars: list[str]) -> str:
+    given = [j for j in merged.get("spark.jars", "").split(",") if j]
+    return ",".join(given + [j for j in jars if j not in given])
+
+
+def s3_conf(merged: dict) -> dict:
+    """Spark's side of an `s3://` / `s3a://` lake or input, where the S3A JARs are installed: Hadoop's S3A
+    filesystem for both schemes, and an S3-compatible server from `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`
+    (path-style addressing, TLS as its URL says). Credentials are left to S3A's default chain (the AWS
+    environment variables, a profile, an instance role) and never put in the conf. Settings the user gave win;
+    under spark-submit the cluster's own conf decides (EMR's s3:// is EMRFS)."""
+    jars = s3a_jars()
+    if not jars or _launched_by_spark_submit():
+        return {}
+    from jobs import storage
+
+    out = {"spark.jars": _add_jars(merged, jars), "spark.hadoop.fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem"}
+    ep = storage.endpoint()
+    if ep:
+        out.update({"spark.hadoop.fs.s3a.endpoint": ep, "spark.hadoop.fs.s3a.path.style.access": "true",
+                    "spark.hadoop.fs.s3a.connection.ssl.enabled": str(ep.startswith("https://")).lower()})
+    if storage.region():
+        out["spark.hadoop.fs.s3a.endpoint.region"] = storage.region()
+    return {k: (merged[k] if k in merged and k != "spark.jars" else v) for k, v in out.items()}
 
 
 def delta_conf(merged: dict) -> dict:
@@ -88,10 +124,9 @@ def delta_conf(merged: dict) -> dict:
     jars = delta_jars()
     if not jars:
         return {}
-    given = [j for j in merged.get("spark.jars", "").split(",") if j]
     exts = [e for e in merged.get("spark.sql.extensions", "").split(",") if e]
     return {
-        "spark.jars": ",".join(given + [j for j in jars if j not in given]),
+        "spark.jars": _add_jars(merged, jars),
         "spark.sql.extensions": ",".join(exts + ([DELTA_EXTENSION] if DELTA_EXTENSION not in exts else [])),
         "spark.sql.catalog.spark_catalog": merged.get("spark.sql.catalog.spark_catalog",
                                                       "org.apache.spark.sql.delta.catalog.DeltaCatalog"),
@@ -135,6 +170,7 @@ def get_spark(app_name: str = "lmrefinery", master: str | None = None, conf: dic
         builder = builder.master("local[*]")
     merged = {**load_spark_conf(), **(conf or {}), **REQUIRED_CONF}
     merged.update(delta_conf(merged))
+    merged.update(s3_conf(merged))
     if os.environ.get("LMR_SPARK_PROGRESS", "") not in ("", "0", "false"):
         merged["spark.ui.showConsoleProgress"] = "true"  # Spark's console progress bar, off by default
     if os.environ.get("LMR_SPARK_NOISE", "") in ("", "0", "false"):

@@ -18,6 +18,7 @@ import sys
 import time
 import uuid
 
+from jobs import storage
 from jobs.config import config_hash
 from jobs.leases import Leases
 from jobs.tables import Lake, WriteResult, remove_uncommitted
@@ -145,12 +146,10 @@ class StageRun:
                       ) -> WriteResult:
         """Commit a write folder that Python workers filled (`Lake.new_write_folder`), with the same transaction,
         skip and drill semantics as `write`; when this run's output is already committed the folder is removed."""
-        import shutil
-
         self.hold()
         app_id = self.app_id(table)
         if self.lake.already_written(table, mode, app_id):
-            shutil.rmtree(os.path.join(self.lake.path(table), batch_dir), ignore_errors=True)
+            storage.rmtree(storage.join(self.lake.path(table), batch_dir))
             res = WriteResult(table, self.lake.version(table), True, 0, 0)
         else:
             res = self.lake.commit_folder(table, batch_dir, mode, app_id, empty_schema=empty_schema,
@@ -238,13 +237,9 @@ class StageRun:
             return v
 
         lines = sorted((readable(r) for r in rows), key=lambda r: (str(r.get(reason_col)), str(r.get(order_col))))
-        path = os.path.join(self.lake.root, "audit", f"{table}.jsonl")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            for row in lines:
-                f.write(json.dumps({"run_id": self.run_id, **row}, ensure_ascii=False, default=str) + "\n")
-        os.replace(tmp, path)
+        path = storage.join(self.lake.root, "audit", f"{table}.jsonl")
+        storage.write_bytes(path, "".join(json.dumps({"run_id": self.run_id, **row}, ensure_ascii=False,
+                                                     default=str) + "\n" for row in lines).encode("utf-8"))
         return path
 
 

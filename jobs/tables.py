@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import pyarrow.parquet as pq
 
+from jobs import storage
 from udfs.common import UserError
 
 
@@ -67,8 +68,9 @@ class Lake:
 
     def __init__(self, spark, root: str, backend: str | None = None):
         self.spark = spark
-        self.root = os.path.abspath(root)
-        if os.path.exists(self.root) and not os.path.isdir(self.root):
+        self.root = storage.normalise(root)  # a local folder, or s3://bucket/prefix (jobs/storage.py)
+        self.storage_options = storage.delta_storage_options(self.root)
+        if not storage.is_remote(self.root) and os.path.exists(self.root) and not os.path.isdir(self.root):
             raise TableError(f"lake {self.root} is a file, not a folder (--lake names the folder of the tables)")
         backend = backend or os.environ.get("LMR_TABLE_BACKEND", "auto")
         if backend == "auto":
@@ -81,11 +83,11 @@ class Lake:
     def path(self, name: str) -> str:
         """The folder of table `name`; only plain names, so that nothing is ever written outside the lake."""
         check_table_name(name)
-        return os.path.join(self.root, name)
+        return storage.join(self.root, name)
 
     def exists(self, name: str) -> bool:
         try:
-            return _delta_rs().DeltaTable.is_deltatable(self.path(name))
+            return _delta_rs().DeltaTable.is_deltatable(self.path(name), storage_options=self.storage_options)
         except TableError:
             raise
         except Exception as e:  # noqa: BLE001 - delta-rs reports a broken log here too
@@ -95,7 +97,7 @@ class Lake:
         if not self.exists(name):
             raise TableError(f"table '{name}' not found under lake {self.root} (run the stage that writes it first)")
         try:
-            dt = _delta_rs().DeltaTable(self.path(name))
+            dt = _delta_rs().DeltaTable(self.path(name), storage_options=self.storage_options)
             if version is not None:
                 dt.load_as_version(version)
         except Exception as e:  # noqa: BLE001
@@ -179,7 +181,12 @@ class Lake:
         if mode == "overwrite":
             writer = writer.option("overwriteSchema", "true")
         if app_id is not None:
-            writer = writer.option("txnAppId", app_id).option("txnVersion", txn_version)
+            done = self.txn_version(name, app_id)
+            # Delta's writer silently skips a write whose (txnAppId, txnVersion) the table already holds; an
+            # overwrite that was since replaced by another write must run again (see `write`), so it goes
+            # without the options and the table keeps the transaction it already records
+            if done is None or done < txn_version:
+                writer = writer.option("txnAppId", app_id).option("txnVersion", txn_version)
             writer = writer.option("userMetadata", app_id)
         with _delta_conflicts(name):
             writer.save(self.path(name))
@@ -205,9 +212,9 @@ class Lake:
         there, and nothing reads them before `commit_folder` adds them to the log. The name must not start with
         '_' or '.', which Delta treats as hidden; `w-` marks it for `remove_uncommitted`."""
         table_path = self.path(name)
-        os.makedirs(table_path, exist_ok=True)
+        storage.makedirs(table_path)
         batch_dir = f"w-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}"
-        return batch_dir, os.path.join(table_path, batch_dir)
+        return batch_dir, storage.join(table_path, batch_dir)
 
     def already_written(self, name: str, mode: str, app_id: str | None, txn_version: int = 0) -> bool:
         """Whether a write with this application transaction is already done (see `write`)."""
@@ -225,27 +232,29 @@ class Lake:
         removed any file that is not part of the write."""
         t0 = time.perf_counter()
         table_path = self.path(name)
-        folder = os.path.join(table_path, batch_dir)
+        folder = storage.join(table_path, batch_dir)
         files, arrow_schema, total_rows = [], None, 0  # (path in the table, size, mtime ms, rows)
-        for fn in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-            if not fn.endswith(".parquet"):
+        for fn, is_dir, size, mtime in sorted(storage.entries(folder)):
+            if is_dir or not fn.endswith(".parquet"):
                 continue
-            full = os.path.join(folder, fn)
-            meta = pq.read_metadata(full)
+            full = storage.join(folder, fn)
+            if storage.is_remote(full):
+                fs, p = storage.filesystem(full)
+                with fs.open_input_file(p) as f:
+                    meta = pq.read_metadata(f)
+            else:
+                meta = pq.read_metadata(full)
             if arrow_schema is None:
                 arrow_schema = meta.schema.to_arrow_schema()
-            st = os.stat(full)
             total_rows += meta.num_rows
-            files.append((f"{batch_dir}/{fn}", st.st_size, int(st.st_mtime * 1000), meta.num_rows))
+            files.append((f"{batch_dir}/{fn}", size, int(mtime * 1000), meta.num_rows))
         if arrow_schema is None:
             arrow_schema = empty_schema()
         arrow_schema = _strip_arrow_metadata(arrow_schema)
 
         def result(version=None):
             if not files:  # no data file: nothing references the folder, which must not look like a leftover
-                import shutil
-
-                shutil.rmtree(folder, ignore_errors=True)
+                storage.rmtree(folder)
             return WriteResult(name, self.version(name) if version is None else version, False, len(files),
                                total_rows, seconds_data, time.perf_counter() - t0)
 
@@ -269,15 +278,17 @@ class Lake:
 
         if not self.exists(name):
             try:
-                create_table_with_add_actions(table_path, schema, adds, mode="error", commit_properties=props)
+                create_table_with_add_actions(table_path, schema, adds, mode="error", commit_properties=props,
+                                              storage_options=self.storage_options)
                 return result()
             except Exception:
                 if not self.exists(name):
                     raise
-        dt = dl.DeltaTable(table_path)
+        dt = dl.DeltaTable(table_path, storage_options=self.storage_options)
         if mode == "overwrite" and _schema_changed(dt, schema):
             # create_write_transaction keeps the old metadata; replace table content and schema together
-            create_table_with_add_actions(table_path, schema, adds, mode="overwrite", commit_properties=props)
+            create_table_with_add_actions(table_path, schema, adds, mode="overwrite", commit_properties=props,
+                                          storage_options=self.storage_options)
         else:
             dt.create_write_transaction(adds, mode=mode, schema=schema, commit_properties=props)
         return result()
@@ -386,20 +397,22 @@ def check_table_name(name: str) -> str:
 
 def _log_error(table_path: str, name: str, e: Exception) -> str:
     """One line naming the table and, where one can be found, the log file that does not parse."""
-    log_dir = os.path.join(table_path, "_delta_log")
+    log_dir = storage.join(table_path, "_delta_log")
     bad = None
-    if os.path.isdir(log_dir):
-        for fn in sorted(os.listdir(log_dir)):
-            if not fn.endswith(".json"):
-                continue
-            try:
-                with open(os.path.join(log_dir, fn), encoding="utf-8") as f:
-                    for line in f:
-                        if line.strip():
-                            json.loads(line)
-            except (ValueError, OSError):
-                bad = os.path.join(log_dir, fn)
-                break
+    try:
+        names = sorted(storage.listdir(log_dir))
+    except OSError:
+        names = []
+    for fn in names:
+        if not fn.endswith(".json"):
+            continue
+        try:
+            for line in storage.read_bytes(storage.join(log_dir, fn)).decode("utf-8").splitlines():
+                if line.strip():
+                    json.loads(line)
+        except (ValueError, OSError):
+            bad = storage.join(log_dir, fn)
+            break
     first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
     where = f"log file {bad} does not parse" if bad else f"cannot read its Delta log ({first[:200]})"
     return f"table '{name}' at {table_path}: {where}"
@@ -408,21 +421,19 @@ def _log_error(table_path: str, name: str, e: Exception) -> str:
 def committed_folders(table_path: str) -> set[str]:
     """Top-level folders of every data file any commit of the table's log ever added (JSON commits and
     checkpoints): a `w-*` write folder outside this set belongs to a write that never committed."""
-    log_dir = os.path.join(table_path, "_delta_log")
+    log_dir = storage.join(table_path, "_delta_log")
     out: set[str] = set()
-    if not os.path.isdir(log_dir):
-        return out
-    for fn in os.listdir(log_dir):
-        full = os.path.join(log_dir, fn)
+    for fn in storage.listdir(log_dir):
+        full = storage.join(log_dir, fn)
         if fn.endswith(".json"):
-            with open(full, encoding="utf-8") as f:
-                for line in f:
-                    if '"add"' in line:
-                        path = (json.loads(line).get("add") or {}).get("path")
-                        if path:
-                            out.add(path.split("/", 1)[0])
+            for line in storage.read_bytes(full).decode("utf-8").splitlines():
+                if '"add"' in line:
+                    path = (json.loads(line).get("add") or {}).get("path")
+                    if path:
+                        out.add(path.split("/", 1)[0])
         elif ".checkpoint" in fn and fn.endswith(".parquet"):
-            t = pq.read_table(full, columns=["add"])
+            fs, p = storage.filesystem(full)
+            t = pq.read_table(p, columns=["add"], filesystem=fs)
             for a in t.column("add").to_pylist():
                 if a and a.get("path"):
                     out.add(a["path"].split("/", 1)[0])
@@ -432,16 +443,13 @@ def committed_folders(table_path: str) -> set[str]:
 def remove_uncommitted(table_path: str, dry_run: bool = False) -> list[str]:
     """Delete the `w-*` folders of writes that never committed (call only while no live run writes the table:
     the caller holds its lease). Returns the folders removed (with `dry_run`: the ones that would be)."""
-    import shutil
-
-    if not os.path.isdir(os.path.join(table_path, "_delta_log")):
+    if not storage.isdir(storage.join(table_path, "_delta_log")):
         return []
     keep = committed_folders(table_path)
-    gone = [d for d in sorted(os.listdir(table_path))
-            if d.startswith("w-") and d not in keep and os.path.isdir(os.path.join(table_path, d))]
+    gone = sorted(d for d, is_dir, _, _ in storage.entries(table_path) if is_dir and d.startswith("w-") and d not in keep)
     if not dry_run:
         for d in gone:
-            shutil.rmtree(os.path.join(table_path, d), ignore_errors=True)
+            storage.rmtree(storage.join(table_path, d))
     return gone
 
 

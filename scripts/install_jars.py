@@ -1,10 +1,10 @@
 #!/usr/bin/env python
-"""Fetch the JARs of conf/jars.lock (delta-spark and delta-storage) from Maven Central into `.cache/jars`.
+"""Fetch the JARs of conf/jars.lock (delta-spark, delta-storage, the S3A connector) from Maven Central into `.cache/jars`.
 
 Set-up only: jobs/session.py puts the JARs it finds there on the classpath with the Delta extension and catalog, and
 nothing is resolved at run time (no `spark.jars.packages`). Each JAR is checked against the sha256 in the lock file;
 a file already present with the right hash is kept (idempotent). `mvn dependency:copy` fetches where Maven is
-installed (with strict checksums); otherwise the JAR is fetched over HTTPS from Maven Central's repository layout.
+installed (one run for every missing JAR, strict checksums); otherwise each JAR is fetched over HTTPS from Maven Central's repository layout.
 
     python scripts/install_jars.py [--dest DIR] [--lock FILE]
 
@@ -37,9 +37,17 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def fetch_mvn(group: str, artifact: str, version: str, dest: str) -> None:
-    subprocess.run(["mvn", "-q", "-B", "-C", "dependency:copy", f"-Dartifact={group}:{artifact}:{version}",
-                    f"-DoutputDirectory={dest}"], check=True, cwd=dest, stdout=subprocess.DEVNULL)
+def fetch_mvn(coords: list[tuple[str, str, str]], dest: str) -> None:
+    """One Maven run for all of `coords` (no transitive resolution: the lock lists every JAR), strict checksums."""
+    deps = "".join(f"<dependency><groupId>{g}</groupId><artifactId>{a}</artifactId><version>{v}</version>"
+                   f"<exclusions><exclusion><groupId>*</groupId><artifactId>*</artifactId></exclusion></exclusions>"
+                   f"</dependency>" for g, a, v in coords)
+    with open(os.path.join(dest, "pom.xml"), "w") as f:
+        f.write('<project xmlns="http://maven.apache.org/POM/4.0.0"><modelVersion>4.0.0</modelVersion>'
+                '<groupId>lmrefinery</groupId><artifactId>jars</artifactId><version>0</version>'
+                f'<dependencies>{deps}</dependencies></project>')
+    subprocess.run(["mvn", "-q", "-B", "-C", "dependency:copy-dependencies", f"-DoutputDirectory={dest}",
+                    "-DexcludeTransitive=true"], check=True, cwd=dest, stdout=subprocess.DEVNULL)
 
 
 def fetch_https(group: str, artifact: str, version: str, dest: str) -> None:
@@ -60,37 +68,49 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"install_jars: {e}", file=sys.stderr)
         return 1
-    for group, artifact, version, sha in lock:
+    missing = [(g, a, v, sha) for g, a, v, sha in lock
+               if not (os.path.exists(os.path.join(args.dest, f"{a}-{v}.jar"))
+                       and sha256_file(os.path.join(args.dest, f"{a}-{v}.jar")) == sha)]
+    errors: dict[str, list[str]] = {}
+
+    def place(got: str, group, artifact, version, sha, how) -> bool:
         name = f"{artifact}-{version}.jar"
+        if not os.path.exists(got):
+            errors.setdefault(name, []).append(f"{how}: {name} not written")
+            return False
+        digest = sha256_file(got)
+        if digest != sha:
+            errors.setdefault(name, []).append(f"{how}: sha256 {digest} is not the locked {sha}")
+            return False
         final = os.path.join(args.dest, name)
-        if os.path.exists(final) and sha256_file(final) == sha:
-            continue
-        errors = []
-        for how, fetch in (("mvn", fetch_mvn), ("https", fetch_https)):
-            if how == "mvn" and shutil.which("mvn") is None:
+        os.replace(got, final)
+        print(f"[install_jars] {group}:{artifact}:{version} ({os.path.getsize(final)} bytes, sha256 ok, {how})",
+              file=sys.stderr)
+        return True
+
+    if missing and shutil.which("mvn") is not None:
+        with tempfile.TemporaryDirectory(dir=args.dest, prefix=".fetch-") as tmp:
+            try:
+                fetch_mvn([(g, a, v) for g, a, v, _ in missing], tmp)
+            except Exception as e:  # noqa: BLE001 - fall back to HTTPS per JAR, report all at the end
+                msg = str(e).strip().splitlines()[-1][:160] if str(e).strip() else repr(e)
+                for _, a, v, _ in missing:
+                    errors.setdefault(f"{a}-{v}.jar", []).append(f"mvn: {msg}")
+            missing = [(g, a, v, sha) for g, a, v, sha in missing
+                       if not place(os.path.join(tmp, f"{a}-{v}.jar"), g, a, v, sha, "mvn")]
+    for group, artifact, version, sha in missing:
+        name = f"{artifact}-{version}.jar"
+        with tempfile.TemporaryDirectory(dir=args.dest, prefix=".fetch-") as tmp:
+            try:
+                fetch_https(group, artifact, version, tmp)
+            except Exception as e:  # noqa: BLE001
+                errors.setdefault(name, []).append(f"https: {e}"[:200])
                 continue
-            with tempfile.TemporaryDirectory(dir=args.dest, prefix=".fetch-") as tmp:
-                try:
-                    fetch(group, artifact, version, tmp)
-                except Exception as e:  # noqa: BLE001 - try the next way, report all at the end
-                    errors.append(f"{how}: {str(e).strip().splitlines()[-1][:160] if str(e).strip() else e!r}")
-                    continue
-                got = os.path.join(tmp, name)
-                if not os.path.exists(got):
-                    errors.append(f"{how}: {name} not written")
-                    continue
-                digest = sha256_file(got)
-                if digest != sha:
-                    errors.append(f"{how}: sha256 {digest} is not the locked {sha}")
-                    continue
-                os.replace(got, final)
-                print(f"[install_jars] {group}:{artifact}:{version} ({os.path.getsize(final)} bytes, sha256 ok, "
-                      f"{how}) -> {final}", file=sys.stderr)
-                break
-        else:
-            print(f"install_jars: could not fetch {group}:{artifact}:{version} ({'; '.join(errors) or 'no way'})",
-                  file=sys.stderr)
-            return 1
+            if place(os.path.join(tmp, name), group, artifact, version, sha, "https"):
+                continue
+        print(f"install_jars: could not fetch {group}:{artifact}:{version} ({'; '.join(errors.get(name, []))})",
+              file=sys.stderr)
+        return 1
     return 0
 
 

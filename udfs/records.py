@@ -37,6 +37,8 @@ import re
 import zlib
 from dataclasses import dataclass, field
 
+from udfs import fileio
+
 DEFAULT_MAX_DOC_BYTES = 1 << 20
 DEFAULT_RAW_PAYLOAD_MAX_BYTES = 64 << 10
 DEFAULT_MAX_JSON_DEPTH = 100      # well under CPython's recursion limit (1000) that json.loads would hit
@@ -299,7 +301,7 @@ def count_line_starts(path: str, start: int, end: int, size: int, block: int = 1
         return 0
     n = 1 if start == 0 else 0
     lo, hi = max(start - 1, 0), min(end - 1, size - 1)  # newline positions p with start <= p+1 < min(end, size)
-    with open(path, "rb") as f:
+    with fileio.open_input(path) as f:
         f.seek(lo)
         remaining = hi - lo
         while remaining > 0:
@@ -312,7 +314,25 @@ def count_line_starts(path: str, start: int, end: int, size: int, block: int = 1
 
 
 def _open_source(path: str):
-    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+    if not path.endswith(".gz"):
+        return fileio.open_input(path)
+    if not fileio.is_remote(path):
+        return gzip.open(path, "rb")
+    return _ClosingGzip(fileio.open_input(path))
+
+
+class _ClosingGzip(gzip.GzipFile):
+    """A GzipFile over an object-store file that closes that file too (gzip.open does so for a local path)."""
+
+    def __init__(self, raw):
+        super().__init__(fileobj=raw, mode="rb")
+        self._raw = raw
+
+    def close(self):
+        try:
+            super().close()
+        finally:
+            self._raw.close()
 
 
 def iter_jsonl_chunk(spec: SourceSpec, path: str, file: str, rel_file: str, start: int, end: int,
@@ -368,7 +388,7 @@ def iter_text_file(spec: SourceSpec, path: str, file: str, rel_file: str, limits
         yield _text_file_unit(spec, path, file, rel_file, limits, keep_raw)
         return
     # paragraph mode, streamed line by line: a paragraph ends at a line holding only whitespace
-    with open(path, "rb") as f:
+    with fileio.open_input(path) as f:
         pos, line = 0, 0
         para, para_line, para_pos, para_len = [], 0, 0, 0
         while True:
@@ -410,10 +430,8 @@ def _paragraph_unit(spec, lines, length, file, rel_file, line, offset, limits, k
 
 
 def _text_file_unit(spec, path, file, rel_file, limits, keep_raw):
-    import os
-
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
+    size = fileio.size(path)
+    with fileio.open_input(path) as f:
         if size > limits.max_line_bytes:  # do not read a huge file into memory just to reject it
             head = f.read(limits.raw_payload_max_bytes)
             trace = _trace(file, line=1, byte_offset=0)
@@ -456,7 +474,7 @@ def iter_csv_file(spec: SourceSpec, path: str, file: str, rel_file: str, limits:
     state = {"pos": 0}
 
     def lines():
-        with open(path, "rb") as f:
+        with fileio.open_input(path) as f:
             while True:
                 raw = read_line(f, limits.max_line_bytes, limits.raw_payload_max_bytes, None)
                 if isinstance(raw, LineTooLong):
@@ -540,7 +558,7 @@ def iter_parquet_row_group(spec: SourceSpec, path: str, file: str, rel_file: str
                            limits: Limits, keep_raw: bool = False):
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(path)
+    pf = pq.ParquetFile(fileio.open_input(path) if fileio.is_remote(path) else path)
     table = pf.read_row_group(row_group)
     if spec.text_field not in table.column_names:
         cols = ", ".join(table.column_names[:20])
