@@ -26,6 +26,10 @@ def _size(path: str) -> int:
 
 
 def vacuum(lake_root: str, dry_run: bool = False, log=print) -> dict:
+    if "://" in lake_root:
+        raise UserError(f"--lake {lake_root}: jobs/vacuum.py cleans a local or mounted lake; on object storage each "
+                        f"stage removes what a dead run left in the tables it writes when it takes their leases, and "
+                        f"Delta's own VACUUM removes old files (docs/cluster.md)")
     root = os.path.abspath(lake_root)
     if not os.path.isdir(root):
         raise TableError(f"lake {root} is not a folder")

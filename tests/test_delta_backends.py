@@ -108,3 +108,21 @@ def test_a_conflicting_commit_is_one_line_naming_the_table(spark, native):
     assert msg.startswith("table 'c': another writer committed to it during this write (Concurrent")
     assert "\n" not in msg and "run the stage again" in msg
     assert [r.id for r in native.read("c").collect()] == [7]
+
+
+def test_tables_of_either_backend_open_in_polars_and_duckdb(spark, native, lake_dir):
+    import duckdb
+    import polars as pl
+
+    rs = Lake(spark, lake_dir, backend="delta-rs")
+    rs.write(spark.range(6).withColumn("s", F.col("id").cast("string")), "by_rs")
+    native.write(spark.range(6).withColumn("s", F.col("id").cast("string")), "by_spark")
+    _write_folder(native, "by_spark", pa.table({"id": pa.array([6], pa.int64()), "s": ["6"]}))  # a delta-spark txn
+    for name, n in (("by_rs", 6), ("by_spark", 7)):
+        path = native.path(name)
+        got = pl.read_delta(path).sort("id")
+        assert got["id"].to_list() == list(range(n)) and got["s"].to_list() == [str(i) for i in range(n)]
+        # DuckDB over delta-rs' snapshot (its Arrow dataset): the committed files only, no extension download
+        con = duckdb.connect()
+        con.register("t", deltalake.DeltaTable(path).to_pyarrow_dataset())
+        assert con.execute("select count(*), sum(id), max(s) from t").fetchone() == (n, sum(range(n)), str(n - 1))

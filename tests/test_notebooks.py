@@ -253,3 +253,23 @@ def test_05_threshold_tuning_added_minus_removed_is_the_kept_difference(lake, sp
             assert text == re.sub(r"[ \t\n\r\f\v]+", " ", docs[i][:300])  # as Java's \s: ASCII whitespace only
     # the French document is kept now: its line shows the language it was rejected for
     assert re.search(r"^--- langid:fr -> kept\n  web/w-fr  \[web\]  lang=fr lang_score=", audit, re.M)
+
+
+def test_06_history_time_travel_and_maintenance(lake):
+    import deltalake
+
+    out = run_notebook("06_delta_history_and_maintenance.py", lake["root"])["out"]
+    dt = deltalake.DeltaTable(os.path.join(lake["root"], "metrics"))
+    rows, last = dt.to_pyarrow_table().num_rows, dt.version()
+    native = "table backend: delta-spark" in out
+    assert native == (os.environ.get("LMR_TABLE_BACKEND", "auto") != "delta-rs")
+    n = len(dt.history()) - (1 if native else 0)  # the notebook's own OPTIMIZE is one more version
+    assert f"metrics: {n} versions, 0.." in out
+    # version 0 is the first stage's one metrics row; the latest has every stage run's row
+    assert re.search(rf"^metrics at version 0: 1 rows; at version {last - (1 if native else 0)}: {rows} rows$", out,
+                     re.M)
+    if native:
+        before = int(re.search(r"^metrics: (\d+) data files before OPTIMIZE, 1 after; (\d+) rows$", out, re.M).group(1))
+        assert before == rows > 1  # one file per appended row before; the same rows in one file after
+        assert dt.history(1)[0]["operation"] == "OPTIMIZE"
+        assert "VACUUM RETAIN 168 HOURS DRY RUN would delete 0 files" in out
