@@ -47,9 +47,11 @@ show(docs.groupBy("domain").count().orderBy("domain"))
 
 # MAGIC %md
 # MAGIC ## `DESCRIBE HISTORY`: who wrote each version
-# MAGIC The `metrics` table gets one append per stage run, so its history is the run log. Commits of the stage runner
-# MAGIC carry the run's application transaction in their tags (`lmrefinery.app_id`, or `userMetadata` for Spark's
-# MAGIC writer) and name the engine that wrote them (`engineInfo`).
+# MAGIC The `metrics` table gets one append per stage run, so its history is the run log. Each commit names the
+# MAGIC engine that wrote it (`engineInfo`) and carries the run's application transaction: Spark's writer puts it in
+# MAGIC `userMetadata`, which `DESCRIBE HISTORY` shows; commits written by delta-rs keep it in the commit's tags
+# MAGIC (`lmrefinery.app_id`), which delta-rs' `history()` shows (open-source Delta's `DESCRIBE HISTORY` has no
+# MAGIC tags column).
 
 # COMMAND ----------
 
@@ -57,7 +59,7 @@ metrics_path = lake.path("metrics")
 if native:
     hist = spark.sql(f"DESCRIBE HISTORY delta.`{metrics_path}`")
     show(hist.select("version", "timestamp", "operation", "operationParameters.mode", "engineInfo",
-                     F.coalesce("userMetadata", F.col("tags")["lmrefinery.app_id"]).alias("app_id"))
+                     F.col("userMetadata").alias("app_id"))
          .orderBy("version"), 50)
     span = hist.agg(F.min("version").alias("first"), F.max("version").alias("last"), F.count(F.lit(1)).alias("n"))
     first, last, n_versions = span.first()

@@ -90,7 +90,7 @@ def _statement_before(src: str, pos: int) -> str:
 def test_notebooks_are_databricks_source_files():
     names = [os.path.basename(p) for p in NOTEBOOKS]
     assert names == ["01_explore_documents.py", "02_filter_rejections.py", "03_duplicate_clusters.py",
-                     "04_mixture_and_tokens.py", "05_threshold_tuning.py"]
+                     "04_mixture_and_tokens.py", "05_threshold_tuning.py", "06_delta_history_and_maintenance.py"]
     for p in NOTEBOOKS:
         with open(p, encoding="utf-8") as f:
             src = f.read()
