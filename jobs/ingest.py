@@ -31,7 +31,9 @@ Read raw sources into the `documents` table; records that fail validation go to 
 
 Sources come from a YAML file (--sources, default from conf/pipeline.yaml: conf/sources.yaml) or from one
 source given by flags (--input, --format, --source, --domain). Formats: jsonl (also .jsonl.gz), text (one
-document per file or per blank-line separated paragraph), parquet, csv (header row required).
+document per file or per blank-line separated paragraph), parquet, csv (header row required), warc (.warc,
+.warc.gz: each 2xx HTML response record becomes a document of the page's main text, extracted with trafilatura
+under a per-page time limit, ingest.html; other records are counted per kind in metrics extra.skipped_records).
 
 Ids: `<source>/<value of --id-field>` when the source gives one, else `<source>/<sha1(source, file, line/row)>`;
 stable across re-runs. No single record can end the job: each one becomes a document or a quarantine row with
@@ -53,6 +55,7 @@ FORMAT_SUFFIXES = {
     "text": (".txt", ".md", ".text"),
     "parquet": (".parquet",),
     "csv": (".csv", ".tsv"),
+    "warc": (".warc", ".warc.gz"),
 }
 
 UNIT_DDL = (
@@ -170,7 +173,7 @@ def plan_tasks(specs, chunk_bytes: int):
             fingerprint.append([spec.name, display_path(path), size, int(mtime)])
             base = dict(source_idx=si, fmt=spec.format, path=path, file=display_path(path), rel_file=rel, start=0,
                         end=-1, line_base=0, row_group=0, row_base=0)
-            if spec.format == "jsonl" and not path.endswith(".gz") and size > chunk_bytes:
+            if spec.format in ("jsonl", "warc") and not path.endswith(".gz") and size > chunk_bytes:
                 for start in range(0, size, chunk_bytes):
                     end = min(start + chunk_bytes, size)
                     tasks.append({**base, "start": start, "end": end, "n_bytes": end - start})
@@ -270,10 +273,13 @@ def tagged_units(batches, specs, limits):
     for b in batches:
         for t in b.to_pylist():
             spec = specs[t["source_idx"]]
-            blank = 0
+            blank, skipped = 0, {}
             for u in R.iter_task_units(spec, t, limits):
                 if u["kind"] == "blank":
                     blank += 1
+                    continue
+                if u["kind"] == "skip":  # a WARC record that is not a page: counted per kind, not stored
+                    skipped[u["reason"]] = skipped.get(u["reason"], 0) + 1
                     continue
                 u["source"], u["domain"], u["task_id"] = spec.name, spec.domain, t["task_id"]
                 u["order_file"] = t["file"]
@@ -282,6 +288,10 @@ def tagged_units(batches, specs, limits):
             if blank:
                 yield {"kind": "blank", "n_bytes": blank, "source": spec.name, "domain": spec.domain,
                        "task_id": t["task_id"], "order_file": t["file"], "order_pos": t["start"]}
+            for reason, n in sorted(skipped.items()):
+                yield {"kind": "skipped", "reason": reason, "n_bytes": n, "source": spec.name,
+                       "domain": spec.domain, "task_id": t["task_id"], "order_file": t["file"],
+                       "order_pos": t["start"]}
 
 
 def batched_units(units, batch_rows: int, batch_bytes: int):
@@ -447,10 +457,12 @@ def parse_write_fn(specs, limits, folders: dict, schemas: dict, ingest_run: str,
                     yield _key_batch(sel, out, stem + ".parquet", written["doc"])
                 written[tbl] += sel.num_rows
 
-        def records(units):  # blank-line counts go to the stats, not into a table
+        def records(units):  # blank-line and skipped-record counts go to the stats, not into a table
             for u in units:
                 if u["kind"] == "blank":
                     stats.setdefault(("blank", u["source"], None), [0, 0, 0, None])[0] += u["n_bytes"]
+                elif u["kind"] == "skipped":
+                    stats.setdefault(("skipped", u["source"], u["reason"]), [0, 0, 0, None])[0] += u["n_bytes"]
                 else:
                     yield u
 
@@ -550,13 +562,15 @@ def check_text_field(specs, unit_stats) -> None:
 
 def resolve_limits(args, cfg):
     from udfs.records import Limits
+    from udfs.warc import HtmlOptions
 
     try:
         return Limits(max_doc_bytes=int(args.max_doc_bytes or cfg.get("max_doc_bytes", 1 << 20)),
                       raw_payload_max_bytes=int(cfg.get("raw_payload_max_bytes", 64 << 10)),
                       max_line_bytes=None if cfg.get("max_line_bytes") is None else int(cfg["max_line_bytes"]),
                       max_json_depth=int(cfg.get("max_json_depth", 100)),
-                      max_skip_bytes=int(cfg.get("max_skip_bytes", 64 << 20)))
+                      max_skip_bytes=int(cfg.get("max_skip_bytes", 64 << 20)),
+                      html=HtmlOptions(**(cfg.get("html") or {})))
     except (TypeError, ValueError) as e:
         raise UserError(f"ingest limits: {e}")
 
@@ -599,11 +613,12 @@ def plan(ctx) -> None:
 
     seconds = max(time.time() - run._t0, 1e-9)
     docs_out, q_rows, blank_lines = stats["docs"], stats["quarantined"], stats["blank_lines"]
+    skipped = stats["skipped_records"]
     extra = {
         "input_files": len(fingerprint), "input_bytes": total_bytes, "tasks": len(tasks),
         "parse_failure_rate": (stats["parse_failures"] / (docs_out + q_rows)) if docs_out + q_rows else 0.0,
         "duplicate_ids": stats["reasons"].get("duplicate_id", 0), "blank_lines": blank_lines,
-        "input_units": docs_out + q_rows + blank_lines,
+        "input_units": docs_out + q_rows + blank_lines + sum(skipped.values()), "skipped_records": skipped,
         "docs_per_s": (docs_out + q_rows) / seconds, "mb_per_s": total_bytes / 1e6 / seconds,
         "per_source": stats["per_source"], "quarantine_table": q_t,
     }
@@ -666,7 +681,16 @@ def write_direct(ctx, ingest_run: str, mode: str) -> dict:
             quarantined[(r["source"], r["reason"])] = (n + int(r["n"]), b + int(r["b"]))
     out = count_summary({k: v for k, v in docs_by_source.items() if v[0]}, quarantined)
     out["blank_lines"] = sum(int(r["n"]) for r in stats if r["tbl"] == "blank")
+    out["skipped_records"] = skipped_counts((r["reason"], r["n"]) for r in stats if r["tbl"] == "skipped")
     return out
+
+
+def skipped_counts(pairs) -> dict:
+    """{reason: records} of the WARC records that are not pages, sorted by reason."""
+    out: dict = {}
+    for reason, n in pairs:
+        out[reason] = out.get(reason, 0) + int(n or 0)
+    return dict(sorted(out.items()))
 
 
 def duplicate_ids(docs, line, row):
@@ -743,6 +767,7 @@ def write_with_spark(ctx, ingest_run: str, mode: str) -> dict:
     # Counts come from what was committed: this run's files only.
     stats = units_written_stats(lake, out_t, q_t, ingest_run)
     stats["blank_lines"] = sum(int(r["b"] or 0) for r in unit_stats if r["kind"] == "blank")
+    stats["skipped_records"] = skipped_counts((r["reason"], r["b"]) for r in unit_stats if r["kind"] == "skipped")
     return stats
 
 
@@ -787,7 +812,7 @@ STAGE = Stage(
     outputs={"output_table": "documents", "quarantine_table": "quarantine"},
     flags=[Flag("--sources", "sources", "YAML file listing sources (default: ingest.sources in the pipeline config)"),
            Flag("--input", None, "one source: a file, folder or glob (instead of --sources)"),
-           Flag("--format", None, "format of --input", choices=("jsonl", "text", "parquet", "csv")),
+           Flag("--format", None, "format of --input", choices=("jsonl", "text", "parquet", "csv", "warc")),
            Flag("--source", None, "source name for --input (letters, digits, _ . -); part of every id"),
            Flag("--domain", None, "domain of --input (used by the mixture stage)"),
            Flag("--text-field", None, "field / column holding the text (default text)", default="text"),

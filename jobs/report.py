@@ -252,6 +252,27 @@ def render_line_cleaning(sig: dict | None) -> str:
                      "tokens clean"], trs, table_id="line_cleaning"))
 
 
+def render_web(latest: dict) -> str:
+    """WARC records by kind (ingest extra.skipped_records and its extract:/warc: reasons), the filter's url:
+    rejections and PII replacements (filter extra.pii)."""
+    ing, flt = latest.get("ingest") or {}, latest.get("filter") or {}
+    skipped = (ing.get("extra") or {}).get("skipped_records") or {}
+    ingest_reasons = {k: v for k, v in (ing.get("reasons") or {}).items() if k.startswith(("warc:", "extract:"))}
+    url_reasons = {k: v for k, v in (flt.get("reasons") or {}).items() if k.startswith("url:")}
+    pii = (flt.get("extra") or {}).get("pii") or {}
+    if not (skipped or ingest_reasons or url_reasons or pii):
+        return missing("No WARC source in the last ingest run, no URL rejections and no PII replaced.")
+    trs = [[esc("ingest"), esc(k), esc("skipped (not a page, counted only)"), num_cell(v, "docs")]
+           for k, v in sorted(skipped.items())]
+    trs += [[esc("ingest"), esc(k), esc("quarantined"), num_cell(v, "docs")] for k, v in sorted(ingest_reasons.items())]
+    trs += [[esc("filter"), esc(k), esc("rejected"), num_cell(v, "docs")] for k, v in sorted(url_reasons.items())]
+    trs += [[esc("filter"), esc(f"pii:{k}"), esc("replaced in kept text"), num_cell(v, "docs")]
+            for k, v in sorted(pii.items()) if isinstance(v, (int, float))]
+    return table(["stage", "kind / reason", "what happened", "count"], trs, table_id="web", left=3) + (
+        '<p class="src">A WARC record is a document (a 2xx HTML response whose main text was extracted), a '
+        'quarantine row, or skipped and counted here; pii rows count replaced addresses (and documents changed).</p>')
+
+
 def render(ctx: dict) -> str:
     parts = []
     latest, rows = ctx["latest"], ctx["metrics"]
@@ -291,6 +312,7 @@ def render(ctx: dict) -> str:
     else:
         body = missing("No rejection reasons recorded in the metrics table.")
     parts.append(section("rejections", "Rejection reasons per stage", body))
+    parts.append(section("web", "Web front end: WARC records, extraction, URLs, PII", render_web(latest)))
     sig = ctx.get("signals")
     parts.append(section("filter_reasons", "Filter: top reasons per domain", render_filter_reasons(sig)))
     parts.append(section("signals", "Filter signals per domain, with the cut lines", render_signals(sig)))

@@ -164,14 +164,14 @@ def key(ref: dict):
 
 # ---- files and sizes -----------------------------------------------------------------------------------------------
 def test_sources_yaml_points_at_existing_files(sources):
-    assert set(sources) == {"web", "reference", "books", "books_paragraphs", "code", "forum"}
+    assert set(sources) == {"web", "reference", "books", "books_paragraphs", "code", "forum", "crawl"}
     for s in sources.values():
-        assert s["format"] in ("jsonl", "text", "parquet", "csv")
+        assert s["format"] in ("jsonl", "text", "parquet", "csv", "warc")
         assert s["domain"] in ("web", "reference", "books", "code", "forum")
         assert glob.glob(_abs(s["path"])), s["path"]
         if s["format"] == "text":
             assert s["text_mode"] in ("file", "paragraph")
-        else:
+        elif s["format"] != "warc":  # a WARC record gives its own id and url
             assert s["text_field"] and s["id_field"]
 
 

@@ -26,6 +26,8 @@ Quarantine reasons:
     invalid_record      any other failure of one record (the detail names the exception)
     unreadable_file     the file could not be read further (I/O error, corrupt gzip); the records before it stay
     duplicate_id        (assigned by the job) an id already seen earlier in the same run
+WARC files (udfs/warc.py) add warc:truncated, warc:corrupt, extract:timeout, extract:empty, extract:error, and
+`skip` units for records that are not pages (requests, redirects, non-HTML answers), counted per kind like blanks.
 A UTF-8 byte order mark at the start of a file is removed. Blank lines are not records (see above).
 """
 from __future__ import annotations
@@ -52,7 +54,7 @@ class SourceSpec:
     """One entry of conf/sources.yaml."""
     name: str
     domain: str
-    format: str                      # jsonl | text | parquet | csv
+    format: str                      # jsonl | text | parquet | csv | warc
     path: str                        # file, folder or glob
     text_field: str = "text"
     id_field: str | None = None
@@ -61,7 +63,7 @@ class SourceSpec:
     csv_delimiter: str = ","
     extra: dict = field(default_factory=dict)
 
-    FORMATS = ("jsonl", "text", "parquet", "csv")
+    FORMATS = ("jsonl", "text", "parquet", "csv", "warc")
     FIELDS = ("name", "domain", "format", "path", "text_field", "id_field", "url_field", "text_mode",
               "csv_delimiter")
 
@@ -93,6 +95,7 @@ class Limits:
     max_line_bytes: int | None = None          # None: 8 x max_doc_bytes (JSON escapes can grow text up to 6x)
     max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
     max_skip_bytes: int = DEFAULT_MAX_SKIP_BYTES
+    html: object = None                        # udfs.warc.HtmlOptions for WARC sources (None: its defaults)
 
     def __post_init__(self):
         if self.max_line_bytes is None:
@@ -614,6 +617,10 @@ def iter_task_units(spec: SourceSpec, task: dict, limits: Limits, keep_raw: bool
             units = iter_text_file(spec, t["path"], t["file"], t["rel_file"], limits, keep_raw)
         elif t["fmt"] == "csv":
             units = iter_csv_file(spec, t["path"], t["file"], t["rel_file"], limits, keep_raw)
+        elif t["fmt"] == "warc":
+            from udfs.warc import iter_warc_units
+
+            units = iter_warc_units(spec, t["path"], t["file"], t["rel_file"], t["start"], t["end"], limits, keep_raw)
         else:
             units = iter_parquet_row_group(spec, t["path"], t["file"], t["rel_file"], t["row_group"], t["row_base"],
                                            limits, keep_raw)
