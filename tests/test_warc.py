@@ -257,7 +257,8 @@ def test_ingest_job_on_the_sample_crawl(spark, tmp_path):
     (inputs / "crawl-00000.warc.gz").write_bytes(data)
     plain = gzip.decompress(data)
     copy = plain.replace(b"urn:uuid:", b"urn:uuid:1")  # another crawl of the same pages: other record ids
-    at = copy.rfind(b"WARC/1.1\r\nWARC-Type: metadata")
+    at = copy.rfind(b"WARC/1.0\r\n", 0, copy.rfind(b"WARC-Type: metadata"))
+    assert at > 0
     (inputs / "crawl-00001.warc").write_bytes(copy[:at + 100])  # cut inside its last record
     lakes = {}
     for writer in ("auto", "spark"):
@@ -294,3 +295,17 @@ def test_the_sample_crawl_is_reproducible_from_its_raw_pages():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert mod.main(["--check"]) == 0
+
+
+def test_the_time_limit_holds_inside_spark_tasks(spark, tmp_path):
+    """The per-page limit is SIGALRM-based: it must work in PySpark's Python workers (their main thread)."""
+    from jobs import ingest
+    from jobs.tables import Lake
+
+    lake_dir = str(tmp_path / "lake")
+    assert ingest.main(["--lake", lake_dir, "--input", WARC, "--format", "warc", "--source", "crawl", "--domain",
+                        "web", "--set", "ingest.html.timeout_s=0.000001"]) == 0
+    lake = Lake(spark, lake_dir)
+    assert lake.read("documents").count() == 0
+    reasons = {r["reason"] for r in lake.read_arrow("quarantine").to_pylist()}
+    assert reasons == {"extract:timeout"}
