@@ -309,3 +309,18 @@ def test_the_time_limit_holds_inside_spark_tasks(spark, tmp_path):
     assert lake.read("documents").count() == 0
     reasons = {r["reason"] for r in lake.read_arrow("quarantine").to_pylist()}
     assert reasons == {"extract:timeout"}
+
+
+def test_the_report_shows_warc_extraction_url_and_pii_counts():
+    from jobs.report import render_web
+
+    latest = {"ingest": {"reasons": {"extract:empty": 2, "invalid_json": 1, "warc:truncated": 1},
+                         "extra": {"skipped_records": {"warc:request": 29, "warc:status_3xx": 1}}},
+              "filter": {"reasons": {"url:blocklist": 2, "langid:fr": 3}, "extra": {"pii": {"email": 3, "ipv4": 2,
+                                                                                           "documents": 3}}}}
+    html = render_web(latest)
+    for key, n in (("warc:request", 29), ("warc:status_3xx", 1), ("extract:empty", 2), ("warc:truncated", 1),
+                   ("url:blocklist", 2), ("pii:email", 3), ("pii:ipv4", 2), ("pii:documents", 3)):
+        assert re.search(rf"<td[^>]*>{re.escape(key)}</td>.*?data-value=\"{n}\"", html), key
+    assert "invalid_json" not in html and "langid:fr" not in html
+    assert "No WARC source" in render_web({"ingest": {"reasons": {}, "extra": {}}})
