@@ -147,7 +147,7 @@ def main(argv=None) -> int:
         rows = [("extractor loop (trafilatura, 1 proc)", ex_s, ex_ok, 1),
                 ("kernel loop (udfs.warc, 1 proc)", k_s, k_ok, 1),
                 (f"ingest stage (jobs/ingest.py, local[{args.cores}])", st_s, st_ok, args.cores)]
-        print(f"\n| path | seconds | pages with text | pages/s | pages/s/core | MB/s/core | vs extractor loop per core |")
+        print("\n| path | seconds | pages with text | pages/s | pages/s/core | MB/s/core | vs extractor loop per core |")
         print("|---|---|---|---|---|---|---|")
         for name, s, ok, cores in rows:
             print(f"| {name} | {s:.2f} | {ok} | {n / s:.1f} | {n / s / cores:.1f} | {mb / s / cores:.2f} | "
