@@ -167,7 +167,7 @@ def test_sources_yaml_points_at_existing_files(sources):
     assert set(sources) == {"web", "reference", "books", "books_paragraphs", "code", "forum", "crawl"}
     for s in sources.values():
         assert s["format"] in ("jsonl", "text", "parquet", "csv", "warc")
-        assert s["domain"] in ("web", "reference", "books", "code", "forum")
+        assert s["domain"] in ("web", "reference", "books", "code", "forum", "docs")
         assert glob.glob(_abs(s["path"])), s["path"]
         if s["format"] == "text":
             assert s["text_mode"] in ("file", "paragraph")
