@@ -8,7 +8,7 @@ Valgrind, libxslt and other /usr/share/doc manuals; files of 2 KB - 512 KB, a fi
 `--files` .warc.gz files with one request + response record per page, as a crawler writes them. Three runs:
 
   extractor loop   one process: trafilatura.extract(html, favor_precision=True) per page, the HTML read from memory
-  kernel loop      one process: udfs.warc.iter_warc_units over the files (WARC parsing, HTTP, charset, extraction,
+  kernel loop      one process: udfs.records.iter_warc_units over the files (WARC parsing, HTTP, charset, extraction,
                    document building, sha256)
   ingest stage     jobs/ingest.py main() on local[N] (the same work in Spark tasks, documents + quarantine tables
                    written and committed, metrics, audit); JVM start timed separately and excluded
@@ -91,8 +91,8 @@ def extractor_loop(pages: list[str]) -> tuple[float, int]:
 
 
 def kernel_loop(files: list[str]) -> tuple[float, int, dict]:
-    from udfs.records import Limits, SourceSpec
-    from udfs.warc import HtmlOptions, iter_warc_units
+    from udfs.records import Limits, SourceSpec, iter_warc_units
+    from udfs.warc import HtmlOptions
 
     spec = SourceSpec.from_dict({"name": "crawl", "domain": "web", "format": "warc", "path": files[0]})
     limits = Limits(html=HtmlOptions(timeout_s=0))

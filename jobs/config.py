@@ -20,6 +20,7 @@ NULL_DEFAULT_TYPES = {
     "ingest.max_line_bytes": (int,),
     "filter.langid.model_path": (str,),
     "filter.classifier.model_path": (str,),
+    "filter.url.blocklist": (str,),
     "dedup.bands": (int,),
     "dedup.rows": (int,),
     "dedup.quality_column": (str,),

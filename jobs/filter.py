@@ -13,6 +13,10 @@ document to a third:
   thresholds as one Spark query (notebooks/05_threshold_tuning.py).
 
 Steps, in order; the first that fails gives the reason:
+  0. url         when filter.url.blocklist (a domain list file) or filter.url.banned_words is set
+                 (udfs/urlfilter.py): the host of the document's `url`, or a parent domain of it down to the
+                 registered domain, is listed -> url:blocklist; a token of the URL is a banned word
+                 -> url:banned_word. Documents without a url pass.
   1. langid      lid.176 top language must be in filter.langid.languages with probability >= threshold
                  -> langid:<lang> | langid:low_score
   2. quality     udfs.quality.check_quality (Gopher repetition, Gopher quality, C4, FineWeb) on the raw text
@@ -21,8 +25,14 @@ Steps, in order; the first that fails gives the reason:
   are prose rules, and code, for one, fails them by design (conf/pipeline.yaml switches them off for `code`).
   3. classifier  when filter.classifier.model_path is set: P(positive label) of the cleaned text >= threshold
                  -> classifier:low_score
-Every document is annotated (no short-circuit): language, every quality signal, the classifier score; the reason
-is the first rule that fails.
+Every document is annotated (no short-circuit): the URL signals, language, every quality signal, the classifier
+score; the reason is the first rule that fails.
+
+Text: with filter.ftfy on, ftfy repairs mojibake before every step (the rules see the repaired text). The text
+written to `filtered` is the C4-cleaned text with, when filter.pii.enabled, its PII replaced by fixed placeholders
+(udfs/pii.py: email addresses, public IPv4 / IPv6 addresses, phone numbers when filter.pii.phones): counts per kind
+in the metrics row's extra.pii, the ids of a few changed documents (no values) in audit/<filtered table>_pii.jsonl.
+Rejected documents are written as they came. The decisions never depend on the redaction.
 
 All Python work happens in one mapInArrow pass over Arrow batches; the models load once per worker process.
 """
@@ -42,14 +52,15 @@ from jobs.cli import UserError, run_main
 from jobs.runner import Stage, stage_main
 from jobs.schema import estimate_tokens, estimate_tokens_arrow, estimate_tokens_col
 from jobs.stage import count_docs_tokens, log
-from udfs.common import nearest
+from udfs.common import REPO_ROOT, nearest
 
 REQUIRED_COLUMNS = ("id", "text", "n_bytes", "n_tokens_est", "text_sha256")
 TEXT_DERIVED = ("text", "n_bytes", "n_tokens_est", "text_sha256")
 # columns the stage adds: (name, Spark DDL type)
 ADDED = [("n_bytes_raw", "bigint"), ("lang", "string"), ("lang_score", "double"), ("reason", "string"),
          ("quality_signals", "map<string,double>"), ("quality_score", "double"), ("_n_tokens_raw", "bigint"),
-         ("_n_bytes_clean", "bigint")]
+         ("_n_bytes_clean", "bigint"), *((f"_pii_{k}", "bigint") for k in ("email", "ipv4", "ipv6", "phone"))]
+PII_KINDS = ("email", "ipv4", "ipv6", "phone")  # udfs.pii.KINDS; the _pii_<kind> columns count replacements
 
 
 # ---- configuration ---------------------------------------------------------------------------------------------
@@ -76,9 +87,14 @@ def resolve_config(cfg: dict | None) -> dict:
         "audit_per_reason": int(cfg.get("audit_per_reason", 5)),
         "loud_loss_share": float(cfg.get("loud_loss_share", 0.5)),
         "writer": cfg.get("writer", "auto"),
+        "url": _url_conf(cfg.get("url")),
+        "pii": _pii_conf(cfg.get("pii")),
+        "ftfy": cfg.get("ftfy", False),
         "by_domain": {},
         "by_language": {},
     }
+    if not isinstance(out["ftfy"], bool):
+        raise UserError(f"filter.ftfy must be true or false, got {out['ftfy']!r}")
     langs = _languages(out["langid"]["languages"])
     if not langs:
         raise UserError("filter.langid.languages is empty: name at least one language code, e.g. en")
@@ -161,6 +177,78 @@ def resolve_config(cfg: dict | None) -> dict:
 
 
 DOMAIN_LANGID_KEYS = {"enabled", "languages", "threshold", "thresholds"}
+URL_KEYS = ("blocklist", "banned_words")
+PII_DEFAULTS = {"enabled": True, "emails": True, "ips": True, "phones": False}
+
+
+def _url_conf(c) -> dict:
+    """filter.url: the blocklist as an absolute path (a relative one is looked up from the working directory,
+    then from the repository root; its existence is checked when the stage runs) or None, and the banned words
+    lowercased, each one URL token."""
+    from udfs.urlfilter import tokens
+
+    c = c or {}
+    if not isinstance(c, dict):
+        raise UserError(f"filter.url must be a mapping {{blocklist: FILE, banned_words: [...]}}, got {c!r}")
+    bad = sorted(set(c) - set(URL_KEYS))
+    if bad:
+        raise UserError(f"filter.url: unknown key {bad[0]!r}{nearest(bad[0], URL_KEYS)} (known: {', '.join(URL_KEYS)})")
+    path = c.get("blocklist")
+    if path in ("", "none", "null"):
+        path = None
+    if path is not None:
+        if not isinstance(path, str):
+            raise UserError(f"filter.url.blocklist must be a file path or null, got {path!r}")
+        if not os.path.isabs(path) and not os.path.exists(path) and os.path.exists(os.path.join(REPO_ROOT, path)):
+            path = os.path.join(REPO_ROOT, path)
+        path = os.path.abspath(path)
+    words = c.get("banned_words") or []
+    if isinstance(words, (str, int)):
+        words = [words]
+    if not isinstance(words, list):
+        raise UserError(f"filter.url.banned_words must be a list of words, got {words!r}")
+    out = set()
+    for w in words:
+        w = str(w).strip().lower()
+        if not w:
+            continue
+        if tokens(w) != {w}:
+            raise UserError(f"filter.url.banned_words: {w!r} is not one URL token (letters and digits only: a URL is "
+                            f"split on every other character before the words are looked up)")
+        out.add(w)
+    return {"blocklist": path, "banned_words": sorted(out)}
+
+
+def _pii_conf(c) -> dict:
+    c = c or {}
+    if not isinstance(c, dict):
+        raise UserError(f"filter.pii must be a mapping {{enabled, emails, ips, phones}}, got {c!r}")
+    bad = sorted(set(c) - set(PII_DEFAULTS))
+    if bad:
+        raise UserError(f"filter.pii: unknown key {bad[0]!r}{nearest(bad[0], PII_DEFAULTS)} "
+                        f"(known: {', '.join(PII_DEFAULTS)})")
+    out = {**PII_DEFAULTS, **c}
+    for k, v in out.items():
+        if not isinstance(v, bool):
+            raise UserError(f"filter.pii.{k} must be true or false, got {v!r}")
+    return out
+
+
+def pii_kinds(cfg: dict) -> list[str]:
+    """The PII kinds the config replaces (udfs.pii kinds), [] when filter.pii is off."""
+    p = cfg["pii"]
+    if not p["enabled"]:
+        return []
+    return [k for k, on in (("email", p["emails"]), ("ipv4", p["ips"]), ("ipv6", p["ips"]), ("phone", p["phones"]))
+            if on]
+
+
+def url_signal_names(cfg: dict) -> list[str]:
+    """The URL filter's signals measured under this config (udfs.urlfilter): one per configured check."""
+    from udfs.urlfilter import SIGNAL_BANNED_WORDS, SIGNAL_BLOCKLIST
+
+    u = cfg["url"]
+    return ([SIGNAL_BLOCKLIST] if u["blocklist"] else []) + ([SIGNAL_BANNED_WORDS] if u["banned_words"] else [])
 
 
 def _rules_for(out: dict, overrides: dict, **langid) -> dict:
@@ -238,38 +326,86 @@ def _model_fingerprint(path: str | None) -> str | None:
 
 
 # ---- the per-batch Python logic ----------------------------------------------------------------------------------
-def filter_records(texts: list[str], cfg: dict, domains: list[str | None] | None = None) -> list[dict]:
-    """Decisions for a batch of raw texts: dicts with lang, lang_score, reason, signals, clean_text, quality_score.
-    `cfg` is a resolved config (see `resolve_config`); `domains` (one per text) selects `filter.domains` overrides:
-    a domain with langid disabled still gets `lang`/`lang_score`, but no langid rejection.
+def filter_records(texts: list[str], cfg: dict, domains: list[str | None] | None = None,
+                   urls: list[str | None] | None = None) -> list[dict]:
+    """Decisions for a batch of raw texts: dicts with lang, lang_score, reason, signals, clean_text, quality_score,
+    pii. `cfg` is a resolved config (see `resolve_config`); `domains` (one per text) selects `filter.domains`
+    overrides: a domain with langid disabled still gets `lang`/`lang_score`, but no langid rejection; `urls` (one
+    per text, None = no urls) feed the URL filter.
 
-    Every document is annotated: language, every quality signal and the classifier score are measured whatever
-    rule fails first (udfs.quality.annotate), so the signals table can be re-thresholded without a re-run
-    (`decision_column`). The reason is still the first failing rule, in the order langid, quality, classifier."""
+    Every document is annotated: the URL signals, language, every quality signal and the classifier score are
+    measured whatever rule fails first (udfs.quality.annotate), so the signals table can be re-thresholded without
+    a re-run (`decision_column`). The reason is still the first failing rule, in the order url, langid, quality,
+    classifier. `clean_text` is the C4-cleaned text (of the ftfy-repaired text when filter.ftfy is on); for a kept
+    document it then has its PII replaced, and `pii` holds {kind: replacements} (empty when nothing was)."""
     from udfs.classifier import classifier_reason, score_texts
     from udfs.langid import langid_reason, predict_languages
     from udfs.quality import annotate
 
-    lcfg, ccfg = cfg["langid"], cfg["classifier"]
+    lcfg, ccfg, ucfg = cfg["langid"], cfg["classifier"], cfg["url"]
     texts = [t or "" for t in texts]
+    if cfg["ftfy"]:
+        texts = [fix_mojibake(t) for t in texts]
+    url_signals = [{}] * len(texts)
+    if urls is not None and (ucfg["blocklist"] or ucfg["banned_words"]):
+        from udfs.urlfilter import get_url_filter
+
+        uf = get_url_filter(ucfg["blocklist"], ucfg["banned_words"])  # read once per worker process
+        url_signals = [uf.measure(u) for u in urls]
     preds = predict_languages(texts, lcfg["model_path"])
     default = cfg["default"]
     by_domain = cfg.get("by_domain") or {}
     out = []
     for i, (text, (lang, score)) in enumerate(zip(texts, preds)):
         dcfg = by_domain.get(domains[i], default) if domains is not None else default
-        reason = (langid_reason(lang, score, dcfg["languages"], dcfg["threshold"], dcfg["thresholds"])
-                  if dcfg["langid"] else None)
+        reason = url_reason(url_signals[i]) or (
+            langid_reason(lang, score, dcfg["languages"], dcfg["threshold"], dcfg["thresholds"])
+            if dcfg["langid"] else None)
         q = annotate(text, quality_overrides_for(dcfg, lang))
+        signals = {str(k): float(v) for k, v in q.signals.items()}
+        signals.update(url_signals[i])
         out.append({"lang": lang, "lang_score": score, "reason": reason or q.reason, "clean_text": q.text,
-                    "signals": {str(k): float(v) for k, v in q.signals.items()}, "quality_score": None})
+                    "signals": signals, "quality_score": None, "pii": {}})
     if ccfg["model_path"]:
         scores = score_texts([d["clean_text"] for d in out], ccfg["model_path"], ccfg["positive_label"],
                              int(ccfg["max_chars"]))
         for d, s in zip(out, scores):
             d["quality_score"] = s
             d["reason"] = d["reason"] or classifier_reason(s, ccfg["threshold"])
+    if pii_kinds(cfg):  # after every decision: the redaction changes the text written, never a decision
+        from udfs.pii import get_redactor
+
+        p = cfg["pii"]
+        redactor = get_redactor(p["emails"], p["ips"], p["phones"])
+        for d in out:
+            if d["reason"] is None:
+                d["clean_text"], d["pii"] = redactor.redact(d["clean_text"])
     return out
+
+
+def url_reason(signals: dict) -> str | None:
+    from udfs.urlfilter import URLFilter
+
+    return URLFilter.decide(signals) if signals else None
+
+
+_FTFY_CONFIG = None
+
+
+def fix_mojibake(text: str) -> str:
+    """ftfy.fix_text with the encoding repairs only, as datatrove's FTFYFormatter: no Unicode normalisation, no
+    uncurled quotes, ligatures, character widths or line breaks (those would rewrite correct text)."""
+    global _FTFY_CONFIG
+    import ftfy
+
+    if _FTFY_CONFIG is None:
+        _FTFY_CONFIG = ftfy.TextFixerConfig(unescape_html="auto", remove_terminal_escapes=True, fix_encoding=True,
+                                            restore_byte_a0=True, replace_lossy_sequences=True,
+                                            decode_inconsistent_utf8=True, fix_c1_controls=True,
+                                            fix_latin_ligatures=False, fix_character_width=False,
+                                            uncurl_quotes=False, fix_line_breaks=False, fix_surrogates=True,
+                                            remove_control_chars=True, normalization=None)
+    return ftfy.fix_text(text, config=_FTFY_CONFIG)
 
 
 def filter_batches(batches, cfg: dict):
@@ -284,7 +420,8 @@ def filter_batches(batches, cfg: dict):
         n_bytes_in = batch.column("n_bytes").to_pylist()
         n_tok_in = batch.column("n_tokens_est").to_pylist()
         domains = batch.column("domain").to_pylist() if "domain" in batch.schema.names else None
-        decisions = filter_records(texts, cfg, domains)
+        urls = batch.column("url").to_pylist() if "url" in batch.schema.names else None
+        decisions = filter_records(texts, cfg, domains, urls)
         new = {c: batch.column(c).to_pylist() for c in TEXT_DERIVED}
         n_clean = []
         for i, d in enumerate(decisions):
@@ -311,6 +448,7 @@ def filter_batches(batches, cfg: dict):
             "quality_score": pa.array([d["quality_score"] for d in decisions], type=pa.float64()),
             "_n_tokens_raw": pa.array(n_tok_in, type=pa.int64()),
             "_n_bytes_clean": pa.array(n_clean, type=pa.int64()),
+            **{f"_pii_{k}": pa.array([d["pii"].get(k, 0) for d in decisions], type=pa.int64()) for k in PII_KINDS},
         }
         for name, _ in ADDED:
             cols.append(added[name])
@@ -321,7 +459,7 @@ def filter_batches(batches, cfg: dict):
 # ---- re-thresholding over the signals table -------------------------------------------------------------------
 def signal_names(cfg: dict) -> list[str]:
     """The signal columns of the signals table: every name udfs.quality can measure under this config (the
-    paper's n-grams plus any n a domain configures)."""
+    paper's n-grams plus any n a domain configures), then the URL filter's signals when it is on."""
     from udfs.quality import SIGNAL_NAMES, _pairs, merge_conf
     names = list(SIGNAL_NAMES)
     every = [cfg["default"], *cfg["by_domain"].values()]
@@ -329,24 +467,31 @@ def signal_names(cfg: dict) -> list[str]:
         rep_conf = merge_conf(overrides)["gopher_repetition"]
         for key, fmt in (("top_n_grams", "top_{}gram_char_frac"), ("dup_n_grams", "dup_{}gram_char_frac")):
             names += [fmt.format(n) for n, _ in _pairs(rep_conf[key]) if fmt.format(n) not in names]
-    return names
+    return names + url_signal_names(cfg)
 
 
 def decision_column(cfg: dict, columns=None):
     """A Spark Column giving the filter's reason (null = kept) for each row of the signals table under the resolved
     filter config `cfg` (see `resolve_config`): the rules of udfs.quality.rules as CASE WHEN, per domain, after
-    langid and before the classifier, as `filter_records` decides. A changed document-level threshold is then a
-    query over the table; rules that rewrite the text (C4 line rules) still need a re-run."""
+    langid and before the classifier, as `filter_records` decides, with the URL rules first when `cfg` has the URL
+    filter on. A changed document-level threshold is then a query over the table; rules that rewrite the text (C4
+    line rules) still need a re-run. The URL signals record the run's own blocklist and banned words: turning either
+    check off (or on, over a run that measured it) is a query, but a different list needs a re-run."""
     from pyspark.sql import functions as F
     from udfs.quality import merge_conf, rules
+    from udfs.urlfilter import REASON_BANNED_WORD, REASON_BLOCKLIST, SIGNAL_BANNED_WORDS, SIGNAL_BLOCKLIST
 
     have = set(columns) if columns is not None else None
 
     def col(name):
         return F.col(f"`{name}`") if have is None or name in have else F.lit(None).cast("double")
 
+    url_conds = [(col(sig) > 0, F.lit(reason)) for sig, reason in
+                 ((SIGNAL_BLOCKLIST, REASON_BLOCKLIST), (SIGNAL_BANNED_WORDS, REASON_BANNED_WORD))
+                 if sig in url_signal_names(cfg)]
+
     def chain(d: dict, overrides: dict):
-        conds = []
+        conds = list(url_conds)
         if d["langid"]:
             thr = F.lit(d["threshold"])
             for lang, t in sorted(d["thresholds"].items()):
@@ -428,10 +573,86 @@ def prepare(ctx) -> None:
     ctx.extra_key = {
         "langid_model": _model_fingerprint(langid_model),
         "classifier_model": _model_fingerprint(cfg["classifier"]["model_path"])}
+    blocklist = cfg["url"]["blocklist"]
+    if blocklist:  # an edited blocklist is a different run
+        if not os.path.isfile(blocklist):
+            raise UserError(f"filter.url.blocklist: file not found: {blocklist}")
+        from udfs.urlfilter import get_url_filter
+
+        ctx.extra_key["url_blocklist"] = _model_fingerprint(blocklist)
+        n = len(get_url_filter(blocklist, cfg["url"]["banned_words"]).blocklist)
+        ctx.state["url_blocklist_entries"] = n
+        log(f"filter: URL blocklist {blocklist}: {n} domain(s)")
 
 
 FILTER_META_DDL = ("kind string, tbl string, part string, reason string, lang string, domain string, "
                    "source string, docs bigint, tok bigint, tok_kept bigint, id string, row string")
+PII_COLS = [f"_pii_{k}" for k in PII_KINDS]
+
+
+class PIITally:
+    """PII replacements in kept documents: totals per kind, documents changed, and the `k` smallest ids of changed
+    documents with their counts (no values) for the audit file."""
+
+    def __init__(self, k: int):
+        self.k, self.totals, self.docs, self.sample = max(k, 0), dict.fromkeys(PII_KINDS, 0), 0, []
+
+    def add_row(self, doc_id, source, domain, counts: dict) -> None:
+        if not any(counts.values()):
+            return
+        self.docs += 1
+        for kind, n in counts.items():
+            self.totals[kind] += n
+        if self.k:
+            self.sample.append({"id": doc_id, "source": source, "domain": domain,
+                                **{kind: n for kind, n in counts.items() if n}})
+            if len(self.sample) > 4 * self.k:
+                self.trim()
+
+    def trim(self) -> None:
+        self.sample = sorted(self.sample, key=lambda r: r["id"])[:self.k]
+
+    def offer(self, batch) -> None:
+        """The kept rows of one `filter_batches` batch."""
+        import pyarrow.compute as pc
+
+        total = None
+        for c in PII_COLS:
+            total = batch.column(c) if total is None else pc.add(total, batch.column(c))
+        changed = batch.filter(pc.greater(total, 0))
+        if not changed.num_rows:
+            return
+        n = changed.num_rows
+        cols = {c: changed.column(c).to_pylist() if c in changed.schema.names else [None] * n
+                for c in ("id", "source", "domain", *PII_COLS)}
+        for i in range(n):
+            self.add_row(cols["id"][i], cols["source"][i], cols["domain"][i],
+                         {k: cols[f"_pii_{k}"][i] or 0 for k in PII_KINDS})
+
+    def meta_rows(self) -> list[dict]:
+        import json
+
+        self.trim()
+        out = [{"kind": "pii", "reason": kind, "docs": n} for kind, n in self.totals.items() if n]
+        if self.docs:
+            out.append({"kind": "pii", "reason": "documents", "docs": self.docs})
+        return out + [{"kind": "pii_audit", "id": r["id"], "row": json.dumps(r, sort_keys=True)} for r in self.sample]
+
+
+def pii_summary(cfg: dict, meta: list[dict]) -> tuple[dict | None, list[dict]]:
+    """(metrics extra.pii: {kind: replacements for each kind that is on, documents: kept documents changed}, the
+    audit sample: the audit_per_reason smallest ids) from every task's PIITally.meta_rows; (None, []) when off."""
+    import json
+
+    kinds = pii_kinds(cfg)
+    if not kinds:
+        return None, []
+    totals = {**dict.fromkeys(kinds, 0), "documents": 0}
+    for r in meta:
+        if r["kind"] == "pii":
+            totals[r["reason"]] = totals.get(r["reason"], 0) + int(r["docs"])
+    sample = sorted((json.loads(r["row"]) for r in meta if r["kind"] == "pii_audit"), key=lambda r: r["id"])
+    return totals, sample[:max(cfg["audit_per_reason"], 0)]
 
 
 def signals_batch(cb, kept_mask, names: list[str], schema):
@@ -460,9 +681,13 @@ def filter_write_fn(cfg: dict, paths: dict, schemas: dict, cols: dict, names: li
         import pyarrow.compute as pc
 
         files, audit, stats = direct.TaskFiles(paths, schemas), direct.AuditHeap(audit_k, text_chars), {}
+        pii = PIITally(audit_k) if pii_kinds(cfg) else None
         for cb in filter_batches(batches, cfg):
             kept_mask = pc.is_null(cb.column("reason"))
-            files.write("kept", direct.select(cb.filter(kept_mask), cols["kept"], schemas["kept"]))
+            kept = cb.filter(kept_mask)
+            files.write("kept", direct.select(kept, cols["kept"], schemas["kept"]))
+            if pii is not None:
+                pii.offer(kept)
             rejected = direct.select(cb.filter(pc.invert(kept_mask)), cols["rejected"], schemas["rejected"])
             files.write("rejected", rejected)
             files.write("signals", signals_batch(cb, kept_mask, names, schemas["signals"]))
@@ -482,6 +707,8 @@ def filter_write_fn(cfg: dict, paths: dict, schemas: dict, cols: dict, names: li
         out += [{"kind": "stat", "reason": k[0], "lang": k[1], "domain": k[2], "source": k[3], "docs": v[0],
                  "tok": v[1], "tok_kept": v[2]} for k, v in stats.items()]
         out += audit.rows()
+        if pii is not None:
+            out += pii.meta_rows()
         if out:
             yield direct.meta_batch(out, FILTER_META_DDL)
 
@@ -534,6 +761,7 @@ def plan(ctx) -> None:
         stats = [r for r in meta if r["kind"] == "stat"]
         docs_in, tokens_in = sum(r["docs"] for r in stats), sum(r["tok"] for r in stats)
         audit_rows = direct.audit_sample([r for r in meta if r["kind"] == "audit"], cfg["audit_per_reason"])
+        pii, pii_sample = pii_summary(cfg, meta)
     else:
         docs_in, tokens_in = count_docs_tokens(docs)
         combined = combined.persist(StorageLevel.MEMORY_AND_DISK)
@@ -548,6 +776,17 @@ def plan(ctx) -> None:
                  .agg(F.count(F.lit(1)).alias("docs"), F.coalesce(F.sum("_n_tokens_raw"), F.lit(0)).alias("tok"),
                       F.coalesce(F.sum("n_tokens_est"), F.lit(0)).alias("tok_kept"))
                  .collect())
+        pii, pii_sample = None, []
+        if pii_kinds(cfg):  # over the cached pass: the same totals and sample as the workers' PIITally
+            kept_pii = by.where(F.col("reason").isNull() & (sum(F.col(c) for c in PII_COLS) > 0))
+            tally = PIITally(cfg["audit_per_reason"])
+            for r in (kept_pii.select("id", "source", "domain", *PII_COLS).orderBy("id")
+                      .limit(max(cfg["audit_per_reason"], 0)).collect()):
+                tally.add_row(r["id"], r["source"], r["domain"], {k: r[f"_pii_{k}"] for k in PII_KINDS})
+            sums = kept_pii.agg(F.count(F.lit(1)).alias("documents"),
+                                *[F.coalesce(F.sum(f"_pii_{k}"), F.lit(0)).alias(k) for k in PII_KINDS]).collect()[0]
+            tally.totals, tally.docs = {k: int(sums[k]) for k in PII_KINDS}, int(sums["documents"])
+            pii, pii_sample = pii_summary(cfg, tally.meta_rows())
     try:
         docs_out = sum(r["docs"] for r in stats if r["reason"] is None)
         # tokens of the text written (after C4 line cleaning), so token acceptance counts removed lines too
@@ -573,6 +812,12 @@ def plan(ctx) -> None:
                  "per_domain": per_domain, "per_source": per_source, "loud_losses": losses,
                  "presets": {d: v["preset"] for d, v in sorted(cfg["by_domain"].items()) if v.get("preset")},
                  "cuts": cut_lines(cfg),
+                 **({"pii": pii} if pii is not None else {}),
+                 **({"url_filter": {"blocklist": cfg["url"]["blocklist"],
+                                    "blocklist_entries": ctx.state.get("url_blocklist_entries"),
+                                    "banned_words": cfg["url"]["banned_words"],
+                                    "rejected": {k: v for k, v in sorted(reasons.items()) if k.startswith("url:")}}}
+                    if url_signal_names(cfg) else {}),
                  "rejected_table": ctx.tables["rejected_table"], "signals_table": ctx.tables["signals_table"],
                  "langid_model": langid_model,
                  "classifier_model": cfg["classifier"]["model_path"], **fingerprints}
@@ -582,6 +827,12 @@ def plan(ctx) -> None:
             path = (run.write_audit_rows(audit_rows, tables["rejected"]) if audit_rows is not None
                     else run.write_audit(rejected, tables["rejected"], per_reason=cfg["audit_per_reason"]))
             log(f"filter: audit sample per reason in {path}")
+        if pii is not None:
+            line = ", ".join(f"{k} {v}" for k, v in pii.items() if k != "documents")
+            log(f"filter: PII replaced in {pii['documents']} kept document(s): {line}")
+            if pii_sample and cfg["audit_per_reason"] > 0:
+                path = run.write_audit_rows(pii_sample, f"{tables['kept']}_pii", reason_col="id")
+                log(f"filter: ids of documents with PII replaced (counts only, no values) in {path}")
     finally:
         combined.unpersist()  # cached on Spark's path only; a no-op otherwise
     return 0

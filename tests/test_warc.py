@@ -10,8 +10,8 @@ import re
 
 import pytest
 
-from udfs.records import Limits, SourceSpec
-from udfs.warc import HtmlOptions, iter_warc_units
+from udfs.records import Limits, SourceSpec, iter_warc_units
+from udfs.warc import HtmlOptions
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WARC = os.path.join(REPO, "data", "sample", "warc", "crawl-00000.warc.gz")
@@ -324,3 +324,38 @@ def test_the_report_shows_warc_extraction_url_and_pii_counts():
         assert re.search(rf"<td[^>]*>{re.escape(key)}</td>.*?data-value=\"{n}\"", html), key
     assert "invalid_json" not in html and "langid:fr" not in html
     assert "No WARC source" in render_web({"ingest": {"reasons": {}, "extra": {}}})
+
+
+def test_sample_crawl_through_ingest_and_filter_blocklist_and_pii(spark, tmp_path):
+    """The issue's path on real pages: the blocklisted host's pages are all rejected with url:blocklist, and the
+    planted emails and public IPv4 / IPv6 addresses are absent from every kept text (placeholders instead), while
+    the private address stays."""
+    from jobs import filter as filter_job
+    from jobs import ingest
+    from jobs.tables import Lake
+
+    lake_dir = str(tmp_path / "lake")
+    assert ingest.main(["--lake", lake_dir, "--input", WARC, "--format", "warc", "--source", "crawl", "--domain",
+                        "docs"]) == 0
+    assert filter_job.main(["--lake", lake_dir, "--set",
+                            f"filter.url.blocklist={os.path.join(REPO, 'conf', 'url_blocklist.txt')}"]) == 0
+    lake = Lake(spark, lake_dir)
+    kept = lake.read_arrow("filtered").to_pylist()
+    rejected = lake.read_arrow("rejected").to_pylist()
+    p = planted()
+    assert sorted(r["url"] for r in rejected if r["reason"] == "url:blocklist") == sorted(p["blocked"])
+    assert not any("blocked.example.net" in (r["url"] or "") for r in kept)
+    planted_values = ("libffi-discuss@sourceware-mail.org", "93.184.216.34", "jane.doe@example-mail.com",
+                      "2a00:1450:4001:81b::200e", "8.8.4.4", "perf-team@nodejs-example.org")
+    for r in kept:
+        for v in planted_values:
+            assert v not in r["text"], (r["url"], v)
+        assert r["text_sha256"] == __import__("hashlib").sha256(r["text"].encode()).hexdigest()
+    intro = next(r for r in kept if r["url"].endswith("/Introduction.html"))
+    assert "email@example.com" in intro["text"] and "192.0.2.1" in intro["text"]
+    closure = next(r for r in kept if r["url"].endswith("/Closure-Example.html"))
+    assert "10.1.2.3" in closure["text"] and "2001:db8::1" in closure["text"]
+    assert "198.51.100.7" in closure["text"]  # TEST-NET-2, a documentation range, not global: it stays too
+    rows = [r for r in lake.read_arrow("metrics").to_pylist() if r["stage"] == "filter"]
+    pii = json.loads(rows[-1]["extra"])["pii"]
+    assert pii["email"] >= 2 and pii["ipv4"] >= 1 and pii["ipv6"] >= 1

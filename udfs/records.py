@@ -604,6 +604,66 @@ def _parquet_row(spec, obj, value, raw, trace, limits, rel_file, row, keep_raw):
     return unit
 
 
+# ---- WARC records (reading, HTTP and extraction live in udfs/warc.py) ------------------------------------------------
+def iter_warc_units(spec, path: str, file: str, rel_file: str, start: int, end: int, limits, keep_raw: bool = False):
+    """One unit per WARC record whose header starts in [start, end) (end < 0: to the end of the file): a document,
+    a quarantine entry, or a `skip` unit with the record's kind (see udfs/warc.py)."""
+    from udfs import warc as W
+
+    opts = limits.html or W.HtmlOptions()
+    extractor = W.extractor_version()
+    f = fileio.open_input(path)
+    size = fileio.size(path)
+    try:
+        if start > 0 and not path.endswith(".gz"):
+            start = W.find_record_start(f, start, size)
+            if end >= 0 and start >= end:
+                return
+            f.seek(start)
+        for offset, headers, block, more, declared, error in W.iter_warc_records(
+                f, start, end, opts.max_html_bytes + (64 << 10), size, path.endswith(".gz")):
+            trace = _trace(file, byte_offset=offset)
+            if error is not None:
+                yield make_quarantine(spec, error[0], error[1], block, trace, limits, rel_file, offset,
+                                      raw_length=max(declared, len(block)))
+                return
+            yield _guarded(lambda: _record_unit(spec, headers, block, more, trace, limits, opts, extractor,
+                                                rel_file, offset, keep_raw),
+                           spec, block, trace, limits, rel_file, offset)
+    finally:
+        f.close()
+
+
+def _record_unit(spec, headers, block, more, trace, limits, opts, extractor, rel_file, offset, keep_raw):
+    from udfs import warc as W
+
+    kind = W.classify(headers, block, more, opts)
+    if kind[0] == "skip":
+        return {"kind": "skip", "reason": kind[1], "trace": trace}
+    record_id = W._uuid(headers.get("warc-record-id"))
+    qid = given_id(spec.name, record_id)
+    if kind[0] == "quarantine":
+        return make_quarantine(spec, kind[1], kind[2], block, trace, limits, rel_file, offset, doc_id=qid)
+    _, status, http, body = kind
+    mime, header_charset = W._mime_and_charset(http.get("content-type", ""))
+    html, charset = W.decode_html(body, header_charset)
+    url = headers.get("warc-target-uri") or None
+    text, reason, detail = W.extract_text(html, url, opts)
+    if reason is None:
+        reason, detail = validate_text(text, limits)
+    if reason is not None:
+        return make_quarantine(spec, reason, detail, body, trace, limits, rel_file, offset, doc_id=qid)
+    meta = {"warc_record_id": headers.get("warc-record-id"), "warc_date": headers.get("warc-date"),
+            "http_status": status, "content_type": mime or None, "charset": charset, "extractor": extractor,
+            "html_bytes": len(body)}
+    doc = make_document(spec, text, None, url, meta, trace, offset, rel_file)
+    if qid is not None:
+        doc["id"] = qid
+    if keep_raw:
+        doc["raw"] = block
+    return doc
+
+
 # ---- one task: reader choice, failures of the file itself, Arrow batches ------------------------------------------------
 def iter_task_units(spec: SourceSpec, task: dict, limits: Limits, keep_raw: bool = False):
     """Units of one ingest task (a JSONL byte range, a whole file, a Parquet row group). A failure of the file
@@ -618,8 +678,6 @@ def iter_task_units(spec: SourceSpec, task: dict, limits: Limits, keep_raw: bool
         elif t["fmt"] == "csv":
             units = iter_csv_file(spec, t["path"], t["file"], t["rel_file"], limits, keep_raw)
         elif t["fmt"] == "warc":
-            from udfs.warc import iter_warc_units
-
             units = iter_warc_units(spec, t["path"], t["file"], t["rel_file"], t["start"], t["end"], limits, keep_raw)
         else:
             units = iter_parquet_row_group(spec, t["path"], t["file"], t["rel_file"], t["row_group"], t["row_base"],

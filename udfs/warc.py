@@ -1,6 +1,6 @@
 """WARC files -> documents: records read with warcio, main text of HTML pages extracted with trafilatura.
 
-Pure Python, no Spark: `udfs.records.iter_task_units` calls `iter_warc_units` inside the ingest job's tasks, and
+Pure Python, no Spark: `udfs.records.iter_warc_units` builds on it inside the ingest job's tasks, and
 tests call it directly. Every WARC record gives exactly one unit, so that
 
     records in the file = documents + quarantined + skipped
@@ -422,64 +422,3 @@ def _record_chains(f, at: int, size: int) -> bool:
     f.seek(nxt)
     tail = f.read(4 + 8)
     return nxt + 4 >= size or tail.lstrip(b"\r\n").startswith(b"WARC/1.")
-
-
-# ---- units for the ingest job ---------------------------------------------------------------------------------------
-def iter_warc_units(spec, path: str, file: str, rel_file: str, start: int, end: int, limits, keep_raw: bool = False):
-    """One unit per WARC record whose header starts in [start, end) (end < 0: to the end of the file): a document,
-    a quarantine entry, or a `skip` unit with the record's kind (see the module docstring)."""
-    from udfs import fileio
-    from udfs import records as R
-
-    opts = limits.html or HtmlOptions()
-    extractor = extractor_version()
-    f = fileio.open_input(path)
-    size = fileio.size(path)
-    try:
-        if start > 0 and not path.endswith(".gz"):
-            start = find_record_start(f, start, size)
-            if end >= 0 and start >= end:
-                return
-            f.seek(start)
-        for offset, headers, block, more, declared, error in iter_warc_records(
-                f, start, end, opts.max_html_bytes + (64 << 10), size, path.endswith(".gz")):
-            trace = R._trace(file, byte_offset=offset)
-            if error is not None:
-                yield R.make_quarantine(spec, error[0], error[1], block, trace, limits, rel_file, offset,
-                                        raw_length=max(declared, len(block)))
-                return
-            yield R._guarded(lambda: _record_unit(spec, headers, block, more, trace, limits, opts, extractor,
-                                                  rel_file, offset, keep_raw),
-                             spec, block, trace, limits, rel_file, offset)
-    finally:
-        f.close()
-
-
-def _record_unit(spec, headers, block, more, trace, limits, opts, extractor, rel_file, offset, keep_raw):
-    from udfs import records as R
-
-    kind = classify(headers, block, more, opts)
-    if kind[0] == "skip":
-        return {"kind": "skip", "reason": kind[1], "trace": trace}
-    record_id = _uuid(headers.get("warc-record-id"))
-    qid = R.given_id(spec.name, record_id)
-    if kind[0] == "quarantine":
-        return R.make_quarantine(spec, kind[1], kind[2], block, trace, limits, rel_file, offset, doc_id=qid)
-    _, status, http, body = kind
-    mime, header_charset = _mime_and_charset(http.get("content-type", ""))
-    html, charset = decode_html(body, header_charset)
-    url = headers.get("warc-target-uri") or None
-    text, reason, detail = extract_text(html, url, opts)
-    if reason is None:
-        reason, detail = R.validate_text(text, limits)
-    if reason is not None:
-        return R.make_quarantine(spec, reason, detail, body, trace, limits, rel_file, offset, doc_id=qid)
-    meta = {"warc_record_id": headers.get("warc-record-id"), "warc_date": headers.get("warc-date"),
-            "http_status": status, "content_type": mime or None, "charset": charset, "extractor": extractor,
-            "html_bytes": len(body)}
-    doc = R.make_document(spec, text, None, url, meta, trace, offset, rel_file)
-    if qid is not None:
-        doc["id"] = qid
-    if keep_raw:
-        doc["raw"] = block
-    return doc
