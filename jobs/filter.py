@@ -408,9 +408,34 @@ def fix_mojibake(text: str) -> str:
     return ftfy.fix_text(text, config=_FTFY_CONFIG)
 
 
+def ship_blocklist(spark, cfg: dict) -> dict:
+    """On a cluster whose executors may not see the driver's blocklist path, the file also goes out with
+    SparkContext.addFile; a worker that cannot read the path opens its SparkFiles copy (`_worker_cfg`)."""
+    path = cfg["url"]["blocklist"]
+    if not path or spark.sparkContext.master.startswith("local"):
+        return cfg
+    try:
+        spark.sparkContext.addFile(path)
+    except Exception as e:  # noqa: BLE001 - e.g. another file of that name already added: workers read the path
+        log(f"filter: could not ship {path} to the executors ({type(e).__name__}); they read it at that path")
+        return cfg
+    return {**cfg, "url": {**cfg["url"], "spark_file": os.path.basename(path)}}
+
+
+def _worker_cfg(cfg: dict) -> dict:
+    u = cfg.get("url") or {}
+    if u.get("spark_file") and not os.path.exists(u["blocklist"]):
+        from pyspark import SparkFiles
+
+        return {**cfg, "url": {**u, "blocklist": SparkFiles.get(u["spark_file"])}}
+    return cfg
+
+
 def filter_batches(batches, cfg: dict):
     """mapInArrow body: each input RecordBatch -> the same rows with kept texts cleaned and the ADDED columns."""
     import pyarrow as pa
+
+    cfg = _worker_cfg(cfg)
 
     sig_type = pa.map_(pa.string(), pa.float64())
     for batch in batches:
@@ -717,6 +742,7 @@ def filter_write_fn(cfg: dict, paths: dict, schemas: dict, cols: dict, names: li
 
 def plan(ctx) -> None:
     cfg, run = ctx.params, ctx.run
+    cfg = ship_blocklist(ctx.spark, cfg)
     langid_model, fingerprints = ctx.state["langid_model"], ctx.extra_key
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
