@@ -607,7 +607,6 @@ def prepare(ctx) -> None:
         ctx.extra_key["url_blocklist"] = _model_fingerprint(blocklist)
         n = len(get_url_filter(blocklist, cfg["url"]["banned_words"]).blocklist)
         ctx.state["url_blocklist_entries"] = n
-        log(f"filter: URL blocklist {blocklist}: {n} domain(s)")
 
 
 FILTER_META_DDL = ("kind string, tbl string, part string, reason string, lang string, domain string, "
@@ -752,6 +751,8 @@ def plan(ctx) -> None:
     missing = [c for c in REQUIRED_COLUMNS if c not in docs.columns]
     if missing:
         raise UserError(f"table '{ctx.args.input_table}' lacks column(s) {', '.join(missing)}: not a documents table")
+    if ctx.state.get("url_blocklist_entries") is not None:  # after the input checks: their error is the only line
+        log(f"filter: URL blocklist {cfg['url']['blocklist']}: {ctx.state['url_blocklist_entries']} domain(s)")
     clash = [n for n, _ in ADDED if n in docs.columns]
     if clash:
         raise UserError(f"table '{ctx.args.input_table}' already has column(s) {', '.join(clash)}: already filtered?")
