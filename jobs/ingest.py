@@ -267,31 +267,26 @@ def unit_order_pos(u: dict) -> int:
 
 def tagged_units(batches, specs, limits):
     """Every unit of the task rows in `batches`, tagged with its source, domain, task and position in its file.
-    Blank lines are not records: each task with some yields one `blank` unit holding their count in `n_bytes`."""
+    Blank lines and WARC records that are not pages (`skip` units) are not stored: each task yields one `blank`
+    unit, and one `skipped` unit per kind of record, holding their count in `n_bytes`."""
     from udfs import records as R
 
     for b in batches:
         for t in b.to_pylist():
             spec = specs[t["source_idx"]]
-            blank, skipped = 0, {}
+            counted: dict = {}  # ("blank", None) | ("skipped", kind of WARC record) -> units
             for u in R.iter_task_units(spec, t, limits):
-                if u["kind"] == "blank":
-                    blank += 1
-                    continue
-                if u["kind"] == "skip":  # a WARC record that is not a page: counted per kind, not stored
-                    skipped[u["reason"]] = skipped.get(u["reason"], 0) + 1
+                if u["kind"] in ("blank", "skip"):
+                    key = ("blank", None) if u["kind"] == "blank" else ("skipped", u["reason"])
+                    counted[key] = counted.get(key, 0) + 1
                     continue
                 u["source"], u["domain"], u["task_id"] = spec.name, spec.domain, t["task_id"]
                 u["order_file"] = t["file"]
                 u["order_pos"] = unit_order_pos(u)
                 yield u
-            if blank:
-                yield {"kind": "blank", "n_bytes": blank, "source": spec.name, "domain": spec.domain,
+            for (kind, reason), n in sorted(counted.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+                yield {"kind": kind, "reason": reason, "n_bytes": n, "source": spec.name, "domain": spec.domain,
                        "task_id": t["task_id"], "order_file": t["file"], "order_pos": t["start"]}
-            for reason, n in sorted(skipped.items()):
-                yield {"kind": "skipped", "reason": reason, "n_bytes": n, "source": spec.name,
-                       "domain": spec.domain, "task_id": t["task_id"], "order_file": t["file"],
-                       "order_pos": t["start"]}
 
 
 def batched_units(units, batch_rows: int, batch_bytes: int):
@@ -459,10 +454,8 @@ def parse_write_fn(specs, limits, folders: dict, schemas: dict, ingest_run: str,
 
         def records(units):  # blank-line and skipped-record counts go to the stats, not into a table
             for u in units:
-                if u["kind"] == "blank":
-                    stats.setdefault(("blank", u["source"], None), [0, 0, 0, None])[0] += u["n_bytes"]
-                elif u["kind"] == "skipped":
-                    stats.setdefault(("skipped", u["source"], u["reason"]), [0, 0, 0, None])[0] += u["n_bytes"]
+                if u["kind"] in ("blank", "skipped"):
+                    stats.setdefault((u["kind"], u["source"], u["reason"]), [0, 0, 0, None])[0] += u["n_bytes"]
                 else:
                     yield u
 

@@ -640,12 +640,11 @@ def _record_unit(spec, headers, block, more, trace, limits, opts, extractor, rel
     kind = W.classify(headers, block, more, opts)
     if kind[0] == "skip":
         return {"kind": "skip", "reason": kind[1], "trace": trace}
-    record_id = W._uuid(headers.get("warc-record-id"))
+    record_id = W.record_uuid(headers.get("warc-record-id"))
     qid = given_id(spec.name, record_id)
     if kind[0] == "quarantine":
         return make_quarantine(spec, kind[1], kind[2], block, trace, limits, rel_file, offset, doc_id=qid)
-    _, status, http, body = kind
-    mime, header_charset = W._mime_and_charset(http.get("content-type", ""))
+    _, status, mime, header_charset, body = kind
     html, charset = W.decode_html(body, header_charset)
     url = headers.get("warc-target-uri") or None
     text, reason, detail = W.extract_text(html, url, opts)

@@ -139,20 +139,16 @@ class URLFilter:
 
     name = "url"
 
-    def __init__(self, blocklist_path: str | None = None, banned_words=(), domains=()):
+    def __init__(self, blocklist_path: str | None = None, banned_words=()):
         self.blocklist_path = blocklist_path
-        listed = set(read_blocklist(blocklist_path)) if blocklist_path else set()
-        listed.update(d for d in map(normalise_domain, domains) if d)
-        self.blocklist = frozenset(listed)
-        self.use_blocklist = bool(blocklist_path) or bool(self.blocklist)
+        self.blocklist = read_blocklist(blocklist_path) if blocklist_path else frozenset()
+        self.use_blocklist = bool(blocklist_path)
         self.banned_words = frozenset(w for w in (str(x).strip().lower() for x in banned_words) if w)
         self._hosts: dict[str, bool] = {}
 
     @property
     def enabled(self) -> bool:
         return self.use_blocklist or bool(self.banned_words)
-
-    active = enabled
 
     def blocked_host(self, host: str) -> bool:
         hit = self._hosts.get(host)
@@ -212,6 +208,3 @@ def get_url_filter(blocklist_path: str | None = None, banned_words=()) -> URLFil
             _FILTERS.clear()
         f = _FILTERS[key] = URLFilter(blocklist_path, banned_words)
     return f
-
-
-get_filter = get_url_filter

@@ -213,7 +213,7 @@ def looks_like_html(body: bytes) -> bool:
 
 
 # ---- WARC records ---------------------------------------------------------------------------------------------------
-def _uuid(record_id: str | None) -> str | None:
+def record_uuid(record_id: str | None) -> str | None:
     if not record_id:
         return None
     s = record_id.strip().strip("<>")
@@ -348,7 +348,8 @@ _SKIP_TYPES = ("warcinfo", "request", "metadata", "revisit", "resource", "conver
 
 
 def classify(headers: dict, block: bytes, more: bool, opts: HtmlOptions):
-    """('skip', reason) | ('quarantine', reason, detail) | ('page', status, http_headers, body) for one record."""
+    """('skip', reason) | ('quarantine', reason, detail) | ('page', status, mime type, the Content-Type's charset or
+    None, decoded body) for one record."""
     wtype = headers.get("warc-type", "").lower()
     if wtype != "response":
         return ("skip", f"warc:{wtype}" if wtype in _SKIP_TYPES else "warc:other")
@@ -360,7 +361,7 @@ def classify(headers: dict, block: bytes, more: bool, opts: HtmlOptions):
         return ("quarantine", "warc:corrupt", str(e))
     if not 200 <= status < 300:
         return ("skip", f"warc:status_{status // 100}xx")
-    mime, _ = _mime_and_charset(http.get("content-type", ""))
+    mime, charset = _mime_and_charset(http.get("content-type", ""))
     if mime not in HTML_TYPES and not (not mime and looks_like_html(body)):
         return ("skip", "warc:not_html")
     if more:
@@ -371,7 +372,7 @@ def classify(headers: dict, block: bytes, more: bool, opts: HtmlOptions):
         return ("quarantine", "warc:corrupt", str(e))
     if len(body) > opts.max_html_bytes:
         return ("quarantine", "too_large", f"HTML body over max_html_bytes {opts.max_html_bytes}")
-    return ("page", status, http, body)
+    return ("page", status, mime, charset, body)
 
 
 def find_record_start(f, start: int, size: int, window: int = 1 << 20) -> int:
