@@ -65,7 +65,8 @@ def _domains(specs: list[str]) -> dict[str, str]:
 def _model(cfg: dict, vocab: int, eos: int) -> GPT:
     return GPT(GPTConfig(vocab_size=vocab, block_size=cfg["block_size"], n_layer=cfg["n_layer"],
                          n_head=cfg["n_head"], n_embd=cfg["n_embd"], dropout=0.0, bias=cfg["bias"],
-                         vocab_pad_to=cfg["vocab_pad_to"], doc_mask=cfg["doc_mask"], eos_id=eos))
+                         vocab_pad_to=cfg["vocab_pad_to"], doc_mask=cfg["doc_mask"], eos_id=eos,
+                         attention=cfg["attention"]))
 
 
 def run_doremi(domains: dict[str, str], cfg: dict, steps: int, eta: float = 1.0, smoothing: float = 1e-3,

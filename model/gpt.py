@@ -3,8 +3,12 @@
 Pre-norm blocks (LayerNorm -> causal self-attention -> residual, LayerNorm -> MLP -> residual), attention through
 `F.scaled_dot_product_attention`, learned absolute positions, input embedding tied to the output projection.
 
-Optional document-boundary masking: in a packed block every document ends with `eos_id`; with `doc_mask=True` a
-token attends only to earlier tokens of its own document (the EOS closing a document still belongs to it).
+Optional document masking: in a packed block every document ends with `eos_id`; with `doc_mask=True` a token
+attends only to earlier tokens of its own document (the EOS closing a document still belongs to it) and positions
+restart at 0 at every document, so a document packed at any offset of a block gets exactly the logits it gets alone.
+The mask is dense (`scaled_dot_product_attention` with a (B, 1, T, T) boolean mask) unless `attention` is `flex`
+(or `auto` on CUDA), which uses `torch.nn.attention.flex_attention` with a block mask: the same result, computed
+block-sparse (fused when the model is compiled).
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ class GPTConfig:
     vocab_pad_to: int = 64       # round the embedding table up to a multiple of this (faster matmuls)
     doc_mask: bool = False       # block attention across documents at EOS positions
     eos_id: int | None = None    # needed when doc_mask is on
+    attention: str = "auto"      # doc_mask kernel: auto (flex on CUDA, dense mask elsewhere), dense, flex
 
     @property
     def padded_vocab_size(self) -> int:
@@ -43,17 +48,46 @@ class GPTConfig:
         return asdict(self)
 
 
-def document_attention_mask(idx: torch.Tensor, eos_id: int) -> torch.Tensor:
-    """Boolean mask (B, 1, T, T), True where query i may attend key j: j <= i and both in the same document.
+ATTENTION_KINDS = ("auto", "dense", "flex")
 
-    A document's id is the number of EOS tokens strictly before the position, so an EOS closes its own document.
-    """
-    T = idx.size(1)
+
+def document_ids(idx: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """(B, T) document number of every position: the number of EOS tokens strictly before it, so an EOS closes its
+    own document."""
     is_eos = (idx == eos_id).to(torch.int32)
-    doc = torch.cumsum(is_eos, dim=1) - is_eos                       # (B, T)
+    return torch.cumsum(is_eos, dim=1) - is_eos
+
+
+def document_positions(idx: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """(B, T) position of every token inside its document: 0 right after an EOS (and at the block start)."""
+    B, T = idx.shape
+    t = torch.arange(T, device=idx.device).expand(B, T)
+    # index of the last EOS at or before t, shifted one to the right: the last EOS strictly before t (or -1)
+    last = torch.where(idx == eos_id, t, torch.full_like(t, -1)).cummax(dim=1).values
+    prev = torch.cat([torch.full_like(last[:, :1], -1), last[:, :-1]], dim=1)
+    return t - prev - 1
+
+
+def document_attention_mask(idx: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """Boolean mask (B, 1, T, T), True where query i may attend key j: j <= i and both in the same document."""
+    T = idx.size(1)
+    doc = document_ids(idx, eos_id)
     same_doc = doc.unsqueeze(2) == doc.unsqueeze(1)                   # (B, T, T)
     causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
     return (same_doc & causal).unsqueeze(1)
+
+
+def flex_document_mask(idx: torch.Tensor, eos_id: int):
+    """The same mask as a flex_attention BlockMask: blocks of the (T, T) grid that no query may use are skipped."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    doc = document_ids(idx, eos_id)
+
+    def mask_mod(b, h, q, kv):
+        return (doc[b, q] == doc[b, kv]) & (q >= kv)
+
+    B, T = idx.shape
+    return create_block_mask(mask_mod, B, None, T, T, device=idx.device)
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -1) -> torch.Tensor:
@@ -72,10 +106,16 @@ class CausalSelfAttention(nn.Module):
         self.n_head = cfg.n_head
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask=None) -> torch.Tensor:
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if attn_mask is not None and not isinstance(attn_mask, torch.Tensor):  # a flex_attention BlockMask
+            from torch.nn.attention.flex_attention import flex_attention
+
+            y = flex_attention(q, k, v, block_mask=attn_mask)
+            y = y.transpose(1, 2).contiguous().view(B, T, C)
+            return self.resid_dropout(self.c_proj(y))
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
             dropout_p=self.dropout if self.training else 0.0)
@@ -113,6 +153,8 @@ class GPT(nn.Module):
         super().__init__()
         if cfg.doc_mask and cfg.eos_id is None:
             raise ValueError("doc_mask needs eos_id")
+        if cfg.attention not in ATTENTION_KINDS:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTION_KINDS)}, got {cfg.attention!r}")
         self.config = cfg
         V = cfg.padded_vocab_size
         self.transformer = nn.ModuleDict(dict(
@@ -151,9 +193,14 @@ class GPT(nn.Module):
         B, T = idx.size()
         if T > self.config.block_size:
             raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
-        pos = torch.arange(T, dtype=torch.long, device=idx.device)
+        mask = None
+        if self.config.doc_mask:
+            pos = document_positions(idx, self.config.eos_id)                # (B, T): restarts per document
+            use_flex = self.config.attention == "flex" or (self.config.attention == "auto" and idx.is_cuda)
+            mask = (flex_document_mask if use_flex else document_attention_mask)(idx, self.config.eos_id)
+        else:
+            pos = torch.arange(T, dtype=torch.long, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
-        mask = document_attention_mask(idx, self.config.eos_id) if self.config.doc_mask else None
         for block in self.transformer.h:
             x = block(x, mask)
         x = self.transformer.ln_f(x)
@@ -173,10 +220,13 @@ class GPT(nn.Module):
         extra = {"fused": True} if device_type == "cuda" else {}
         return torch.optim.AdamW(groups, lr=lr, betas=betas, **extra)
 
-    def flops_per_token(self) -> float:
-        """Training FLOPs per token, C = 6N (forward 2N + backward 4N). Ignores the attention-score term
-        (12 * n_layer * block_size * n_embd per token), small next to 6N at these sizes."""
-        return 6.0 * self.num_params()
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token: 6N for the weights (forward 2N + backward 4N) plus the attention scores and
+        their weighted sum, 12 * n_layer * n_embd * T (PaLM appendix B; nanoGPT's estimate_mfu). With T = 1024 the
+        second term is ~15% of 6N for GPT-2 124M."""
+        c = self.config
+        T = c.block_size if seq_len is None else int(seq_len)
+        return 6.0 * self.num_params() + 12.0 * c.n_layer * c.n_embd * T
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,

@@ -4,8 +4,10 @@
     torchrun --nproc_per_node=N model/train.py --data <lake>/packed [--config ...] [--set ...]
 
 Single process, or DDP under torchrun (gloo on CPU, NCCL on GPU). AdamW with linear warmup + cosine decay, gradient
-clipping and accumulation, bf16 autocast on GPU. Every `eval_interval` steps the val split is evaluated (loss,
-perplexity, bits per byte). Checkpoints (`<out_dir>/ckpt.pt`) hold model, optimiser, step, data cursor and every
+clipping and accumulation, bf16 autocast on GPU (`dtype`: float16 adds a GradScaler). Every `log_interval` steps a
+line and a metrics.jsonl row: loss, gradient norm, learning rate, tokens seen, epochs of the train split, tokens/s,
+MFU (6N plus the attention term), elapsed time and ETA; a loss far above its recent mean is flagged as a spike.
+Every `eval_interval` steps the val split is evaluated (loss, perplexity, bits per byte). Checkpoints (`<out_dir>/ckpt.pt`) hold model, optimiser, step, data cursor and every
 rank's RNG state, so a resumed run continues exactly where it stopped (bitwise on CPU). Writes
 `<out_dir>/metrics.jsonl`, `<out_dir>/loss.png` and `<out_dir>/summary.json`.
 
@@ -41,7 +43,7 @@ DEFAULT_CONFIG = os.path.join(REPO_ROOT, "conf", "model", "tiny.yaml")
 DEFAULTS: dict = {
     # model
     "n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128, "dropout": 0.0, "bias": True,
-    "vocab_pad_to": 64, "doc_mask": False,
+    "vocab_pad_to": 64, "doc_mask": False, "attention": "auto",
     # data
     "batch_size": 16, "grad_accum": 1, "sampling": "random", "shuffle": True, "verify": "full",
     # optimisation
@@ -54,7 +56,10 @@ DEFAULTS: dict = {
     "seed": 1337, "device": "auto", "dtype": "auto", "compile": False, "num_threads": None, "peak_flops": None,
     # health checks
     "flat_check_step": None, "flat_frac": 0.95, "divergence_margin": 2.0,
+    "spike_window": 20, "spike_sigma": 4.0, "spike_action": "warn",
 }
+DTYPES = {"auto": None, "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 # Keys that must match between a checkpoint and the run resuming it (they change the trajectory's meaning).
 RESUME_MUST_MATCH = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_pad_to", "doc_mask", "batch_size",
                      "grad_accum", "sampling", "shuffle", "seed")
@@ -100,6 +105,15 @@ def build_config(path: str | None, overrides: list[str] | None) -> dict:
     cfg.update({k: _coerce(k, v) for k, v in loaded.items()})
     if cfg["sampling"] not in ("random", "sequential"):
         raise ConfigError(f"sampling must be random or sequential, got {cfg['sampling']!r}")
+    if str(cfg["dtype"]) not in DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg['dtype']!r}")
+    if cfg["attention"] not in ("auto", "dense", "flex"):
+        raise ConfigError(f"attention must be auto, dense or flex, got {cfg['attention']!r}")
+    if cfg["spike_action"] not in ("warn", "stop"):
+        raise ConfigError(f"spike_action must be warn or stop, got {cfg['spike_action']!r}")
+    dev = str(cfg["device"])
+    if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {dev!r}")
     for k in ("max_steps", "batch_size", "block_size", "grad_accum", "eval_interval", "log_interval"):
         if cfg[k] < 1:
             raise ConfigError(f"{k} must be >= 1, got {cfg[k]}")
@@ -128,6 +142,42 @@ def get_lr(step: int, cfg: dict) -> float:
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
 
 
+def autocast_dtype(cfg: dict, device: torch.device):
+    """The autocast dtype (None = fp32): `auto` is bf16 on CUDA (fp16 where the GPU has no bf16), fp32 on CPU."""
+    want = DTYPES[str(cfg["dtype"])]
+    if cfg["dtype"] == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if want == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"dtype {cfg['dtype']!r}: {torch.cuda.get_device_name(device)} has no bfloat16; "
+                          f"use float16")
+    return None if want == torch.float32 else want
+
+
+class SpikeDetector:
+    """A logged train loss more than `sigma` standard deviations above the mean of the previous `window` logged
+    losses (and at least 5% above it) is a spike; spikes do not enter the window."""
+
+    def __init__(self, window: int, sigma: float):
+        self.window, self.sigma, self.recent = int(window), float(sigma), []
+
+    def check(self, loss: float) -> tuple[bool, float | None]:
+        spike, mean = False, None
+        if len(self.recent) >= max(3, self.window // 2):
+            mean = sum(self.recent) / len(self.recent)
+            std = math.sqrt(sum((v - mean) ** 2 for v in self.recent) / len(self.recent))
+            spike = loss > mean + self.sigma * std and loss > 1.05 * mean
+        if not spike:
+            self.recent = (self.recent + [loss])[-self.window:]
+        return spike, mean
+
+
+def _fmt_s(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
 def default_peak_flops(device: torch.device) -> tuple[float, str]:
     """Peak FLOP/s of one device for MFU: dense bf16 tensor-core figures for known GPUs; on CPU a rough
     guess (threads x 2.5 GHz x 32 fp32 FLOP/cycle for AVX2 FMA)."""
@@ -149,8 +199,14 @@ def setup_distributed(cfg: dict):
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
-    want = cfg["device"]
+    want = str(cfg["device"])
     use_cuda = torch.cuda.is_available() if want == "auto" else want.startswith("cuda")
+    if use_cuda and not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build"
+        raise ConfigError(f"device {want!r}: CUDA is not available on this host (torch {torch.__version__}, "
+                          f"{build}); use device=cpu or auto")
+    if use_cuda and want.startswith("cuda:") and int(want[5:]) >= torch.cuda.device_count():
+        raise ConfigError(f"device {want!r}: this host has {torch.cuda.device_count()} CUDA device(s)")
     if use_cuda:
         device = torch.device(f"cuda:{local_rank}" if world > 1 or want in ("auto", "cuda") else want)
         torch.cuda.set_device(device)
@@ -330,12 +386,13 @@ def _train(args, cfg: dict, rank: int, world: int, device: torch.device) -> int:
     torch.manual_seed(cfg["seed"])
     gconf = GPTConfig(vocab_size=V, block_size=cfg["block_size"], n_layer=cfg["n_layer"], n_head=cfg["n_head"],
                       n_embd=cfg["n_embd"], dropout=cfg["dropout"], bias=cfg["bias"],
-                      vocab_pad_to=cfg["vocab_pad_to"], doc_mask=cfg["doc_mask"], eos_id=train_data.eos_id)
+                      vocab_pad_to=cfg["vocab_pad_to"], doc_mask=cfg["doc_mask"], eos_id=train_data.eos_id,
+                      attention=cfg["attention"])
     model = GPT(gconf).to(device)
     opt = model.configure_optimizer(cfg["weight_decay"], cfg["lr"], (cfg["beta1"], cfg["beta2"]), device.type)
     torch.manual_seed(cfg["seed"] + rank)  # dropout streams differ per rank
 
-    step, best_val, rows = 0, None, []
+    step, best_val, rows, scaler_state = 0, None, [], None
     resume = cfg["resume"]
     resume_path = ckpt_path if resume == "auto" else (None if resume in ("never", None, False) else resume)
     if resume_path and os.path.exists(resume_path):
@@ -348,6 +405,8 @@ def _train(args, cfg: dict, rank: int, world: int, device: torch.device) -> int:
             raise UserError(f"checkpoint {resume_path} was written by {ck['world_size']} ranks, this run has {world}")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
+        if ck.get("scaler") is not None:
+            scaler_state = ck["scaler"]
         loader.load_state_dict(ck["data_cursor"])
         step, best_val = int(ck["step"]), ck.get("best_val_loss")
         rs = ck["rng"]["per_rank"][rank]
@@ -367,17 +426,23 @@ def _train(args, cfg: dict, rank: int, world: int, device: torch.device) -> int:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    use_bf16 = cfg["dtype"] == "bfloat16" or (cfg["dtype"] == "auto" and device.type == "cuda")
-    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if use_bf16
+    amp_dtype = autocast_dtype(cfg, device)
+    autocast = (torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None
                 else contextlib.nullcontext())
+    # fp16 has too few exponent bits for small gradients: scale the loss, unscale before clipping, skip steps
+    # whose gradients overflowed (torch.amp.GradScaler). bf16 and fp32 need none.
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    if scaler_state is not None and scaler.is_enabled():
+        scaler.load_state_dict(scaler_state)
 
     peak, peak_note = (cfg["peak_flops"], "configured") if cfg["peak_flops"] else default_peak_flops(device)
     n_params = raw_model.num_params()
+    flops_per_token = raw_model.flops_per_token()
     tokens_per_step = cfg["batch_size"] * cfg["block_size"] * cfg["grad_accum"] * world
     flat_check = cfg["flat_check_step"] or max(1, min(200, cfg["max_steps"] // 2))
     log(f"model: {n_params / 1e6:.2f}M params (vocab {V}, padded {gconf.padded_vocab_size}) | {world} rank(s) on "
         f"{device.type} | {tokens_per_step:,} tokens/step | train {train_data.n_tokens:,} tokens, "
-        f"val {val_data.n_tokens:,} | ln(V) = {ln_v:.3f}")
+        f"val {val_data.n_tokens:,} | ln(V) = {ln_v:.3f} | autocast {str(amp_dtype or 'off').replace('torch.', '')}")
     log(f"MFU against peak {peak:.3g} FLOP/s per rank ({peak_note})")
 
     def checkpoint():
@@ -387,6 +452,7 @@ def _train(args, cfg: dict, rank: int, world: int, device: torch.device) -> int:
                 "model": raw_model.state_dict(), "optimizer": opt.state_dict(), "step": step, "config": cfg,
                 "model_args": gconf.to_dict(), "data_cursor": loader.state_dict(), "rng": rng,
                 "world_size": world, "best_val_loss": best_val, "data_dir": os.path.abspath(args.data),
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                 "tokenizer": manifest["tokenizer"]})
 
     def last_ckpt():
@@ -402,6 +468,9 @@ def _train(args, cfg: dict, rank: int, world: int, device: torch.device) -> int:
     stop_at = min(cfg["stop_at_step"] or cfg["max_steps"], cfg["max_steps"])
     warned_flat, status = False, 0
     loss_acc, n_acc, t_last, tok_last = torch.zeros((), device=device), 0, time.perf_counter(), 0
+    spikes, n_spikes = SpikeDetector(cfg["spike_window"], cfg["spike_sigma"]), 0
+    t_start, step_start = time.perf_counter(), step
+    grad_norm = torch.zeros((), device=device)
     try:
         while step < stop_at:
             lr = get_lr(step, cfg)
@@ -414,12 +483,15 @@ def _train(args, cfg: dict, rank: int, world: int, device: torch.device) -> int:
                 with ctx:
                     with autocast:
                         _, loss = model(x, y)
-                    (loss / cfg["grad_accum"]).backward()
+                    scaler.scale(loss / cfg["grad_accum"]).backward()
                 loss_acc = loss_acc + loss.detach().float()  # stays on the device: no sync per step
                 n_acc += 1
-            if cfg["grad_clip"] > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-            opt.step()
+            scaler.unscale_(opt)
+            # the global gradient norm before clipping (max_norm inf measures without clipping)
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                model.parameters(), cfg["grad_clip"] if cfg["grad_clip"] > 0 else float("inf"))
+            scaler.step(opt)
+            scaler.update()
             opt.zero_grad(set_to_none=True)
             step += 1
             tok_last += tokens_per_step
@@ -430,11 +502,19 @@ def _train(args, cfg: dict, rank: int, world: int, device: torch.device) -> int:
                 loss_acc, n_acc = torch.zeros((), device=device), 0
                 dt = time.perf_counter() - t_last
                 tps = tok_last / dt
-                row = {"step": step, "train_loss": train_loss, "lr": lr, "tokens_per_s": tps,
-                       "mfu": n_params * 6.0 * tps / (peak * world)}
+                elapsed = time.perf_counter() - t_start
+                eta = elapsed / max(1, step - step_start) * (stop_at - step)
+                tokens_seen = step * tokens_per_step
+                row = {"step": step, "train_loss": train_loss, "grad_norm": float(grad_norm), "lr": lr,
+                       "tokens_seen": tokens_seen, "epoch": tokens_seen / train_data.n_tokens,
+                       "tokens_per_s": tps, "mfu": flops_per_token * tps / (peak * world),
+                       "elapsed_s": elapsed, "eta_s": eta}
+                if scaler.is_enabled():
+                    row["loss_scale"] = float(scaler.get_scale())
                 t_last, tok_last = time.perf_counter(), 0
-                msg = (f"step {step}/{cfg['max_steps']} | loss {train_loss:.4f} | lr {lr:.2e} | "
-                       f"{tps:,.0f} tok/s | mfu {100 * row['mfu']:.2f}%")
+                msg = (f"step {step}/{cfg['max_steps']} | loss {train_loss:.4f} | gnorm {row['grad_norm']:.3f} | "
+                       f"lr {lr:.2e} | {tokens_seen:,} tok (epoch {row['epoch']:.3f}) | {tps:,.0f} tok/s | "
+                       f"mfu {100 * row['mfu']:.2f}% | {_fmt_s(elapsed)} elapsed, ETA {_fmt_s(eta)}")
                 if not math.isfinite(train_loss):
                     emit(row)
                     raise TrainingStopped(f"train loss is {train_loss} at step {step} (lr {lr:.2e}); lower lr or "
@@ -444,6 +524,16 @@ def _train(args, cfg: dict, rank: int, world: int, device: torch.device) -> int:
                     raise TrainingStopped(f"diverged: train loss {train_loss:.3f} at step {step} is above "
                                           f"ln(V)+{cfg['divergence_margin']} = {ln_v + cfg['divergence_margin']:.3f} "
                                           f"(a uniform guess scores ln(V)); lower lr. {last_ckpt()}")
+                spike, mean = spikes.check(train_loss)
+                if spike:
+                    n_spikes += 1
+                    row["spike"] = True
+                    msg += f" | SPIKE (recent mean {mean:.4f})"
+                    if cfg["spike_action"] == "stop":
+                        emit(row)
+                        raise TrainingStopped(f"loss spike: train loss {train_loss:.4f} at step {step} against a "
+                                              f"recent mean of {mean:.4f} (spike_sigma {cfg['spike_sigma']}); "
+                                              f"lower lr or check the data at this point. {last_ckpt()}")
                 if evaluating:
                     vl = evaluate(raw_model, val_data, cfg, rank, world, device, autocast)
                     row.update(val_loss=vl, val_ppl=perplexity(vl), val_bpb=bits_per_byte(vl, bpt))
@@ -476,6 +566,8 @@ def _train(args, cfg: dict, rank: int, world: int, device: torch.device) -> int:
                    "world_size": world, "params": n_params, "val_loss": last_val.get("val_loss"),
                    "val_ppl": last_val.get("val_ppl"), "val_bpb": last_val.get("val_bpb"),
                    "bytes_per_token_val": bpt, "ln_vocab": ln_v, "param_sha256_per_rank": sums,
+                   "tokens_seen": step * tokens_per_step, "epochs": step * tokens_per_step / train_data.n_tokens,
+                   "loss_spikes": n_spikes, "autocast": str(amp_dtype or "off").replace("torch.", ""),
                    "status": status}
         with open(os.path.join(out_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)

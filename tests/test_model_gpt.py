@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from model.gpt import GPT, GPTConfig, document_attention_mask, lm_loss
+from model.gpt import GPT, GPTConfig, document_attention_mask, document_positions, lm_loss
 
 torch.set_num_threads(1)
 
@@ -74,7 +74,63 @@ def test_weight_tying_and_param_count():
     assert model.lm_head.weight is model.transformer.wte.weight
     n_all = sum(p.numel() for p in model.parameters())
     assert model.num_params() == n_all - 16 * 32
-    assert model.flops_per_token() == 6 * model.num_params()
+    # 6N plus the attention term 12 * n_layer * n_embd * T
+    assert model.flops_per_token() == 6 * model.num_params() + 12 * 2 * 32 * 16
+    assert model.flops_per_token(seq_len=8) == 6 * model.num_params() + 12 * 2 * 32 * 8
+
+
+def test_attention_term_of_gpt2_124m_is_about_15_percent():
+    with torch.device("meta"):
+        m = GPT(GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768))
+    six_n = 6 * m.num_params()
+    assert 0.14 < (m.flops_per_token() - six_n) / six_n < 0.16
+
+
+def test_document_positions_restart_after_every_eos():
+    eos = 9
+    idx = torch.tensor([[1, 2, eos, 3, 4, eos, 5], [eos, eos, 1, 2, 3, 4, 5]])
+    assert document_positions(idx, eos).tolist() == [[0, 1, 2, 0, 1, 2, 0], [0, 0, 0, 1, 2, 3, 4]]
+
+
+def _packed_and_alone(attention):
+    """A 9-token document (its EOS included) at offset 44 of a 64-token block behind other documents, and alone."""
+    eos = 60
+    g = torch.Generator().manual_seed(5)
+    doc = torch.cat([torch.randint(0, 60, (8,), generator=g), torch.tensor([eos])])
+    before = torch.randint(0, 60, (44,), generator=g)
+    before[[10, 25, 43]] = eos                        # three documents end before it, the last right before
+    after = torch.randint(0, 60, (64 - 44 - 9,), generator=g)
+    block = torch.cat([before, doc, after]).unsqueeze(0)
+    model = tiny(block_size=64, doc_mask=True, eos_id=eos, attention=attention).eval()
+    with torch.no_grad():
+        packed, _ = model(block, block)
+        alone, _ = model(doc.unsqueeze(0), doc.unsqueeze(0))
+    return packed[0, 44:53], alone[0]
+
+
+def test_packed_document_gets_the_logits_it_gets_alone():
+    packed, alone = _packed_and_alone("dense")
+    assert packed.shape == alone.shape == (9, 64)
+    assert (packed - alone).abs().max().item() < 1e-5
+    # without position restarts (the old model) the same document's logits differ: the test can fail
+    eos = 60
+    model = tiny(block_size=64, doc_mask=False).eval()
+    block = torch.cat([torch.randint(0, 60, (44,)), torch.tensor([1, 2, 3, eos])]).unsqueeze(0)
+    with torch.no_grad():
+        a, _ = model(block, block)
+        b, _ = model(block[:, 44:], block[:, 44:])
+    assert (a[0, 44:] - b[0]).abs().max().item() > 1e-3
+
+
+def test_flex_attention_document_mask_equals_the_dense_mask():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "flex_attention called without torch.compile()": the unfused path
+        packed_flex, alone_flex = _packed_and_alone("flex")
+    packed_dense, _ = _packed_and_alone("dense")
+    assert (packed_flex - alone_flex).abs().max().item() < 1e-5
+    assert (packed_flex - packed_dense).abs().max().item() < 1e-5
 
 
 def test_generate_greedy_and_top1_agree_and_stay_in_vocab():
