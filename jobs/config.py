@@ -26,6 +26,7 @@ NULL_DEFAULT_TYPES = {
     "dedup.quality_column": (str,),
     "mix.weights": (dict, str),
     "mix.token_budget": (int, float, str),
+    "mix.tokenizer": (str,),
     "pipeline.stages": (list, str),
 }
 # mappings whose children are named by the user (domains); the stage checks what is below them

@@ -65,7 +65,14 @@ examples:
   python jobs/pack.py --lake ./lake --tokenizer gpt2 --val-fraction 0.01 --seed 1337
   python jobs/pack.py --lake ./lake --compression-report          # also bytes/token per domain and tokenizer
   python jobs/pack.py --lake ./lake --report-only --report-tokenizers gpt2,o200k_base,./lake/bpe8k.json
+  python jobs/pack.py --lake ./lake --input-table decontaminated --per-domain   # <lake>/packed_domains/<domain>/
+
+--per-domain packs every domain into its own packed folder under <lake>/packed_domains (or --out), each a
+complete lmrefinery-packed-v1 folder, and lists them in domains.json there: the input of DoReMi
+(jobs/doremi.py), which needs a batch from every domain at every step.
 """
+DOMAINS_FORMAT = "lmrefinery-packed-domains-v1"
+DOMAINS_FILE = "domains.json"
 
 SHARD_DDL = ("split string, shard bigint, tokens bigint, documents bigint, "
              "bin_name string, bin_bytes bigint, bin_sha256 string, idx_name string, idx_bytes bigint, "
@@ -344,6 +351,7 @@ def pack(spark, df, out_dir: str, tokenizer: str = "gpt2", val_fraction: float =
 
         # distributed prefix sum: the pieces of a split, in key order, are consecutive ranges of its global order
         totals, domain_tokens, specs = {}, {}, []
+        split_domain_tokens = {"train": {}, "val": {}}
         for split in ("train", "val"):
             pieces = {}
             for r in parts:
@@ -353,6 +361,8 @@ def pack(spark, df, out_dir: str, tokenizer: str = "gpt2", val_fraction: float =
                 p["tokens"] += int(r["tokens"])
                 p["docs"] += int(r["docs"])
                 p["bytes"] += int(r["bytes"])
+                sd = split_domain_tokens[split]
+                sd[r["domain"]] = sd.get(r["domain"], 0) + int(r["tokens"])
                 if split == "train":
                     domain_tokens[r["domain"]] = domain_tokens.get(r["domain"], 0) + int(r["tokens"])
             pos, ranges = 0, []
@@ -382,8 +392,14 @@ def pack(spark, df, out_dir: str, tokenizer: str = "gpt2", val_fraction: float =
                        .collect())
         shutil.rmtree(pieces_dir, ignore_errors=True)
         written = [r.asDict() for r in written]
+        # what the trainer gets per domain (tokens with EOS, both splits), beside what the mixture asked for
+        both = {d: split_domain_tokens["train"].get(d, 0) + split_domain_tokens["val"].get(d, 0)
+                for d in sorted(set(split_domain_tokens["train"]) | set(split_domain_tokens["val"]))}
+        mixture = {"target_weights": mixture_weights, "achieved_tokens": both, "achieved_shares": _shares(both),
+                   "split_tokens": {k: dict(sorted(v.items())) for k, v in split_domain_tokens.items()}}
         manifest = _finalize(tmp, written, totals, dtype, resolved, enc, tokenizer, seed, source,
-                             mixture_weights or _shares(domain_tokens), nanogpt_bins, extra)
+                             mixture_weights or _shares(domain_tokens), nanogpt_bins,
+                             {"mixture": mixture, **(extra or {})})
         log(f"pack: wrote {len(written)} shards in {time.time() - t1:.1f}s; verifying {len(manifest['files'])} files")
         t2 = time.time()
         verify_packed(tmp)
@@ -563,6 +579,93 @@ def _mix_weights(lake, table: str, version) -> dict | None:
     return None
 
 
+def domain_dir_names(domains: list[str]) -> dict[str, str]:
+    """A folder name for every domain: the name with anything but letters, digits, '.', '_' and '-' replaced,
+    and a numeric suffix where two names collide."""
+    import re
+
+    out, used = {}, set()
+    for d in sorted(domains):
+        base = re.sub(r"[^A-Za-z0-9._-]", "_", d).strip(".") or "domain"
+        name, k = base, 1
+        while name in used:
+            k += 1
+            name = f"{base}-{k}"
+        used.add(name)
+        out[d] = name
+    return out
+
+
+def read_domains(out_dir: str) -> dict:
+    """domains.json of a --per-domain pack: {"domains": {domain: {"dir": ..., ...}}, ...}."""
+    path = os.path.join(out_dir, DOMAINS_FILE)
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except FileNotFoundError:
+        raise PackedError(f"no {DOMAINS_FILE} in {out_dir} (expected the output of jobs/pack.py --per-domain)") \
+            from None
+    except ValueError as e:
+        raise PackedError(f"{path} is not valid JSON: {e}") from None
+    if d.get("format") != DOMAINS_FORMAT:
+        raise PackedError(f"{path}: format {d.get('format')!r}, expected {DOMAINS_FORMAT}")
+    return d
+
+
+def pack_per_domain(ctx, df, out_dir: str, version) -> None:
+    """One packed folder per domain under out_dir, then domains.json (written last: its presence means done)."""
+    from pyspark.sql import functions as F
+
+    from jobs.stage import log
+
+    args, cfg, run, spark = ctx.args, ctx.params, ctx.run, ctx.spark
+    if storage.is_remote(out_dir):
+        raise UserError(f"--per-domain writes local folders; got {out_dir} (pack to a local --out, then upload)")
+    os.makedirs(out_dir, exist_ok=True)
+    dom = F.coalesce(F.col("domain"), F.lit("unknown"))
+    domains = sorted(r[0] for r in df.select(dom.alias("d")).distinct().collect())  # a handful of names
+    if not domains:
+        raise UserError(f"table '{args.input_table}' is empty: nothing to pack")
+    names = domain_dir_names(domains)
+    try:
+        os.remove(os.path.join(out_dir, DOMAINS_FILE))  # not done until it is written again
+    except FileNotFoundError:
+        pass
+    listing, docs_in, docs_out, tokens = {}, 0, 0, 0
+    for d in domains:
+        sub = os.path.join(out_dir, names[d])
+        for leftover in _leftover_tmp_dirs(sub):
+            shutil.rmtree(leftover, ignore_errors=True)
+            log(f"pack: removed {leftover} (left by a pack run that died)")
+        part = df.where(dom == d)
+        n_in = part.count()
+        log(f"pack: domain {d!r}: {n_in:,} documents -> {sub}")
+        m = pack(spark, part, sub, tokenizer=str(cfg["tokenizer"]), val_fraction=float(cfg["val_fraction"]),
+                 seed=int(cfg["seed"]), shard_tokens=int(cfg["shard_tokens"]), nanogpt_bins=bool(cfg["nanogpt_bins"]),
+                 source={"table": args.input_table, "version": version, "domain": d},
+                 extra={"stage_run": {"run_id": run.run_id, "run_key": run.run_key, "config_hash": run.config_hash},
+                        "domain": d})
+        sp = m["splits"]
+        listing[d] = {"dir": names[d], "train_tokens": sp["train"]["tokens"], "val_tokens": sp["val"]["tokens"],
+                      "documents": sp["train"]["documents"] + sp["val"]["documents"]}
+        docs_in += n_in
+        docs_out += listing[d]["documents"]
+        tokens += sp["train"]["tokens"] + sp["val"]["tokens"]
+    index = {"format": DOMAINS_FORMAT, "source": {"table": args.input_table, "version": version},
+             "tokenizer": m["tokenizer"], "stage_run": {"run_id": run.run_id, "run_key": run.run_key},
+             "domains": listing}
+    tmp = os.path.join(out_dir, DOMAINS_FILE + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(index, f, indent=2)
+    os.replace(tmp, os.path.join(out_dir, DOMAINS_FILE))
+    log(f"pack: {len(domains)} domain folders under {out_dir}: " +
+        ", ".join(f"{d} {v['train_tokens']:,}+{v['val_tokens']:,} tokens" for d, v in listing.items()))
+    run.finish(docs_in=docs_in, docs_out=docs_out, docs_rejected=docs_in - docs_out, tokens_in=tokens,
+               tokens_out=tokens, reasons={"null_text_or_id": docs_in - docs_out} if docs_in != docs_out else {},
+               extra={"out": out_dir, "per_domain": True, "tokenizer": m["tokenizer"],
+                      "domains": listing})
+
+
 def resolve(cfg: dict, args) -> dict:
     cfg = {"tokenizer": "gpt2", "val_fraction": 0.01, "seed": 1337, "shard_tokens": 50_000_000,
            "nanogpt_bins": False, **cfg}
@@ -574,11 +677,13 @@ def prepare_run(ctx) -> None:
     from udfs.tokenize import load_encoding, ranks_sha256, resolve_spec
 
     cfg, args = ctx.params, ctx.args
-    out_dir = storage.normalise(args.out or storage.join(storage.normalise(args.lake), "packed"))
+    default = "packed_domains" if args.per_domain else "packed"
+    out_dir = storage.normalise(args.out or storage.join(storage.normalise(args.lake), default))
     enc = load_encoding(resolve_spec(str(cfg["tokenizer"])))
     ctx.state["out_dir"] = out_dir
     ctx.run_config = {k: v for k, v in cfg.items() if k not in ("report_tokenizers", "input_table")}
-    ctx.extra_key = {"ranks_sha256": ranks_sha256(enc), "out": out_dir}
+    ctx.extra_key = {"ranks_sha256": ranks_sha256(enc), "out": out_dir,
+                     **({"per_domain": True} if args.per_domain else {})}
 
 
 def early(ctx):
@@ -613,6 +718,17 @@ def still_done(ctx) -> bool:
     from jobs.stage import log
 
     out_dir = ctx.state["out_dir"]
+    if ctx.args.per_domain:
+        try:
+            index = read_domains(out_dir)
+        except PackedError:
+            return False
+        if (index.get("stage_run") or {}).get("run_key") == ctx.run.run_key and all(
+                _still_there(os.path.join(out_dir, v["dir"]), ctx.run.run_key) for v in index["domains"].values()):
+            log(f"pack: {out_dir} already holds this input and config per domain (verified sizes); skipping. "
+                f"Use --force to run again.")
+            return True
+        return False
     if _still_there(out_dir, ctx.run.run_key):
         log(f"pack: {out_dir} already holds this input and config (verified sizes); skipping. Use --force to "
             f"run again.")
@@ -625,6 +741,8 @@ def plan(ctx) -> None:
 
     args, cfg, lake, run, spark = ctx.args, ctx.params, ctx.lake, ctx.run, ctx.spark
     out_dir, df, version = ctx.state["out_dir"], ctx.state["df"], ctx.state["input_version"]
+    if args.per_domain:
+        return pack_per_domain(ctx, df, out_dir, version)
     # object storage: pack into local scratch (the same code, the same bytes), upload when it is complete
     local_out = _scratch_dir(out_dir) if storage.is_remote(out_dir) else out_dir
     # this run holds the lease of out_dir: temporary folders of dead pack runs can go
@@ -666,7 +784,9 @@ STAGE = Stage(
            Flag("--shard-tokens", "shard_tokens", "target tokens per shard (documents are whole)", type=int),
            Flag("--nanogpt-bins", "nanogpt_bins", "also write nanoGPT-style train.bin / val.bin (each split's "
                 "shards concatenated)", store_true=True),
-           Flag("--out", None, "output folder (default <lake>/packed)"),
+           Flag("--out", None, "output folder (default <lake>/packed; with --per-domain <lake>/packed_domains)"),
+           Flag("--per-domain", None, "one packed folder per domain (for DoReMi) and domains.json listing them",
+                store_true=True, default=False),
            Flag("--compression-report", None, "also write <lake>/reports/tokenizers.json: bytes/token and "
                 "tokens/word per domain and tokenizer (pack.report_tokenizers plus the packing tokenizer)",
                 store_true=True, default=False),

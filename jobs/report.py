@@ -43,7 +43,7 @@ from jobs.report_gather import (Sources, chain_mismatches, duplicate_clusters_fr
                                 language_distribution_from_tables, latest_per_stage, stage_sort_key,
                                 tokenizer_compression, top_reasons_per_domain)
 from jobs.report_plots import (PLOTS, plot_duplicates, plot_funnel, plot_languages, plot_line_cleaning,  # noqa: E402
-                               plot_loss, plot_mixture, plot_rejections, plot_signal_histograms, plot_token_lengths,
+                               plot_doremi, plot_loss, plot_mixture, plot_rejections, plot_signal_histograms, plot_token_lengths,
                                plot_tokenizers)
 
 # the page and entry point, plus the names other code imports from here (tests, notebooks/04_mixture_and_tokens.py)
@@ -282,11 +282,14 @@ def render(ctx: dict) -> str:
     if fun:
         keys = ("docs_in", "docs_out", "docs_rejected", "tokens_in", "tokens_out")
         trs = [[(esc(r["stage"]), f' data-stage="{esc(r["stage"])}"')] + [num_cell(r[k], k) for k in keys]
-               + [esc(pct(r["doc_acceptance"])), esc(pct(r["token_acceptance"]))] for r in fun]
-        body = table(["stage", *keys, "doc acceptance", "token acceptance"], trs, table_id="funnel")
-        body += ('<p class="src">Latest metrics row per stage. Tokens are the <code>n_tokens_est</code> estimate '
-                 'up to mix and real tokenizer tokens (EOS included) in pack. docs_rejected counts quarantined, '
-                 'rejected, removed or not-sampled documents.</p>')
+               + [esc(r.get("unit") or "estimate (bytes/4)"), esc(pct(r["doc_acceptance"])),
+                  esc(pct(r["token_acceptance"]))] for r in fun]
+        body = table(["stage", *keys, "tokens are", "doc acceptance", "token acceptance"], trs, table_id="funnel")
+        body += ('<p class="src">Latest metrics row per stage. The "tokens are" column says which token figures '
+                 'are estimates (<code>n_tokens_est</code> = UTF-8 bytes / 4) and which are real tokens of a '
+                 'tokenizer (EOS included): mix counts with the packing tokenizer (<code>mix.tokens: exact</code>), '
+                 'pack with its own. docs_rejected counts quarantined, rejected, removed or not-sampled '
+                 'documents.</p>')
         body += "".join(f'<p class="warn">{esc(w)}</p>' for w in chain_mismatches(fun))
         imgs = []
         for pid, key, title in (("funnel_docs", "docs", "documents after each stage"),
@@ -347,16 +350,39 @@ def render(ctx: dict) -> str:
     # mixture
     mix = ctx["mixture"]
     if mix:
+        packed_tok = mix.get("packed_tokens") or {}
         trs = [[esc(d["domain"]), num_cell(d.get("target_weight"), "target"),
-                num_cell(d.get("achieved_share"), "achieved"), num_cell(d.get("tokens"), "tokens"),
+                num_cell(d.get("achieved_share"), "achieved"), num_cell(d.get("target_tokens"), "target_tokens"),
+                num_cell(d.get("tokens"), "tokens"), num_cell(packed_tok.get(d["domain"]), "packed_tokens"),
                 num_cell(d.get("tokens_available"), "tokens_available"), num_cell(d.get("docs"), "docs"),
                 esc(fmt(d.get("epochs")))] for d in mix["domains"]]
-        body = plot_mixture(mix) + table(["domain", "target weight", "achieved share", "tokens", "available",
-                                          "rows", "epochs"], trs, table_id="mixture")
+        unit = (f"real tokens ({esc(str(mix.get('tokenizer')))}, EOS included)" if mix.get("token_counts") == "exact"
+                else "ESTIMATED tokens (n_tokens_est = bytes / 4)")
+        body = plot_mixture(mix) + table(["domain", "target weight", "achieved share", "target tokens",
+                                          "achieved tokens", "packed tokens", "available", "rows", "epochs"],
+                                         trs, table_id="mixture")
+        body += (f'<p class="src">Weights, budget and achieved tokens in {unit}; "packed tokens" is what the '
+                 f'packed manifest records per domain (train + val){"" if packed_tok else " (not packed from this mixture)"}.</p>')
         body += "".join(f'<p class="warn">{esc(w)}</p>' for w in mix["warnings"])
     else:
         body = missing("No mixture data: the mix stage has not run.")
     parts.append(section("mixture", "Domain mixture: target vs achieved", body))
+
+    # DoReMi
+    dr = ctx.get("doremi")
+    doremi_img = img = plot_doremi(dr) if dr else None
+    if img:
+        names = sorted(dr["domain_weights"])
+        vl = dr.get("val_loss") or {}
+        trs = [[esc(d), num_cell(dr.get("reference_weights", {}).get(d), "reference_weight"),
+                num_cell(dr["domain_weights"][d], "doremi_weight"),
+                num_cell((vl.get("reference") or {}).get(d), "val_loss_reference"),
+                num_cell((vl.get("proxy") or {}).get(d), "val_loss_proxy")] for d in names]
+        body = img + table(["domain", "reference weight", "DoReMi weight", "val loss reference",
+                            "val loss proxy"], trs, table_id="doremi")
+        body += (f'<p class="src">from reports/doremi.json (jobs/doremi.py): {dr.get("steps")} steps each, eta '
+                 f'{dr.get("eta")}; the reference trains on uniform weights, the proxy with Group DRO.</p>')
+        parts.append(section("doremi", "DoReMi domain weights", body))  # optional: only a lake that ran it
 
     # token lengths
     lengths = ctx["token_lengths"]
@@ -400,7 +426,10 @@ def render(ctx: dict) -> str:
                  ("last val loss", vals[-1]["val_loss"] if vals else None),
                  ("last val ppl", vals[-1].get("val_ppl") if vals else None),
                  ("last val bits/byte", vals[-1].get("val_bpb") if vals else None),
-                 ("median tokens/s", tps[len(tps) // 2] if tps else None)]
+                 ("median tokens/s", tps[len(tps) // 2] if tps else None),
+                 ("tokens seen", last.get("tokens_seen")), ("epochs of train", last.get("epoch")),
+                 ("last grad norm", last.get("grad_norm")),
+                 ("loss spikes", sum(1 for r in run if r.get("spike")) if "grad_norm" in last else None)]
         body = img + f'<p class="src">from {esc(ctx["run_path"])}</p>' + table(
             ["", "value"], [[esc(k), esc(fmt(v))] for k, v in facts], table_id="training")
     else:
@@ -443,7 +472,8 @@ def render(ctx: dict) -> str:
         ("funnel", "funnel"), ("by_domain", "by domain"), ("rejections", "rejections"),
         ("filter_reasons", "filter reasons"), ("signals", "signals"), ("line_cleaning", "line cleaning"),
         ("languages", "languages"),
-        ("duplicates", "duplicates"), ("mixture", "mixture"), ("token_lengths", "token lengths"),
+        ("duplicates", "duplicates"), ("mixture", "mixture"), *((("doremi", "doremi"),) if doremi_img else ()),
+        ("token_lengths", "token lengths"),
         ("tokenizers", "tokenizers"), ("training", "training"), ("metrics", "metrics"), ("audit", "audit")))
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>lmrefinery report: '
             f'{esc(ctx["lake"])}</title><style>{CSS}</style></head><body>'

@@ -77,20 +77,28 @@ def funnel(latest: dict[str, dict]) -> list[dict]:
         row = {"stage": s, **{k: latest[s].get(k) for k in keys}}
         # mix counts unique documents out; its table holds their epoch copies too (extra.rows_out)
         row["rows_out"] = (latest[s].get("extra") or {}).get("rows_out", row["docs_out"])
-        tok = (latest[s].get("extra") or {}).get("tokenizer")
-        row["unit"] = f"{tok.get('name') or 'tokenizer'} tokens" if s == "pack" and isinstance(tok, dict) else None
+        extra = latest[s].get("extra") or {}
+        tok = extra.get("tokenizer")
+        if s == "pack" and isinstance(tok, dict):
+            row["unit"] = f"{tok.get('name') or 'tokenizer'} tokens"
+        elif s == "mix" and extra.get("token_counts") == "exact":
+            row["unit"] = f"{str(tok).split(':')[0]} tokens"
+        else:
+            row["unit"] = None  # the n_tokens_est estimate (UTF-8 bytes / 4)
         out.append(row)
     return out
 
 
 def chain_mismatches(fun: list[dict]) -> list[str]:
     """Where a stage read the table the stage before it wrote, its documents (and estimated tokens) in should be
-    that stage's out; list every place where they are not (pack counts real tokenizer tokens: not compared)."""
+    that stage's out; list every place where they are not (tokens only where both count the same unit: the
+    estimate, or real tokens of one tokenizer)."""
     out = []
     for prev, cur in zip(fun, fun[1:]):
         if not prev.get("output_table") or prev.get("output_table") != cur.get("input_table"):
             continue
-        keys = [("rows", "docs", "documents")] + ([("tokens", "tokens", "tokens")] if cur["stage"] != "pack" else [])
+        same_unit = prev.get("unit") == cur.get("unit")
+        keys = [("rows", "docs", "documents")] + ([("tokens", "tokens", "tokens")] if same_unit else [])
         for out_key, in_key, word in keys:
             a, b = prev.get(f"{out_key}_out"), cur.get(f"{in_key}_in")
             if a is not None and b is not None and a != b:
@@ -175,7 +183,21 @@ def mixture(latest: dict[str, dict]) -> dict | None:
     if not row or not isinstance(row["extra"].get("domains"), list) or not row["extra"]["domains"]:
         return None
     return {"strategy": row["extra"].get("strategy"), "domains": row["extra"]["domains"],
-            "token_budget": row["extra"].get("token_budget"), "warnings": row["extra"].get("warnings") or []}
+            "token_budget": row["extra"].get("token_budget"), "warnings": row["extra"].get("warnings") or [],
+            "token_counts": row["extra"].get("token_counts", "estimate"), "tokenizer": row["extra"].get("tokenizer"),
+            "output_version": row.get("output_version")}
+
+
+def with_packed(mix: dict | None, manifest: dict | None) -> dict | None:
+    """The mixture plus what the packed manifest says each domain got (tokens with EOS, train + val), when the
+    packed folder was made from the table that mix run wrote."""
+    if not mix or not manifest:
+        return mix
+    src = manifest.get("source") or {}
+    got = (manifest.get("mixture") or {}).get("achieved_tokens")
+    if isinstance(got, dict) and src.get("table") == "mixed" and src.get("version") == mix.get("output_version"):
+        mix = dict(mix, packed_tokens=got)
+    return mix
 
 
 # ---- per domain / source, filter signals (delta-rs + pyarrow, column projection; no Spark) ---------------------
@@ -330,10 +352,20 @@ def _stage_counts(src: Sources, row: dict, cache: dict) -> dict:
             else:
                 first = pa.array([1] * t.num_rows, pa.int64())
             return t.append_column("_first", first)
-        first_copy.needs, first_copy.sums = ("epoch_copy",), ("_first",)
-        g = counts(out_t, out_v, prep=first_copy, tag="first_copy")
-        res["out"] = {k: {"docs": v.get("_first", 0), "tokens": v.get("n_tokens_est", 0), "rows": v["docs"]}
+        extra = row.get("extra") or {}
+        exact = extra.get("token_counts") == "exact"
+        first_copy.needs, first_copy.sums = ("epoch_copy",), ("_first",) + (("n_tokens",) if exact else ())
+        g = counts(out_t, out_v, prep=first_copy, tag="first_copy" + ("_exact" if exact else ""))
+        col = "n_tokens" if exact else "n_tokens_est"
+        res["out"] = {k: {"docs": v.get("_first", 0), "tokens": v.get(col, 0), "rows": v["docs"]}
                       for k, v in g.items()}
+        if exact and isinstance(extra.get("tokens_in_by"), list):
+            # real tokens in: the input table has no exact counts, the mix run recorded them per domain, source
+            res["in"] = {}
+            for r in extra["tokens_in_by"]:
+                acc = res["in"].setdefault((_key(r["domain"]), _key(r["source"])), {"docs": 0, "tokens": 0})
+                acc["docs"] += int(r["docs"])
+                acc["tokens"] += int(r["tokens"])
     else:
         res["out"] = tokens(counts(out_t, out_v))
     return res
@@ -643,6 +675,17 @@ def load_run(run_dir: str) -> list[dict] | None:
     return rows or None
 
 
+def load_doremi(root: str) -> dict | None:
+    """reports/doremi.json of a local lake (jobs/doremi.py), or None."""
+    path = os.path.join(root, "reports", "doremi.json")
+    try:
+        with open(path) as f:
+            res = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return res if isinstance(res.get("domain_weights"), dict) else None
+
+
 def audit_links(root: str, out_dir: str) -> list[tuple[str, str, str]]:
     links = []
     for pattern, note in ((os.path.join(root, "audit", "*.jsonl"), "audit sample (a few records per reason)"),
@@ -664,9 +707,10 @@ def gather(src: Sources, run_dir: str, packed: str, out_dir: str, compression_do
         "metrics": rows, "latest": latest, "funnel": funnel(latest),
         "breakdown": stage_breakdown(src, latest), "signals": filter_signals_summary(src, latest),
         "languages": language_distribution(src, latest), "duplicates": duplicate_clusters(src, latest),
-        "mixture": mixture(latest), "packed": packed, "manifest": manifest,
+        "mixture": with_packed(mixture(latest), manifest), "packed": packed, "manifest": manifest,
         "token_lengths": token_lengths(packed, manifest),
         "tokenizers": tokenizer_compression(src, packed, manifest, compression_docs),
+        "doremi": load_doremi(src.root),
         "run_path": os.path.join(run_dir, "metrics.jsonl"),
         "run": load_run(run_dir), "links": audit_links(src.root, out_dir),
     }

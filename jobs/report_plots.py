@@ -14,6 +14,7 @@ from jobs.report_gather import MAX_REASON_BARS, cuts_for, group_reasons, stage_s
 # Plot ids in page order; tests and the screenshot check rely on these.
 PLOTS = ["funnel_docs", "funnel_tokens", "rejections", "signals", "line_cleaning", "languages", "duplicates",
          "mixture", "token_lengths", "tokenizers", "loss"]
+OPTIONAL_PLOTS = ["doremi"]  # drawn only when the lake has their input (reports/doremi.json)
 HIST_MAX_DOMAINS = 6  # columns of the signal histograms: the domains with most documents
 
 
@@ -295,11 +296,17 @@ def plot_mixture(mix: dict) -> str:
     names = [d["domain"] for d in doms]
     target = [float(d.get("target_weight") or 0) for d in doms]
     got = [float(d.get("achieved_share") or 0) for d in doms]
+    packed = mix.get("packed_tokens") or {}
+    tot = sum(packed.values())
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 2.8))
     x = range(len(names))
-    ax.bar([i - 0.2 for i in x], target, width=0.4, label="target", color="#4c72b0")
-    ax.bar([i + 0.2 for i in x], got, width=0.4, label="achieved", color="#55a868")
+    w = 0.27 if tot else 0.4
+    ax.bar([i - w for i in x] if tot else [i - 0.2 for i in x], target, width=w, label="target", color="#4c72b0")
+    ax.bar(list(x) if tot else [i + 0.2 for i in x], got, width=w, label="achieved (mixed)", color="#55a868")
+    if tot:
+        ax.bar([i + w for i in x], [packed.get(n, 0) / tot for n in names], width=w, label="packed",
+               color="#c44e52")
     ax.set_xticks(list(x), names)
     ax.set_ylabel("token share")
     ax.set_title(f"domain mixture ({mix.get('strategy')})")
@@ -342,6 +349,28 @@ def plot_tokenizers(comp: dict) -> str | None:
     ax.set_title("tokenizer compression (bytes per token; higher = fewer tokens)")
     ax.legend(fontsize=8, ncol=len(toks), loc="upper left")
     return fig_to_img(fig, "tokenizers", "tokenizer compression")
+
+
+def plot_doremi(res: dict) -> str | None:
+    """DoReMi's domain weights at every proxy step, with their average (the weights mix uses) dashed."""
+    traj = (res.get("trajectory") or {})
+    names, alpha = traj.get("domains") or [], traj.get("alpha") or []
+    if not names or not alpha:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 3))
+    steps = range(1, len(alpha) + 1)
+    for i, d in enumerate(names):
+        line, = ax.plot(steps, [a[i] for a in alpha], label=d)
+        w = (res.get("domain_weights") or {}).get(d)
+        if w is not None:
+            ax.axhline(w, color=line.get_color(), ls="--", lw=0.8)
+    ax.set_xlabel("proxy step")
+    ax.set_ylabel("domain weight")
+    ax.set_title("DoReMi weights over the proxy's steps (dashed: their average, used by mix)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig_to_img(fig, "doremi", "DoReMi domain weight trajectory")
 
 
 def plot_loss(run: list[dict], vocab_size: int | None = None) -> str | None:

@@ -2,9 +2,10 @@
 
     python model/doremi.py --domain web=lake_web/packed --domain code=lake_code/packed --out doremi.json \
         [--config conf/model/tiny.yaml] [--set n_layer=2 ...] [--steps 200] [--eta 1.0] [--smoothing 1e-3]
+    python model/doremi.py --packed-domains <lake>/packed_domains --out doremi.json    # jobs/pack.py --per-domain
 
-One packed folder per domain (the packer's manifest does not record a domain per document), all made with the same
-tokenizer. Steps:
+One packed folder per domain, all made with the same tokenizer (`jobs/pack.py --per-domain` writes them and a
+domains.json listing them; `jobs/doremi.py --lake L` runs pack, this and mix in one command). Steps:
 1. reference model: trained `--steps` steps on batches with the reference weights (uniform: the same number of
    windows from every domain), or loaded with `--reference-ckpt` (a model/train.py checkpoint);
 2. proxy model (same architecture, fresh init), trained `--steps` steps with Group DRO: at every step, per domain i
@@ -12,7 +13,8 @@ tokenizer. Steps:
    exponentiated-gradient update  alpha <- normalise(alpha * exp(eta * lambda)),
    smoothed  alpha <- (1 - c) alpha + c u;  the proxy minimises sum_i alpha_i * loss_i;
 3. output: the average of alpha over the proxy's steps, as `{"domain_weights": {...}}` for
-   `jobs/mix.py --strategy doremi --weights FILE`.
+   `jobs/mix.py --strategy doremi --weights FILE`, with the trajectory of alpha (every step) and the validation
+   loss of the reference and of the proxy on every domain's val split.
 """
 from __future__ import annotations
 
@@ -23,11 +25,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from udfs.common import UserError, run_main  # noqa: E402
-from model.data import BatchLoader, PackedSplit, load_manifest  # noqa: E402
+from model.data import BatchLoader, PackedSplit, ShardError, load_manifest  # noqa: E402
 from model.gpt import GPT, GPTConfig  # noqa: E402
 from model.train import build_config, get_lr  # noqa: E402
 
@@ -46,6 +49,41 @@ def per_domain_token_losses(model: GPT, xs: list[torch.Tensor], ys: list[torch.T
     logits, _ = model(x, y)
     tok = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), reduction="none")
     return list(tok.view(y.shape).split([len(b) for b in xs]))
+
+
+@torch.no_grad()
+def domain_val_loss(model: GPT, split: PackedSplit, block_size: int, batch_size: int, max_windows: int) -> float:
+    """Token-mean loss (nats) over the first `max_windows` non-overlapping windows of a domain's val split."""
+    from model.data import eval_windows
+
+    model.eval()
+    starts = eval_windows(split, block_size, max_windows, 0, 1)
+    if len(starts) == 0:
+        return float("nan")
+    tot, n = 0.0, 0
+    for i in range(0, len(starts), batch_size):
+        buf = torch.from_numpy(np.stack(
+            [split.read(int(s), block_size + 1) for s in starts[i:i + batch_size]]).astype("int64"))
+        x, y = buf[:, :-1], buf[:, 1:]
+        logits, _ = model(x, y)
+        tot += float(F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), reduction="sum"))
+        n += y.numel()
+    return tot / n
+
+
+def domains_from_index(packed_domains: str) -> dict[str, str]:
+    """{domain: packed folder} from the domains.json of `jobs/pack.py --per-domain`."""
+    from udfs.packed import PackedError
+
+    path = os.path.join(packed_domains, "domains.json")
+    try:
+        with open(path) as f:
+            index = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"no domains.json in {packed_domains} (run jobs/pack.py --per-domain first)") from None
+    except ValueError as e:
+        raise PackedError(f"{path} is not valid JSON: {e}") from None
+    return {d: os.path.join(packed_domains, v["dir"]) for d, v in index["domains"].items()}
 
 
 def _domains(specs: list[str]) -> dict[str, str]:
@@ -72,7 +110,9 @@ def _model(cfg: dict, vocab: int, eos: int) -> GPT:
 def run_doremi(domains: dict[str, str], cfg: dict, steps: int, eta: float = 1.0, smoothing: float = 1e-3,
                reference_ckpt: str | None = None, log=print) -> dict:
     names = sorted(domains)
-    splits = {}
+    if len(names) < 2:
+        raise UserError(f"DoReMi needs at least two domains, got {len(names)}: {', '.join(names)}")
+    splits, vals = {}, {}
     tok = None
     for d in names:
         m = load_manifest(domains[d])
@@ -82,9 +122,15 @@ def run_doremi(domains: dict[str, str], cfg: dict, steps: int, eta: float = 1.0,
             raise UserError(f"domain {d!r} ({domains[d]}) was packed with another tokenizer than {names[0]!r}")
         tok = key
         splits[d] = PackedSplit(domains[d], "train", m, verify=cfg["verify"])
+        vals[d] = PackedSplit(domains[d], "val", m, verify=cfg["verify"])
     vocab, eos = tok[1], tok[2]
     T, B = cfg["block_size"], cfg["batch_size"]
-    loaders = {d: BatchLoader(splits[d], T, B, seed=cfg["seed"] + i, mode="random") for i, d in enumerate(names)}
+    loaders = {}
+    for i, d in enumerate(names):
+        try:
+            loaders[d] = BatchLoader(splits[d], T, B, seed=cfg["seed"] + i, mode="random")
+        except ShardError as e:
+            raise UserError(f"domain {d!r} ({domains[d]}): {e}") from None
     sched = dict(cfg, max_steps=steps, lr_decay_steps=None, warmup_steps=min(cfg["warmup_steps"], steps // 10))
 
     def batch():
@@ -123,6 +169,7 @@ def run_doremi(domains: dict[str, str], cfg: dict, steps: int, eta: float = 1.0,
     alpha = torch.full((k,), 1.0 / k, dtype=torch.float64)
     alpha_sum = torch.zeros(k, dtype=torch.float64)
     excess = torch.zeros(k, dtype=torch.float64)
+    trajectory = []
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = get_lr(step, sched)
@@ -133,6 +180,7 @@ def run_doremi(domains: dict[str, str], cfg: dict, steps: int, eta: float = 1.0,
         excess = torch.stack([(p.detach() - r).clamp(min=0).mean() for p, r in zip(proxy_tok, ref_tok)]).double()
         alpha = exponentiated_gradient_step(alpha, excess, eta, smoothing)
         alpha_sum += alpha
+        trajectory.append([round(float(a), 6) for a in alpha])
         loss = sum(float(a) * p.mean() for a, p in zip(alpha, proxy_tok))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(proxy.parameters(), cfg["grad_clip"])
@@ -143,11 +191,18 @@ def run_doremi(domains: dict[str, str], cfg: dict, steps: int, eta: float = 1.0,
                 " ".join(f"{d}={e:.3f}" for d, e in zip(names, excess.tolist())) + " | alpha " +
                 " ".join(f"{d}={a:.3f}" for d, a in zip(names, alpha.tolist())))
     avg = (alpha_sum / steps).tolist()
+    T_eval, windows = cfg["block_size"], cfg["eval_windows"]
+    val_loss = {"reference": {d: round(domain_val_loss(ref, vals[d], T_eval, B, windows), 6) for d in names},
+                "proxy": {d: round(domain_val_loss(proxy, vals[d], T_eval, B, windows), 6) for d in names}}
+    log("val loss per domain: " + " ".join(
+        f"{d}: reference {val_loss['reference'][d]:.4f} proxy {val_loss['proxy'][d]:.4f}" for d in names))
     return {
         "domain_weights": {d: round(w, 6) for d, w in zip(names, avg)},
         "final_weights": {d: round(w, 6) for d, w in zip(names, alpha.tolist())},
         "reference_weights": {d: round(1.0 / k, 6) for d in names},
         "last_excess_loss": {d: round(e, 6) for d, e in zip(names, excess.tolist())},
+        "trajectory": {"domains": names, "alpha": trajectory},
+        "val_loss": val_loss,
         "domains": {d: os.path.abspath(domains[d]) for d in names},
         "steps": steps, "eta": eta, "smoothing": smoothing,
         "model": {k2: cfg[k2] for k2 in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "lr", "seed")},
@@ -159,8 +214,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="doremi", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--domain", action="append", default=[], metavar="NAME=PACKED_DIR", required=True,
+    p.add_argument("--domain", action="append", default=[], metavar="NAME=PACKED_DIR",
                    help="a domain and its packed folder (repeat for every domain)")
+    p.add_argument("--packed-domains", default=None, metavar="DIR",
+                   help="the output of jobs/pack.py --per-domain (its domains.json), instead of --domain")
     p.add_argument("--out", required=True, help="JSON file to write")
     p.add_argument("--config", default=None, help="model config for reference and proxy (default tiny.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -172,7 +229,10 @@ def main(argv=None) -> int:
     cfg = build_config(a.config, a.overrides)
     if cfg["num_threads"]:
         torch.set_num_threads(cfg["num_threads"])
-    res = run_doremi(_domains(a.domain), cfg, a.steps, a.eta, a.smoothing, a.reference_ckpt)
+    if bool(a.domain) == bool(a.packed_domains):
+        raise UserError("give the domains either as --domain NAME=PACKED_DIR (two or more) or as --packed-domains DIR")
+    domains = domains_from_index(a.packed_domains) if a.packed_domains else _domains(a.domain)
+    res = run_doremi(domains, cfg, a.steps, a.eta, a.smoothing, a.reference_ckpt)
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(res, f, indent=2)

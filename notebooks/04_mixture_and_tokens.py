@@ -33,7 +33,8 @@ lake, spark, show = open_lake(globals())
 # MAGIC %md
 # MAGIC ## Mixture: target vs achieved
 # MAGIC Target weights come from the latest `mix` metrics row; achieved shares are recomputed here from the
-# MAGIC `mixed` table (`n_tokens_est`, epoch copies included), so the two columns are independent.
+# MAGIC `mixed` table (`n_tokens`, the real token counts mix wrote, or `n_tokens_est` for a mix run with
+# MAGIC `mix.tokens: estimate`; epoch copies included), so the two columns are independent.
 
 # COMMAND ----------
 
@@ -45,9 +46,10 @@ print("## Mixture: target vs achieved")
 print(f"strategy: {extra.get('strategy')}  token_budget: {extra.get('token_budget')}  seed: {extra.get('seed')}")
 
 mixed = lake.read("mixed")
+tok_col = "n_tokens" if "n_tokens" in mixed.columns else "n_tokens_est"
 achieved = (mixed.groupBy("domain")
             .agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("id").alias("unique_docs"),
-                 F.sum("n_tokens_est").alias("tokens"))
+                 F.sum(tok_col).alias("tokens"))
             .orderBy("domain").collect())
 total = sum(r["tokens"] or 0 for r in achieved)
 print(f"{'domain':<14}{'target':>10}{'achieved':>10}{'diff':>9}{'tokens':>12}{'rows':>8}{'unique':>8}")
@@ -57,7 +59,7 @@ for r in achieved:
     diff = f"{a - t:+.4f}" if t is not None else "n/a"
     t_s = f"{t:.4f}" if t is not None else "n/a"
     print(f"{r['domain']:<14}{t_s:>10}{a:>10.4f}{diff:>9}{r['tokens']:>12}{r['rows']:>8}{r['unique_docs']:>8}")
-print(f"mixed tokens_est: {total}  rows: {sum(r['rows'] for r in achieved)}")
+print(f"mixed {tok_col}: {total}  rows: {sum(r['rows'] for r in achieved)}")
 for w in extra.get("warnings") or []:
     print(f"warning: {w}")
 

@@ -58,3 +58,65 @@ def test_doremi_upweights_the_learnable_domain(tmp_path, capsys):
 def test_needs_two_domains(tmp_path, capsys):
     rc = run_main("doremi", doremi.main, ["--domain", f"a={tmp_path}", "--out", str(tmp_path / "o.json")])
     assert rc == 2 and "at least two --domain" in capsys.readouterr().err
+
+
+def test_one_command_pack_per_domain_weights_and_mix(spark, lake, lake_dir, capsys):
+    """jobs/doremi.py on a lake whose table holds licence prose and random-character noise: it packs each domain
+    into its own folder, trains reference and proxy, writes weights with their trajectory and per-domain val
+    losses, and mixes with them; the weights move away from the noise."""
+    from jobs import doremi as doremi_job
+    from jobs.schema import document_row, documents_df
+
+    rng = random.Random(1)
+    alphabet = string.ascii_letters + string.digits + " ."
+    rows = [document_row(f"noise-{i}", "".join(rng.choice(alphabet) for _ in range(400)), domain="noise")
+            for i in range(150)]
+    rows += [document_row(f"text-{i}", t, domain="text")
+             for i, t in enumerate(paragraphs_from_files(LICENSES))]
+    lake.write(documents_df(spark, rows).repartition(3), "decontaminated")
+    # a byte-level tokenizer (a .tiktoken file of the 256 single bytes; EOS = 256), as the toy packs above use:
+    # small models learn it in a few steps, and the noise's floor (ln 64 nats per character) is reached soon
+    import base64
+
+    ranks = os.path.join(lake_dir, "..", "bytes.tiktoken")
+    with open(ranks, "w") as f:
+        f.writelines(f"{base64.b64encode(bytes([i])).decode()} {i}\n" for i in range(256))
+    argv = ["--lake", lake_dir, "--steps", "40", "--eta", "0.1", "--set", "pack.val_fraction=0.05",
+            "--set", f"pack.tokenizer={os.path.abspath(ranks)}"]
+    for s in ("n_layer=2", "n_head=2", "n_embd=64", "block_size=64", "batch_size=8", "num_threads=1",
+              "warmup_steps=5", "eval_windows=8"):
+        argv += ["--model-set", s]
+    assert run_main("doremi", doremi_job.main, argv) == 0
+    out = capsys.readouterr().out
+    index = json.load(open(os.path.join(lake_dir, "packed_domains", "domains.json")))
+    assert set(index["domains"]) == {"noise", "text"}
+    for d, v in index["domains"].items():
+        m = json.load(open(os.path.join(lake_dir, "packed_domains", v["dir"], "manifest.json")))
+        assert m["source"]["domain"] == d and m["splits"]["val"]["tokens"] > 0
+        assert set(m["mixture"]["achieved_tokens"]) == {d}  # one domain per folder
+    res = json.load(open(os.path.join(lake_dir, "reports", "doremi.json")))
+    w = res["domain_weights"]
+    assert w["text"] > 0.55 > w["noise"], w
+    traj = res["trajectory"]
+    assert traj["domains"] == ["noise", "text"] and len(traj["alpha"]) == 40
+    assert traj["alpha"][-1][1] > traj["alpha"][0][1]  # text's weight grows over the proxy's steps
+    for model_name in ("reference", "proxy"):
+        assert set(res["val_loss"][model_name]) == {"noise", "text"}
+        assert all(math.isfinite(v) for v in res["val_loss"][model_name].values())
+    assert "DoReMi w" in out and "val loss proxy" in out
+    # mix took the weights: the mixture's target weights are DoReMi's
+    mixm = sorted((r for r in lake.read_arrow("metrics").to_pylist() if r["stage"] == "mix"),
+                  key=lambda r: r["started_at"])[-1]
+    ex = json.loads(mixm["extra"])
+    assert ex["strategy"] == "doremi" and ex["weights"]["text"] == pytest.approx(w["text"] / sum(w.values()))
+    assert lake.exists("mixed")
+    # the report plots the trajectory and tabulates both models' val losses
+    from jobs.report_gather import load_doremi
+    from jobs.report_plots import plot_doremi
+
+    assert load_doremi(lake_dir)["trajectory"] == traj
+    assert 'data-plot="doremi"' in plot_doremi(load_doremi(lake_dir))
+    # a second call skips every step
+    assert run_main("doremi", doremi_job.main, argv) == 0
+    err = capsys.readouterr().err
+    assert "skipping the training" in err and "already" in err

@@ -450,8 +450,8 @@ def loud_lake(small_lake, spark, tmp_path_factory):
     return {"root": root, "html": page, "doc": parse(page)}
 
 
-def _spark_counts(spark, root, table, version=None, where=None, key="domain"):
-    """{key: (documents, n_tokens_est)} of a table, in Spark (independent of the report's pyarrow path)."""
+def _spark_counts(spark, root, table, version=None, where=None, key="domain", tokens="n_tokens_est"):
+    """{key: (documents, tokens)} of a table, in Spark (independent of the report's pyarrow path)."""
     from pyspark.sql import functions as F
 
     from jobs.tables import Lake
@@ -460,7 +460,7 @@ def _spark_counts(spark, root, table, version=None, where=None, key="domain"):
     if where is not None:
         df = df.where(where)
     return {r[key]: (r["d"], r["t"] or 0) for r in
-            df.groupBy(key).agg(F.count(F.lit(1)).alias("d"), F.sum("n_tokens_est").alias("t")).collect()}
+            df.groupBy(key).agg(F.count(F.lit(1)).alias("d"), F.sum(tokens).alias("t")).collect()}
 
 
 def _breakdown(doc, stage, kind="domain"):
@@ -494,8 +494,10 @@ def test_by_domain_and_source_equal_the_tables(report, small_lake, spark):
         assert {d: (value(r["docs in"]), value(r["tokens in"])) for d, r in rows.items()} == cin, stage
         assert {d: (value(r["docs out"]), value(r["tokens out"])) for d, r in rows.items()} == cout, stage
     mix = _breakdown(doc, "mix")
-    unique = _spark_counts(spark, root, "mixed", where=F.col("epoch_copy") == 0)
-    every = _spark_counts(spark, root, "mixed")
+    # mix counts real tokens (mix.tokens: exact): the mixed table's n_tokens column, tokenizer + EOS
+    unique = _spark_counts(spark, root, "mixed", where=F.col("epoch_copy") == 0, tokens="n_tokens")
+    every = _spark_counts(spark, root, "mixed", tokens="n_tokens")
+    assert latest["mix"]["extra"]["token_counts"] == "exact"
     assert {d: value(r["docs out"]) for d, r in mix.items()} == {d: v[0] for d, v in unique.items()}
     assert {d: value(r["tokens out"]) for d, r in mix.items()} == {d: v[1] for d, v in every.items()}
     for stage in ("ingest", "filter", "dedup", "decontaminate", "mix"):

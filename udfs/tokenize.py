@@ -255,6 +255,22 @@ def encode_with_eos(enc, texts: list[str], dtype) -> tuple[np.ndarray, np.ndarra
     return flat.astype(dtype, copy=False), counts
 
 
+def count_with_eos(enc, texts: list) -> np.ndarray:
+    """Tokens each document takes in a packed stream: its ordinary tokens plus the EOS after it (what
+    `encode_with_eos` counts); a null text counts 0 (the packer drops it)."""
+    out = np.zeros(len(texts), dtype=np.int64)
+    for i, text in enumerate(texts):
+        if text is not None:
+            out[i] = len(ordinary_tokens(enc, text)) + 1
+    return out
+
+
+def count_id(enc) -> str:
+    """What an `n_tokens` column was counted with: `<encoding name>:<first 16 hex of the ranks' sha256>`, so a
+    retrained BPE of the same name never passes for the old one."""
+    return f"{enc.name}:{ranks_sha256(enc)[:16]}"
+
+
 def word_count(text: str) -> int:
     """Whitespace-separated words (the denominator of tokens-per-word)."""
     return len(text.split())
