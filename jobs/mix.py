@@ -9,8 +9,9 @@ they were counted with another tokenizer, this stage counts them (one `mapInArro
 them into `mixed`. `mix.tokens: estimate` uses `n_tokens_est` (bytes / 4) instead. Domain weights (token shares)
 come from a strategy (see udfs/mixture.py); each domain then contributes weight * budget tokens: `full_epochs` complete copies of the
 domain plus a prefix of one more pass, where the documents of the domain are ranked by xxhash64(id, seed, epoch)
-and taken while the first half of each lies below the remainder (so the domain ends as close to its target as
-whole documents allow: off by at most half a document). Copies beyond the first carry `epoch_copy` 1, 2, ...
+and taken while each still fits under the remainder, a document that does not fit being skipped (so the domain
+ends as close to its target as whole documents allow, and one huge document at the boundary neither overshoots
+nor stops it short). Copies beyond the first carry `epoch_copy` 1, 2, ...
 The choice depends only on ids, seed and per-domain counts, never on partitioning or run order.
 
 Metrics: docs_out = distinct input documents in the mixture, docs_rejected = input documents not sampled
@@ -48,6 +49,52 @@ def _count_fn(resolved: dict, tid: str):
                 list(b.columns) + [pa.array(n, pa.int64()), pa.array([tid] * b.num_rows, pa.string())],
                 names=list(b.schema.names) + ["n_tokens", "n_tokens_tokenizer"])
     return count
+
+
+MAX_SKIPS = 16  # documents skipped per domain at most; the walk stops at the next one that does not fit
+
+
+def partial_pass_ends(spark, x, remainders: dict) -> dict:
+    """{domain: {"skipped": [ranks of skipped documents], "end": rank the pass stops before, or None}} for the
+    partial pass. x has per domain `_r` (rank in hash order), `_cum` (running token sum), `_tok`, `_rem`.
+
+    The walk takes documents while they fit entirely under the remainder and skips one that does not, so a huge
+    document neither overshoots nor stops the domain short. Round k finds, per domain still walking, the first
+    document after the previous skipped one that does not fit: cum - skipped tokens > rem. The walk ends when
+    nothing fails (the rest fits), when the gap left is under 0.5% of the remainder, or after MAX_SKIPS skips; the
+    document it ends at is taken when that brings the domain closer to its target (most of it fits)."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    if not remainders:
+        return {}
+    narrow = (x.where(F.col("_rem") > 0).select("_dom", "_r", "_cum", "_tok", "_rem")
+              .persist(StorageLevel.MEMORY_AND_DISK))
+    state = {d: {"skipped": [], "skip_tok": 0, "last": 0, "end": None} for d in remainders}
+    active = set(remainders)
+    try:
+        while active:
+            cur = spark.createDataFrame([(d, state[d]["last"], state[d]["skip_tok"]) for d in sorted(active)],
+                                        "_dom string, _last bigint, _skip bigint")
+            fail = (F.col("_r") > F.col("_last")) & (F.col("_cum") - F.col("_skip") > F.col("_rem"))
+            found = {r["_dom"]: r["b"] for r in narrow.join(F.broadcast(cur), "_dom").where(fail)
+                     .groupBy("_dom").agg(F.min(F.struct("_r", "_cum", "_tok")).alias("b")).collect()}
+            for d in sorted(active):
+                st, b = state[d], found.get(d)
+                if b is None:          # everything after the last skipped document fits: the walk takes it all
+                    active.discard(d)
+                    continue
+                gap = remainders[d] - (b["_cum"] - b["_tok"] - st["skip_tok"])
+                if len(st["skipped"]) >= MAX_SKIPS or gap <= max(1, remainders[d] // 200):
+                    st["end"] = int(b["_r"]) + (1 if 2 * gap > b["_tok"] else 0)
+                    active.discard(d)
+                    continue
+                st["skipped"].append(int(b["_r"]))
+                st["skip_tok"] += int(b["_tok"])
+                st["last"] = int(b["_r"])
+    finally:
+        narrow.unpersist()
+    return {d: {"skipped": st["skipped"], "end": st["end"]} for d, st in state.items()}
 
 
 def pack_tokenizer(args) -> str:
@@ -161,16 +208,23 @@ def plan(ctx) -> None:
     plan_df = spark.createDataFrame([(p.domain, p.full_epochs, p.remainder) for p in plans],
                                     "_dom string, _full int, _rem bigint")
     x = docs.join(F.broadcast(plan_df), "_dom", "left").fillna({"_full": 0, "_rem": 0})
-    # The partial pass takes documents in hash order while the cumulative tokens before each plus half of its own
-    # stay below the remainder: the document that crosses the remainder is in when most of it fits, so a domain
-    # misses its target by at most half a document either way (always taking it overshot every domain by up to a
-    # whole document: 1.1% of a 150k budget with 3 KB code documents). The id breaks hash ties: the order is total.
+    # The partial pass walks a domain's documents in hash order (the id breaks ties: the order is total) and takes
+    # each that still fits under the remainder; one that does not is skipped and the walk goes on, so one huge
+    # document at the boundary (a 40k-token book among 600-byte pages) neither overshoots nor stops the domain
+    # short; where it ends, the last document is taken if most of it fits.
+    # Computed without any sequential pass: the walk is a running sum plus the few skipped "boundary" documents
+    # per domain, found one per round by an aggregate over a narrow, persisted (domain, rank, cum, tokens) frame.
     x = x.withColumn("_h", F.xxhash64(F.col("id"), F.lit(cfg["seed"]), F.col("_full")))
-    w = (Window.partitionBy("_dom").orderBy("_h", "id")
-         .rowsBetween(Window.unboundedPreceding, Window.currentRow))
-    x = x.withColumn("_cum", F.when(F.col("_rem") > 0, F.sum("_tok").over(w)).otherwise(F.lit(0)))
-    x = x.withColumn("_copies", F.col("_full") + F.when(
-        (F.col("_rem") > 0) & (2 * F.col("_cum") - F.col("_tok") < 2 * F.col("_rem")), 1).otherwise(0))
+    order = Window.partitionBy("_dom").orderBy("_h", "id")
+    x = x.withColumn("_r", F.row_number().over(order))
+    x = x.withColumn("_cum", F.sum("_tok").over(order.rowsBetween(Window.unboundedPreceding, Window.currentRow)))
+    ends = partial_pass_ends(spark, x, {p.domain: p.remainder for p in plans if p.remainder > 0})
+    ends_df = spark.createDataFrame([(d, e["skipped"], e["end"]) for d, e in ends.items()],
+                                    "_dom string, _skipped array<bigint>, _end bigint")
+    x = x.join(F.broadcast(ends_df), "_dom", "left")
+    in_partial = ((F.col("_rem") > 0) & (F.col("_r") < F.coalesce(F.col("_end"), F.lit(2 ** 62)))
+                  & ~F.coalesce(F.array_contains(F.col("_skipped"), F.col("_r")), F.lit(False)))
+    x = x.withColumn("_copies", F.col("_full") + F.when(in_partial, 1).otherwise(0))
     sampled = x.where(F.col("_copies") > 0)
     mixed = (sampled.withColumn("epoch_copy", F.explode(F.sequence(F.lit(0), F.col("_copies") - 1)))
              .select(*[c for c in docs.columns if c not in ("_dom", "_tok", "epoch_copy")], "epoch_copy"))

@@ -25,6 +25,10 @@ Run the whole pipeline on one lake, skipping stages that already ran on the same
 Stages: jobs.stage.PIPELINE (ingest, filter, dedup, decontaminate, mix, pack), or the subset in `pipeline.stages` /
 --stages, always in that order. After pack, unless
 --no-train: a short CPU training run (`pipeline.train`), a text sample from it, and `<lake>/report.html`.
+Before mix (`pipeline.tokenizer`): a byte-level BPE trained on `decontaminated` (jobs/train_tokenizer.py, 8k
+tokens by default) into <lake>/tokenizer/bpe.json; mix counts real tokens with it and pack packs with it, so the
+mixture's token shares are those of the shards. --set pack.tokenizer=gpt2 (or pipeline.tokenizer.train=false)
+uses that tokenizer instead.
 Every --set KEY=VALUE is passed to every stage, e.g. --set mix.strategy=temperature --set pack.tokenizer=gpt2.
 
 examples:
@@ -67,6 +71,46 @@ def stage_argv(args):
     return argv
 
 
+def tokenizer_step(args, lake: str, tok_cfg: dict) -> str | None:
+    """Train the pipeline's BPE (`pipeline.tokenizer`, sizes from the `train_tokenizer` section) on its input
+    table, unless the file already holds a tokenizer of that table version and settings; returns its path (None
+    when off). Mix then counts real tokens with it and pack packs with it: one tokenizer for both."""
+    import hashlib
+    import json
+
+    from jobs.config import load_config
+    from jobs.session import get_spark
+    from jobs.stage import log
+    from jobs.tables import Lake
+
+    if not tok_cfg.get("train", True):
+        return None
+    if any(o.split("=", 1)[0].strip() == "pack.tokenizer" for o in args.overrides):
+        log("pipeline: pack.tokenizer is set on the command line; not training a tokenizer")
+        return None
+    table = str(tok_cfg.get("input_table") or "decontaminated")
+    out = os.path.join(lake, str(tok_cfg.get("out") or "tokenizer/bpe.json"))
+    version = Lake(get_spark("lmrefinery-pipeline", master=args.master), lake).version(table)
+    if version is None:
+        raise UserError(f"pipeline.tokenizer.input_table: table '{table}' not found under lake {lake}")
+    section = load_config(args.conf, args.overrides).get("train_tokenizer") or {}
+    key = hashlib.sha256(json.dumps({"table": table, "version": version, "cfg": section},
+                                    sort_keys=True).encode()).hexdigest()
+    stamp = out + ".key"
+    if not args.force and os.path.exists(out) and os.path.exists(stamp) and open(stamp).read().strip() == key:
+        log(f"pipeline: {out} already holds the tokenizer of {table} v{version} with these settings; skipping")
+        return out
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    rc = importlib.import_module("jobs.train_tokenizer").main(
+        ["--lake", lake, "--input-table", table, "--out", out, *(["--conf", args.conf] if args.conf else []),
+         *sum((["--set", o] for o in args.overrides), [])])
+    if rc:
+        raise UserError(f"train_tokenizer exited with code {rc}")
+    with open(stamp, "w") as f:
+        f.write(key + "\n")
+    return out
+
+
 def run_python(cmd, what):
     print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
     rc = subprocess.call(cmd, cwd=REPO_ROOT)
@@ -106,11 +150,18 @@ def main(argv=None):
     t_all = time.time()
     get_spark("lmrefinery-pipeline", master=args.master)
     timings = []
+    tokenizer = None
     for i, name in enumerate(stages, 1):
+        if name in ("mix", "pack") and tokenizer is None and not storage.is_remote(lake):
+            t0 = time.time()
+            tokenizer = tokenizer_step(args, lake, pcfg.get("tokenizer") or {}) or ""
+            if tokenizer:
+                timings.append(("tokenizer", time.time() - t0))
         banner(i, total, name)
         t0 = time.time()
         mod = importlib.import_module(f"jobs.{name}")
-        rc = mod.main(stage_argv(args))
+        argv = stage_argv(args) + (["--set", f"pack.tokenizer={tokenizer}"] if tokenizer else [])
+        rc = mod.main(argv)
         if rc:
             raise UserError(f"stage {name} exited with code {rc}")
         timings.append((name, time.time() - t0))

@@ -415,7 +415,8 @@ def render(ctx: dict) -> str:
 
     # training
     run = ctx["run"]
-    vocab = ((ctx.get("manifest") or {}).get("tokenizer") or {}).get("vocab_size")
+    tok_info = (ctx.get("manifest") or {}).get("tokenizer") or {}
+    vocab = tok_info.get("vocab_size")
     img = plot_loss(run, vocab) if run else None
     if img:
         last = run[-1]
@@ -427,6 +428,8 @@ def render(ctx: dict) -> str:
                  ("last val ppl", vals[-1].get("val_ppl") if vals else None),
                  ("last val bits/byte", vals[-1].get("val_bpb") if vals else None),
                  ("median tokens/s", tps[len(tps) // 2] if tps else None),
+                 ("tokenizer", f"{tok_info.get('name')} ({tok_info.get('vocab_size'):,} tokens)"
+                  if tok_info.get("vocab_size") else None),
                  ("tokens seen", last.get("tokens_seen")), ("epochs of train", last.get("epoch")),
                  ("last grad norm", last.get("grad_norm")),
                  ("loss spikes", sum(1 for r in run if r.get("spike")) if "grad_norm" in last else None)]
