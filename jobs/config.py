@@ -27,6 +27,11 @@ NULL_DEFAULT_TYPES = {
     "mix.weights": (dict, str),
     "mix.token_budget": (int, float, str),
     "mix.tokenizer": (str,),
+    "synthesize.generator": (str,),
+    "synthesize.model_name": (str,),
+    "self_instruct.generator": (str,),
+    "self_instruct.model_name": (str,),
+    "self_instruct.corpus_table": (str,),
     "pipeline.stages": (list, str),
 }
 # mappings whose children are named by the user (domains); the stage checks what is below them

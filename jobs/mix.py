@@ -106,7 +106,9 @@ def pack_tokenizer(args) -> str:
 
 def resolve(cfg: dict, args) -> dict:
     cfg = {"strategy": "proportional", "weights": None, "alpha": 0.5, "token_budget": None, "max_epochs": 4,
-           "force_epochs": False, "seed": 1234, "tokens": "exact", "tokenizer": None, **cfg}
+           "force_epochs": False, "seed": 1234, "tokens": "exact", "tokenizer": None, "extra_tables": [], **cfg}
+    if isinstance(cfg["extra_tables"], str):
+        cfg["extra_tables"] = [t.strip() for t in cfg["extra_tables"].split(",") if t.strip()]
     if cfg["tokens"] not in TOKEN_MODES:
         raise UserError(f"mix.tokens must be exact or estimate, got {cfg['tokens']!r}")
     if cfg["strategy"] not in mx.STRATEGIES:
@@ -153,6 +155,23 @@ def prepare(ctx) -> None:
     ctx.run_config = run_cfg
 
 
+def early(ctx):
+    """Pin the versions of the extra tables (e.g. `synthetic`): they are part of the run's identity."""
+    from jobs.tables import TableError, check_table_name
+
+    versions = {}
+    for t in ctx.params["extra_tables"]:
+        check_table_name(t)
+        v = ctx.lake.version(t)
+        if v is None:
+            raise TableError(f"--add-table: table '{t}' not found under lake {ctx.lake.root}")
+        versions[t] = v
+    ctx.state["extra_versions"] = versions
+    if versions:
+        ctx.run_config = dict(ctx.run_config, extra_tables=versions)
+    return None
+
+
 def plan(ctx) -> None:
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -160,6 +179,19 @@ def plan(ctx) -> None:
     cfg, lake, run, spark = ctx.params, ctx.lake, ctx.run, ctx.spark
     file_weights = ctx.state["file_weights"]
     docs = ctx.input()
+    if ctx.state["extra_versions"]:
+        from jobs.schema import DOCUMENT_COLUMNS
+
+        for t, v in ctx.state["extra_versions"].items():
+            other = lake.read(t, version=v)
+            missing = [c for c in ("id", "text", "domain") if c not in other.columns]
+            if missing:
+                raise UserError(f"--add-table: table '{t}' lacks columns {missing} (document schema expected)")
+            # the document columns only: a table's own extras (prompt, verdict, ...) stay in that table
+            docs = docs.unionByName(other.select(*[c for c in DOCUMENT_COLUMNS if c in other.columns]),
+                                    allowMissingColumns=True)
+        log(f"mix: input {ctx.args.input_table} + " + ", ".join(f"{t} v{v}" for t, v in
+                                                                ctx.state["extra_versions"].items()))
     cached = None
     if ctx.state["tok"] is not None:
         from pyspark import StorageLevel
@@ -290,8 +322,10 @@ STAGE = Stage(
            Flag("--tokens", "tokens", "exact: real tokens of the packing tokenizer (default); estimate: bytes/4",
                 choices=TOKEN_MODES),
            Flag("--tokenizer", "tokenizer", "tokenizer of the exact counts (default mix.tokenizer, else "
-                "pack.tokenizer)")],
-    resolve=resolve, prepare=prepare, plan=plan)
+                "pack.tokenizer)"),
+           Flag("--add-table", "extra_tables", "comma-separated tables mixed in with the input, each with the "
+                "document schema (e.g. synthetic from jobs/synthesize.py, as its own domain)")],
+    resolve=resolve, prepare=prepare, early=early, plan=plan)
 main = stage_main(STAGE)
 
 

@@ -89,7 +89,19 @@ def tokenizer_step(args, lake: str, tok_cfg: dict) -> str | None:
         log("pipeline: pack.tokenizer is set on the command line; not training a tokenizer")
         return None
     table = str(tok_cfg.get("input_table") or "decontaminated")
-    out = os.path.join(lake, str(tok_cfg.get("out") or "tokenizer/bpe.json"))
+    rel = str(tok_cfg.get("out") or "tokenizer/bpe.json")
+    record = None
+    if storage.is_remote(lake):
+        # the tokenizer file is read by path: train it into local scratch (one folder per lake) and keep a copy
+        # in the lake for the record
+        import tempfile
+
+        base = os.environ.get("LMR_SCRATCH") or tempfile.gettempdir()
+        out = os.path.join(base, "lmrefinery-tokenizer", hashlib.sha1(lake.encode()).hexdigest()[:16],
+                           os.path.basename(rel))
+        record = storage.join(lake, rel)
+    else:
+        out = os.path.join(lake, rel)
     version = Lake(get_spark("lmrefinery-pipeline", master=args.master), lake).version(table)
     if version is None:
         raise UserError(f"pipeline.tokenizer.input_table: table '{table}' not found under lake {lake}")
@@ -108,6 +120,10 @@ def tokenizer_step(args, lake: str, tok_cfg: dict) -> str | None:
         raise UserError(f"train_tokenizer exited with code {rc}")
     with open(stamp, "w") as f:
         f.write(key + "\n")
+    if record:
+        with open(out, "rb") as f:
+            storage.write_bytes(record, f.read())
+        log(f"pipeline: tokenizer trained in {out}, copied to {record}")
     return out
 
 
@@ -152,7 +168,7 @@ def main(argv=None):
     timings = []
     tokenizer = None
     for i, name in enumerate(stages, 1):
-        if name in ("mix", "pack") and tokenizer is None and not storage.is_remote(lake):
+        if name in ("mix", "pack") and tokenizer is None:
             t0 = time.time()
             tokenizer = tokenizer_step(args, lake, pcfg.get("tokenizer") or {}) or ""
             if tokenizer:

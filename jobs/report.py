@@ -43,7 +43,7 @@ from jobs.report_gather import (Sources, chain_mismatches, duplicate_clusters_fr
                                 language_distribution_from_tables, latest_per_stage, stage_sort_key,
                                 tokenizer_compression, top_reasons_per_domain)
 from jobs.report_plots import (PLOTS, plot_duplicates, plot_funnel, plot_languages, plot_line_cleaning,  # noqa: E402
-                               plot_doremi, plot_loss, plot_mixture, plot_rejections, plot_signal_histograms, plot_token_lengths,
+                               plot_doremi, plot_loss, plot_mixture, plot_synthetic, plot_rejections, plot_signal_histograms, plot_token_lengths,
                                plot_tokenizers)
 
 # the page and entry point, plus the names other code imports from here (tests, notebooks/04_mixture_and_tokens.py)
@@ -384,6 +384,24 @@ def render(ctx: dict) -> str:
                  f'{dr.get("eta")}; the reference trains on uniform weights, the proxy with Group DRO.</p>')
         parts.append(section("doremi", "DoReMi domain weights", body))  # optional: only a lake that ran it
 
+    # synthetic data (optional: only a lake where jobs/synthesize.py ran)
+    srow = (latest.get("synthesize") or {})
+    sx = srow.get("extra") or {}
+    synthetic_img = plot_synthetic(sx) if sx.get("by_template") else None
+    if synthetic_img:
+        k = sx.get("k")
+        trs = [[esc(t), num_cell(v.get("problems"), "problems"), num_cell(v.get("candidates"), "candidates"),
+                num_cell(v.get("accepted"), "accepted"), esc(pct(v.get("acceptance"))),
+                esc(fmt(v.get("pass@1"))), esc(fmt(v.get(f"pass@{k}"))),
+                esc(", ".join(f"{a}={b:,}" for a, b in (v.get("verdicts") or {}).items()))]
+               for t, v in sorted(sx["by_template"].items())]
+        body = synthetic_img + table(["template", "problems", "candidates", "accepted", "acceptance", "pass@1",
+                                      f"pass@{k}", "verdicts"], trs, table_id="synthetic")
+        body += (f'<p class="src">latest synthesize run {esc(srow.get("run_id"))}: {k} candidates per problem from '
+                 f'{esc(str(sx.get("generator")))}; accepted rows in <code>{esc(str(srow.get("output_table")))}'
+                 f'</code>, the rest with their verdict in the rejected table.</p>')
+        parts.append(section("synthetic", "Synthetic data: acceptance and pass@k", body))
+
     # token lengths
     lengths = ctx["token_lengths"]
     if lengths:
@@ -476,6 +494,7 @@ def render(ctx: dict) -> str:
         ("filter_reasons", "filter reasons"), ("signals", "signals"), ("line_cleaning", "line cleaning"),
         ("languages", "languages"),
         ("duplicates", "duplicates"), ("mixture", "mixture"), *((("doremi", "doremi"),) if doremi_img else ()),
+        *((("synthetic", "synthetic"),) if synthetic_img else ()),
         ("token_lengths", "token lengths"),
         ("tokenizers", "tokenizers"), ("training", "training"), ("metrics", "metrics"), ("audit", "audit")))
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>lmrefinery report: '

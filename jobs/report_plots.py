@@ -14,7 +14,7 @@ from jobs.report_gather import MAX_REASON_BARS, cuts_for, group_reasons, stage_s
 # Plot ids in page order; tests and the screenshot check rely on these.
 PLOTS = ["funnel_docs", "funnel_tokens", "rejections", "signals", "line_cleaning", "languages", "duplicates",
          "mixture", "token_lengths", "tokenizers", "loss"]
-OPTIONAL_PLOTS = ["doremi"]  # drawn only when the lake has their input (reports/doremi.json)
+OPTIONAL_PLOTS = ["doremi", "synthetic"]  # drawn only when the lake has their input (reports/doremi.json)
 HIST_MAX_DOMAINS = 6  # columns of the signal histograms: the domains with most documents
 
 
@@ -371,6 +371,25 @@ def plot_doremi(res: dict) -> str | None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return fig_to_img(fig, "doremi", "DoReMi domain weight trajectory")
+
+
+def plot_synthetic(syn: dict) -> str | None:
+    """pass@j for j = 1..k per template (jobs/synthesize.py's metrics row)."""
+    by = syn.get("by_template") or {}
+    if not by:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 3))
+    for t, v in sorted(by.items()):
+        curve = v.get("curve") or []
+        ax.plot(range(1, len(curve) + 1), curve, "o-", ms=3, label=f"{t} ({v.get('problems')} problems)")
+    ax.set_xlabel("k (candidates per problem)")
+    ax.set_ylabel("pass@k")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"synthetic data: pass@k of {syn.get('generator')}")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig_to_img(fig, "synthetic", "synthetic data pass@k curve")
 
 
 def plot_loss(run: list[dict], vocab_size: int | None = None) -> str | None:
