@@ -5,7 +5,8 @@
 * an address-space limit (`memory_mb`, RLIMIT_AS) and a file-size limit (RLIMIT_FSIZE);
 * an audit hook (PEP 578) installed before the candidate runs, which ends the process at once (os._exit, so the
   candidate cannot catch it) on: creating a socket or resolving a name (no network), fork / exec / spawn /
-  subprocess / os.system (no new processes), opening a file for writing or removing, renaming or creating a
+  subprocess / os.system or importing `_posixsubprocess` (whose fork_exec raises no event) (no new processes),
+  opening a file for writing or removing, renaming or creating a
   path outside the temporary folder, loading native code (ctypes), and changing the audit hooks' view
   (sys.settrace/monitoring are allowed: harmless).
 The verdict is one of `passed`, `failed` (an assertion or any exception in the tests), `timeout`, `memory`,
@@ -53,6 +54,8 @@ def refuse(what, detail):
     os._exit(97)
 
 def hook(event, args):
+    if event == "import" and args[0] in ("_posixsubprocess", "_xxsubinterpreters", "_interpreters"):
+        refuse("process", "import " + args[0])  # fork_exec raises no audit event of its own
     if event in NET:
         refuse("network", event)
     if event in PROC or event.startswith("os.exec") or event.startswith("os.spawn"):
