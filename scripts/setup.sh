@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything lmrefinery needs into ./.venv on a fresh machine (idempotent; a stamp skips repeat installs).
-#   torch: the CPU wheel by default (TORCH_SPEC=torch==2.13.0); GPU nodes: see README "GPU nodes".
+#   torch: TORCH_SPEC=torch==2.13.0 from the configured index (PyPI on Linux: the CUDA build, which also runs on
+#   CPU); a CPU-only wheel or another CUDA build: set TORCH_SPEC, see README "GPU nodes".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
