@@ -90,16 +90,15 @@ os._exit(0)
 """
 
 
-def _limits(memory_mb: int, cpu_s: int, fsize_mb: int):
-    def apply():
-        import resource
+def _limit(pid: int, memory_mb: int, cpu_s: int, fsize_mb: int) -> None:
+    """Set the child's limits from outside (prlimit) while it still waits for its job on stdin: no preexec_fn,
+    which is unsafe in a multithreaded parent such as a Spark Python worker."""
+    import resource
 
-        os.setsid()  # its own process group: a timeout kills everything it started
-        resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_mb << 20, fsize_mb << 20))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    return apply
+    resource.prlimit(pid, resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
+    resource.prlimit(pid, resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
+    resource.prlimit(pid, resource.RLIMIT_FSIZE, (fsize_mb << 20, fsize_mb << 20))
+    resource.prlimit(pid, resource.RLIMIT_CORE, (0, 0))
 
 
 def run_python(code: str, tests: str, timeout_s: float = 5.0, memory_mb: int = 512, fsize_mb: int = 1) -> dict:
@@ -109,11 +108,18 @@ def run_python(code: str, tests: str, timeout_s: float = 5.0, memory_mb: int = 5
     try:
         env = {"PATH": "", "HOME": root, "TMPDIR": root, "PYTHONHASHSEED": "0", "LANG": "C.UTF-8"}
         try:
+            # its own session and process group: a timeout kills everything it started
             p = subprocess.Popen([sys.executable, "-I", "-S", "-c", _RUNNER], stdin=subprocess.PIPE,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=root, env=env,
-                                 preexec_fn=_limits(memory_mb, max(1, int(timeout_s + 0.999)), fsize_mb))
+                                 start_new_session=True)
         except OSError as e:
             return {"verdict": "error", "detail": f"cannot start the sandbox: {e}", "seconds": 0.0}
+        try:
+            _limit(p.pid, memory_mb, max(1, int(timeout_s + 0.999)), fsize_mb)
+        except OSError as e:  # never run a candidate without its limits
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+            return {"verdict": "error", "detail": f"cannot limit the sandbox: {e}", "seconds": 0.0}
         try:
             _, err = p.communicate(json.dumps({"root": root, "code": code, "tests": tests}).encode(),
                                    timeout=timeout_s)
