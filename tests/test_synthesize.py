@@ -205,18 +205,19 @@ def test_openai_compatible_endpoint_serving_the_own_model(spark, lake, lake_dir,
     assert all(r["generator"] == url for r in _rows(lake, "syn_url") + _rows(lake, "syn_url_rej"))
 
 
-def test_code_template_with_a_generator_that_writes_bad_code(spark, lake, lake_dir, tmp_path):
-    """Candidates from a JSONL task file checked by the python verifier: a served 'model' is not needed to see
-    the sandbox's verdicts recorded in synthetic_rejected; the own model's code candidates are all refused or
-    failed or passed, never lost."""
+def test_code_template_runs_the_sandbox_in_spark_tasks(spark, lake, lake_dir, arithmetic_model, tmp_path):
+    """The functions template through jobs/synthesize.py: every candidate of a model that never saw code gets a
+    sandbox verdict in synthetic_rejected (none lost, none accepted); a missing checkpoint is a one-line error."""
     from jobs import synthesize
 
-    tasks = tmp_path / "tasks.jsonl"
-    tasks.write_text("".join(json.dumps({"id": f"t{i}", "prompt": "def f(x):\n", "tests": "assert f(1) == 2\n"})
-                             + "\n" for i in range(3)))
-    bad = tmp_path / "no.ckpt"
-    assert run_main("synthesize", synthesize.main, ["--lake", lake_dir, "--tasks", str(tasks), "--generator",
-                                                    str(bad)]) == 2
+    assert run_main("synthesize", synthesize.main, ["--lake", lake_dir, "--generator", arithmetic_model, "--tasks",
+                                                    "functions", "--n", "3", "--k", "2", "--max-tokens", "20"]) == 0
+    rows = _rows(lake, "synthetic") + _rows(lake, "synthetic_rejected")
+    assert len(rows) == 6 and all(r["verifier"] == "python" for r in rows)
+    assert {r["verdict"] for r in rows} <= {"passed", "failed", "timeout", "memory", "refused:process",
+                                            "refused:network", "refused:write", "refused:native"}
+    assert not _rows(lake, "synthetic")
+    assert run_main("synthesize", synthesize.main, ["--lake", lake_dir, "--generator", str(tmp_path / "no.ckpt")]) == 2
 
 
 def test_self_instruct_grows_a_deterministic_task_set(spark, lake, lake_dir, arithmetic_model):
