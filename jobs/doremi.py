@@ -74,7 +74,8 @@ def main(argv=None) -> int:
         raise UserError(f"--lake {lake}: DoReMi trains on local packed folders; run it on a local lake")
     import torch
 
-    from model.doremi import domains_from_index, run_doremi
+    from model.doremi import run_doremi
+    from udfs.packed import domain_folders, read_domains
     from model.train import build_config
 
     cfg = build_config(a.model_config, a.model_overrides)  # config errors before Spark starts
@@ -84,8 +85,7 @@ def main(argv=None) -> int:
     if rc:
         raise UserError(f"pack --per-domain exited with code {rc}")
 
-    with open(os.path.join(packed_dir, "domains.json")) as f:
-        index = json.load(f)
+    index = read_domains(packed_dir)
     key = hashlib.sha256(json.dumps({"pack_run": index["stage_run"]["run_key"], "model": cfg, "steps": a.steps,
                                      "eta": a.eta, "smoothing": a.smoothing}, sort_keys=True,
                                     default=str).encode()).hexdigest()
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
         if cfg["num_threads"]:
             torch.set_num_threads(cfg["num_threads"])
         log(f"doremi: reference and proxy, {a.steps} steps each, on {len(index['domains'])} domains")
-        res = run_doremi(domains_from_index(packed_dir), cfg, a.steps, a.eta, a.smoothing, log=log)
+        res = run_doremi(domain_folders(packed_dir), cfg, a.steps, a.eta, a.smoothing, log=log)
         res.update(run_key=key, input_table=a.input_table, source=index["source"])
         os.makedirs(os.path.dirname(out), exist_ok=True)
         tmp = out + ".tmp"

@@ -71,8 +71,6 @@ examples:
 complete lmrefinery-packed-v1 folder, and lists them in domains.json there: the input of DoReMi
 (jobs/doremi.py), which needs a batch from every domain at every step.
 """
-DOMAINS_FORMAT = "lmrefinery-packed-domains-v1"
-DOMAINS_FILE = "domains.json"
 
 SHARD_DDL = ("split string, shard bigint, tokens bigint, documents bigint, "
              "bin_name string, bin_bytes bigint, bin_sha256 string, idx_name string, idx_bytes bigint, "
@@ -596,22 +594,6 @@ def domain_dir_names(domains: list[str]) -> dict[str, str]:
     return out
 
 
-def read_domains(out_dir: str) -> dict:
-    """domains.json of a --per-domain pack: {"domains": {domain: {"dir": ..., ...}}, ...}."""
-    path = os.path.join(out_dir, DOMAINS_FILE)
-    try:
-        with open(path) as f:
-            d = json.load(f)
-    except FileNotFoundError:
-        raise PackedError(f"no {DOMAINS_FILE} in {out_dir} (expected the output of jobs/pack.py --per-domain)") \
-            from None
-    except ValueError as e:
-        raise PackedError(f"{path} is not valid JSON: {e}") from None
-    if d.get("format") != DOMAINS_FORMAT:
-        raise PackedError(f"{path}: format {d.get('format')!r}, expected {DOMAINS_FORMAT}")
-    return d
-
-
 def pack_per_domain(ctx, df, out_dir: str, version) -> None:
     """One packed folder per domain under out_dir, then domains.json (written last: its presence means done)."""
     from pyspark.sql import functions as F
@@ -623,12 +605,14 @@ def pack_per_domain(ctx, df, out_dir: str, version) -> None:
         raise UserError(f"--per-domain writes local folders; got {out_dir} (pack to a local --out, then upload)")
     os.makedirs(out_dir, exist_ok=True)
     dom = F.coalesce(F.col("domain"), F.lit("unknown"))
-    domains = sorted(r[0] for r in df.select(dom.alias("d")).distinct().collect())  # a handful of names
-    if not domains:
+    # the domains and their document counts in one job (a handful of rows)
+    counts = {r["d"]: int(r["n"]) for r in df.groupBy(dom.alias("d")).agg(F.count(F.lit(1)).alias("n")).collect()}
+    if not counts:
         raise UserError(f"table '{args.input_table}' is empty: nothing to pack")
+    domains = sorted(counts)
     names = domain_dir_names(domains)
     try:
-        os.remove(os.path.join(out_dir, DOMAINS_FILE))  # not done until it is written again
+        os.remove(os.path.join(out_dir, packed.DOMAINS_FILE))  # not done until it is written again
     except FileNotFoundError:
         pass
     listing, docs_in, docs_out, tokens = {}, 0, 0, 0
@@ -637,10 +621,9 @@ def pack_per_domain(ctx, df, out_dir: str, version) -> None:
         for leftover in _leftover_tmp_dirs(sub):
             shutil.rmtree(leftover, ignore_errors=True)
             log(f"pack: removed {leftover} (left by a pack run that died)")
-        part = df.where(dom == d)
-        n_in = part.count()
+        n_in = counts[d]
         log(f"pack: domain {d!r}: {n_in:,} documents -> {sub}")
-        m = pack(spark, part, sub, tokenizer=str(cfg["tokenizer"]), val_fraction=float(cfg["val_fraction"]),
+        m = pack(spark, df.where(dom == d), sub, tokenizer=str(cfg["tokenizer"]), val_fraction=float(cfg["val_fraction"]),
                  seed=int(cfg["seed"]), shard_tokens=int(cfg["shard_tokens"]), nanogpt_bins=bool(cfg["nanogpt_bins"]),
                  source={"table": args.input_table, "version": version, "domain": d},
                  extra={"stage_run": {"run_id": run.run_id, "run_key": run.run_key, "config_hash": run.config_hash},
@@ -651,13 +634,9 @@ def pack_per_domain(ctx, df, out_dir: str, version) -> None:
         docs_in += n_in
         docs_out += listing[d]["documents"]
         tokens += sp["train"]["tokens"] + sp["val"]["tokens"]
-    index = {"format": DOMAINS_FORMAT, "source": {"table": args.input_table, "version": version},
-             "tokenizer": m["tokenizer"], "stage_run": {"run_id": run.run_id, "run_key": run.run_key},
-             "domains": listing}
-    tmp = os.path.join(out_dir, DOMAINS_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(index, f, indent=2)
-    os.replace(tmp, os.path.join(out_dir, DOMAINS_FILE))
+    packed.write_domains(out_dir, {"source": {"table": args.input_table, "version": version},
+                                   "tokenizer": m["tokenizer"],
+                                   "stage_run": {"run_id": run.run_id, "run_key": run.run_key}, "domains": listing})
     log(f"pack: {len(domains)} domain folders under {out_dir}: " +
         ", ".join(f"{d} {v['train_tokens']:,}+{v['val_tokens']:,} tokens" for d, v in listing.items()))
     run.finish(docs_in=docs_in, docs_out=docs_out, docs_rejected=docs_in - docs_out, tokens_in=tokens,
@@ -720,7 +699,7 @@ def still_done(ctx) -> bool:
     out_dir = ctx.state["out_dir"]
     if ctx.args.per_domain:
         try:
-            index = read_domains(out_dir)
+            index = packed.read_domains(out_dir)
         except PackedError:
             return False
         if (index.get("stage_run") or {}).get("run_key") == ctx.run.run_key and all(

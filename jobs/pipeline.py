@@ -113,9 +113,8 @@ def tokenizer_step(args, lake: str, tok_cfg: dict) -> str | None:
         log(f"pipeline: {out} already holds the tokenizer of {table} v{version} with these settings; skipping")
         return out
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    rc = importlib.import_module("jobs.train_tokenizer").main(
-        ["--lake", lake, "--input-table", table, "--out", out, *(["--conf", args.conf] if args.conf else []),
-         *sum((["--set", o] for o in args.overrides), [])])
+    rc = importlib.import_module("jobs.train_tokenizer").main(stage_argv(args) + ["--input-table", table,
+                                                                                "--out", out])
     if rc:
         raise UserError(f"train_tokenizer exited with code {rc}")
     with open(stamp, "w") as f:

@@ -120,7 +120,7 @@ def _corpus_hits_fn(cand_sigs, threshold: float, ngram: int, num_perm: int, seed
             sig = minhash.signatures([t or "" for t in texts], ngram, num_perm, seed)
             hits = []
             for j in range(len(cs)):
-                est = (sig == cs[j]).mean(axis=1)
+                est = minhash.estimated_jaccard(sig, cs[j])
                 if (est >= threshold).any():
                     hits.append(j)
             if hits:
@@ -180,7 +180,7 @@ def plan(ctx) -> None:
             csig = sigs([c["question"] for c in cands])
             for j, c in enumerate(cands):
                 ref = np.vstack([pool_sig] + [csig[[k for k, _ in kept]]] if kept else [pool_sig])
-                if len(ref) and float((ref == csig[j]).mean(axis=1).max()) >= thr:
+                if len(ref) and float(minhash.estimated_jaccard(ref, csig[j]).max()) >= thr:
                     rejected.append(dict(c, reason="near_duplicate:pool"))
                 else:
                     kept.append((j, c))

@@ -19,20 +19,21 @@ domains.json listing them; `jobs/doremi.py --lake L` runs pack, this and mix in 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from udfs.common import UserError, run_main  # noqa: E402
 from model.data import BatchLoader, PackedSplit, ShardError, load_manifest  # noqa: E402
+from udfs.packed import domain_folders  # noqa: E402
 from model.gpt import GPT, GPTConfig  # noqa: E402
-from model.train import build_config, get_lr  # noqa: E402
+from model.train import build_config, evaluate, get_lr  # noqa: E402
 
 
 def exponentiated_gradient_step(alpha: torch.Tensor, excess: torch.Tensor, eta: float = 1.0,
@@ -49,41 +50,6 @@ def per_domain_token_losses(model: GPT, xs: list[torch.Tensor], ys: list[torch.T
     logits, _ = model(x, y)
     tok = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), reduction="none")
     return list(tok.view(y.shape).split([len(b) for b in xs]))
-
-
-@torch.no_grad()
-def domain_val_loss(model: GPT, split: PackedSplit, block_size: int, batch_size: int, max_windows: int) -> float:
-    """Token-mean loss (nats) over the first `max_windows` non-overlapping windows of a domain's val split."""
-    from model.data import eval_windows
-
-    model.eval()
-    starts = eval_windows(split, block_size, max_windows, 0, 1)
-    if len(starts) == 0:
-        return float("nan")
-    tot, n = 0.0, 0
-    for i in range(0, len(starts), batch_size):
-        buf = torch.from_numpy(np.stack(
-            [split.read(int(s), block_size + 1) for s in starts[i:i + batch_size]]).astype("int64"))
-        x, y = buf[:, :-1], buf[:, 1:]
-        logits, _ = model(x, y)
-        tot += float(F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), reduction="sum"))
-        n += y.numel()
-    return tot / n
-
-
-def domains_from_index(packed_domains: str) -> dict[str, str]:
-    """{domain: packed folder} from the domains.json of `jobs/pack.py --per-domain`."""
-    from udfs.packed import PackedError
-
-    path = os.path.join(packed_domains, "domains.json")
-    try:
-        with open(path) as f:
-            index = json.load(f)
-    except FileNotFoundError:
-        raise UserError(f"no domains.json in {packed_domains} (run jobs/pack.py --per-domain first)") from None
-    except ValueError as e:
-        raise PackedError(f"{path} is not valid JSON: {e}") from None
-    return {d: os.path.join(packed_domains, v["dir"]) for d, v in index["domains"].items()}
 
 
 def _domains(specs: list[str]) -> dict[str, str]:
@@ -191,9 +157,10 @@ def run_doremi(domains: dict[str, str], cfg: dict, steps: int, eta: float = 1.0,
                 " ".join(f"{d}={e:.3f}" for d, e in zip(names, excess.tolist())) + " | alpha " +
                 " ".join(f"{d}={a:.3f}" for d, a in zip(names, alpha.tolist())))
     avg = (alpha_sum / steps).tolist()
-    T_eval, windows = cfg["block_size"], cfg["eval_windows"]
-    val_loss = {"reference": {d: round(domain_val_loss(ref, vals[d], T_eval, B, windows), 6) for d in names},
-                "proxy": {d: round(domain_val_loss(proxy, vals[d], T_eval, B, windows), 6) for d in names}}
+    # the trainer's own evaluation (its fixed windows of each domain's val split), on this process's CPU
+    cpu, no_autocast = torch.device("cpu"), contextlib.nullcontext()
+    val_loss = {name: {d: round(evaluate(m, vals[d], cfg, 0, 1, cpu, no_autocast), 6) for d in names}
+                for name, m in (("reference", ref), ("proxy", proxy))}
     log("val loss per domain: " + " ".join(
         f"{d}: reference {val_loss['reference'][d]:.4f} proxy {val_loss['proxy'][d]:.4f}" for d in names))
     return {
@@ -231,7 +198,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(cfg["num_threads"])
     if bool(a.domain) == bool(a.packed_domains):
         raise UserError("give the domains either as --domain NAME=PACKED_DIR (two or more) or as --packed-domains DIR")
-    domains = domains_from_index(a.packed_domains) if a.packed_domains else _domains(a.domain)
+    domains = domain_folders(a.packed_domains) if a.packed_domains else _domains(a.domain)
     res = run_doremi(domains, cfg, a.steps, a.eta, a.smoothing, a.reference_ckpt)
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:

@@ -35,7 +35,7 @@ import torch.nn.functional as F  # noqa: E402
 from udfs.common import REPO_ROOT, ConfigError, UserError, apply_overrides, load_yaml, nearest, run_main  # noqa: E402,E501
 from model.data import (BatchLoader, PackedSplit, ShardError, bytes_per_token, eval_windows, load_manifest,  # noqa: E402
                         to_device)
-from model.gpt import GPT, GPTConfig  # noqa: E402
+from model.gpt import ATTENTION_KINDS, GPT, GPTConfig  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "conf", "model", "tiny.yaml")
 
@@ -107,8 +107,8 @@ def build_config(path: str | None, overrides: list[str] | None) -> dict:
         raise ConfigError(f"sampling must be random or sequential, got {cfg['sampling']!r}")
     if str(cfg["dtype"]) not in DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg['dtype']!r}")
-    if cfg["attention"] not in ("auto", "dense", "flex"):
-        raise ConfigError(f"attention must be auto, dense or flex, got {cfg['attention']!r}")
+    if cfg["attention"] not in ATTENTION_KINDS:
+        raise ConfigError(f"attention must be {', '.join(ATTENTION_KINDS)}, got {cfg['attention']!r}")
     if cfg["spike_action"] not in ("warn", "stop"):
         raise ConfigError(f"spike_action must be warn or stop, got {cfg['spike_action']!r}")
     dev = str(cfg["device"])
@@ -427,6 +427,7 @@ def _train(args, cfg: dict, rank: int, world: int, device: torch.device) -> int:
 
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     amp_dtype = autocast_dtype(cfg, device)
+    amp_name = str(amp_dtype or "off").replace("torch.", "")
     autocast = (torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None
                 else contextlib.nullcontext())
     # fp16 has too few exponent bits for small gradients: scale the loss, unscale before clipping, skip steps
@@ -442,7 +443,7 @@ def _train(args, cfg: dict, rank: int, world: int, device: torch.device) -> int:
     flat_check = cfg["flat_check_step"] or max(1, min(200, cfg["max_steps"] // 2))
     log(f"model: {n_params / 1e6:.2f}M params (vocab {V}, padded {gconf.padded_vocab_size}) | {world} rank(s) on "
         f"{device.type} | {tokens_per_step:,} tokens/step | train {train_data.n_tokens:,} tokens, "
-        f"val {val_data.n_tokens:,} | ln(V) = {ln_v:.3f} | autocast {str(amp_dtype or 'off').replace('torch.', '')}")
+        f"val {val_data.n_tokens:,} | ln(V) = {ln_v:.3f} | autocast {amp_name}")
     log(f"MFU against peak {peak:.3g} FLOP/s per rank ({peak_note})")
 
     def checkpoint():
@@ -567,7 +568,7 @@ def _train(args, cfg: dict, rank: int, world: int, device: torch.device) -> int:
                    "val_ppl": last_val.get("val_ppl"), "val_bpb": last_val.get("val_bpb"),
                    "bytes_per_token_val": bpt, "ln_vocab": ln_v, "param_sha256_per_rank": sums,
                    "tokens_seen": step * tokens_per_step, "epochs": step * tokens_per_step / train_data.n_tokens,
-                   "loss_spikes": n_spikes, "autocast": str(amp_dtype or "off").replace("torch.", ""),
+                   "loss_spikes": n_spikes, "autocast": amp_name,
                    "status": status}
         with open(os.path.join(out_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)

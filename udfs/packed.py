@@ -27,6 +27,9 @@ from udfs.tokenize import sha256_file, token_dtype  # noqa: F401  (token_dtype: 
 
 FORMAT = "lmrefinery-packed-v1"
 MANIFEST = "manifest.json"
+# `jobs/pack.py --per-domain`: one packed folder per domain, listed in this file beside them
+DOMAINS_FORMAT = "lmrefinery-packed-domains-v1"
+DOMAINS_FILE = "domains.json"
 INDEX_DTYPE = np.dtype("<u8")  # document end offsets
 MANIFEST_KEYS = ("tokenizer", "dtype", "splits", "files")
 LEVELS = ("full", "size", "none")
@@ -128,16 +131,42 @@ def write_manifest(packed_dir: str, manifest: dict) -> None:
 
 
 # ---- verification ---------------------------------------------------------------------------------------------
-def read_manifest(packed_dir: str) -> dict:
-    """The manifest's JSON as it is (no checks beyond parsing)."""
-    path = os.path.join(packed_dir, MANIFEST)
+def _read_json(folder: str, name: str, written_by: str) -> dict:
+    path = os.path.join(folder, name)
     try:
         with open(path) as f:
             return json.load(f)
     except FileNotFoundError:
-        raise PackedError(f"no {MANIFEST} in {packed_dir} (expected the output of jobs/pack.py)") from None
+        raise PackedError(f"no {name} in {folder} (expected the output of {written_by})") from None
     except ValueError as e:
         raise PackedError(f"{path} is not valid JSON: {e}") from None
+
+
+def read_manifest(packed_dir: str) -> dict:
+    """The manifest's JSON as it is (no checks beyond parsing)."""
+    return _read_json(packed_dir, MANIFEST, "jobs/pack.py")
+
+
+def write_domains(out_dir: str, index: dict) -> None:
+    """domains.json of a per-domain pack (written last, atomically: its presence means every folder is done)."""
+    tmp = os.path.join(out_dir, DOMAINS_FILE + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump({"format": DOMAINS_FORMAT, **index}, f, indent=2)
+    os.replace(tmp, os.path.join(out_dir, DOMAINS_FILE))
+
+
+def read_domains(out_dir: str) -> dict:
+    """domains.json of a per-domain pack: {"domains": {domain: {"dir": ..., ...}}, ...}, format checked."""
+    d = _read_json(out_dir, DOMAINS_FILE, "jobs/pack.py --per-domain")
+    if d.get("format") != DOMAINS_FORMAT:
+        raise PackedError(f"{os.path.join(out_dir, DOMAINS_FILE)}: format {d.get('format')!r}, "
+                          f"expected {DOMAINS_FORMAT}")
+    return d
+
+
+def domain_folders(out_dir: str) -> dict[str, str]:
+    """{domain: its packed folder} of a per-domain pack."""
+    return {d: os.path.join(out_dir, v["dir"]) for d, v in read_domains(out_dir)["domains"].items()}
 
 
 def load_manifest(packed_dir: str) -> dict:

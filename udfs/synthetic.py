@@ -109,10 +109,9 @@ def extract_number(completion: str) -> float | None:
     return float(m.group(0)) if m else None
 
 
-def extract_code(prompt: str, completion: str) -> str:
-    """The candidate's code: the completion up to its first blank-line-separated block that is not indented code
-    (a model continues past the function with more text); a completion that starts inside the function body
-    gets the prompt's comment line dropped only."""
+def extract_code(completion: str) -> str:
+    """The candidate's code: the completion up to its first line after the first that is neither indented nor a
+    def / comment / decorator / import (a model goes on past the function with more text)."""
     lines, out = completion.splitlines(), []
     for i, line in enumerate(lines):
         if i > 0 and line and not line[0].isspace() and not line.startswith(("def ", "#", "@", "import ", "from ")):
@@ -141,7 +140,7 @@ def verify(problem: dict, completion: str, verifier: str | None = None, toleranc
             raise ValueError(f"problem {problem['problem_id']} has no tests for the python verifier")
         from udfs.sandbox import run_python
 
-        res = run_python(extract_code(problem["prompt"], completion), problem["tests"], timeout_s, memory_mb)
+        res = run_python(extract_code(completion), problem["tests"], timeout_s, memory_mb)
         return res["verdict"], 1.0 if res["verdict"] == "passed" else 0.0, res["detail"]
     raise ValueError(f"unknown verifier {v!r} (one of {', '.join(VERIFIERS)})")
 
