@@ -187,6 +187,52 @@ def test_timeout_and_too_large_are_quarantined(tmp_path):
         ["too_large", "too_large"]  # extracted text over max_doc_bytes
 
 
+def test_timeout_holds_when_the_alarm_is_swallowed(monkeypatch):
+    """A raise from the alarm can land where Python ignores it (a weakref callback run by the garbage collector:
+    how CI once saw a 0.8 s page pass a 0.1 s limit) or in the extractor's own broad except. The page is still a
+    timeout, and the alarm repeats, so one swallowed raise does not leave the page unbounded."""
+    import signal
+    import time
+    import trafilatura
+    from udfs.warc import extract_text
+
+    def swallows_everything(html, **kw):  # every raise ignored: the page runs to its end
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 0.4:
+            try:
+                sum(range(2000))
+            except BaseException:
+                pass
+        return "a page of text"
+
+    monkeypatch.setattr(trafilatura, "extract", swallows_everything)
+    assert extract_text("<html></html>", None, HtmlOptions(timeout_s=0.05)) == \
+        (None, "extract:timeout", "no result after 0.05 s")
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+    swallowed = []
+
+    def swallows_once(html, **kw):  # the first raise ignored, the next one ends the page
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 5:
+            try:
+                sum(range(2000))
+            except BaseException:
+                if swallowed:
+                    raise
+                swallowed.append(time.monotonic() - t0)
+        return "a page of text"
+
+    monkeypatch.setattr(trafilatura, "extract", swallows_once)
+    t0 = time.monotonic()
+    assert extract_text("<html></html>", None, HtmlOptions(timeout_s=0.05))[1] == "extract:timeout"
+    assert len(swallowed) == 1 and time.monotonic() - t0 < 1.0  # ended by the repeat, not after 5 s
+
+    monkeypatch.setattr(trafilatura, "extract", lambda html, **kw: "quick text")
+    assert extract_text("<html></html>", None, HtmlOptions(timeout_s=0.05)) == ("quick text", None, "")
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
 def test_truncated_final_record_is_quarantined_and_earlier_records_kept(tmp_path, sample_units):
     """A file cut anywhere inside its last record (its gzip member, its header, its block) keeps every record
     before it, and the cut record is one warc:truncated entry at its offset."""

@@ -25,7 +25,8 @@ tests call it directly. Every WARC record gives exactly one unit, so that
     too_large         an HTML body over `max_html_bytes`, or extracted text over max_doc_bytes
 
 The time limit is SIGALRM-based (`signal.setitimer`), which holds where the extractor runs on the process's main
-thread, as it does in a PySpark Python worker; elsewhere pages run without a limit. trafilatura runs with
+thread, as it does in a PySpark Python worker; elsewhere pages run without a limit. The alarm repeats until the
+page ends and a page whose alarm fired is a timeout, even where Python swallowed the raise (see `_Alarm`). trafilatura runs with
 `deduplicate=False`: its deduplication remembers earlier pages of the same process, which would make a page's text
 depend on which pages shared its Spark task (not deterministic).
 """
@@ -62,12 +63,28 @@ class HtmlOptions:
             raise ValueError(f"ingest.html.max_html_bytes must be >= 1, got {self.max_html_bytes}")
 
 
-class ExtractTimeout(Exception):
-    pass
+class ExtractTimeout(BaseException):
+    """A BaseException, so that the extractor's own `except Exception:` blocks cannot swallow it."""
+
+
+class _Alarm:
+    """State of the per-page timer. The alarm fires again every `_REPEAT_S` after the limit: a raise can land where
+    Python ignores exceptions (a weakref callback or __del__ run by the garbage collector prints "Exception ignored"
+    and goes on), and a page must not then run on unbounded. `fired` has the last word: a page whose alarm fired is
+    a timeout even when every raise was swallowed. `active` goes False as the first statement of every handler and
+    of the finally clause: a plain attribute store, with no point before it where CPython runs signal handlers, so
+    no raise can escape the function once the page is over."""
+    active = False
+    fired = False
+
+
+_REPEAT_S = 0.02
 
 
 def _on_alarm(signum, frame):
-    raise ExtractTimeout()
+    if _Alarm.active:
+        _Alarm.fired = True
+        raise ExtractTimeout()
 
 
 def extractor_version() -> str:
@@ -83,24 +100,36 @@ def extract_text(html: str, url: str | None, opts: HtmlOptions) -> tuple[str | N
     limit = float(opts.timeout_s)
     timed = limit > 0 and threading.current_thread() is threading.main_thread()
     old = None
+    text = None
+    outcome: tuple[str, str] | None = None
+    _Alarm.fired = False
+    if timed:
+        old = signal.signal(signal.SIGALRM, _on_alarm)
     try:
-        if timed:
-            old = signal.signal(signal.SIGALRM, _on_alarm)
-            signal.setitimer(signal.ITIMER_REAL, limit)
+        if timed:  # armed inside the try: a tiny limit can fire as setitimer returns
+            _Alarm.active = True
+            signal.setitimer(signal.ITIMER_REAL, limit, _REPEAT_S)
         text = trafilatura.extract(html, url=url, favor_precision=opts.favor_precision,
                                    include_tables=opts.include_tables, include_comments=False,
                                    include_images=False, deduplicate=False, with_metadata=False,
                                    output_format="txt")
     except ExtractTimeout:
-        return None, "extract:timeout", f"no result after {limit:g} s"
+        _Alarm.active = False
     except RecursionError as e:
-        return None, "extract:error", f"RecursionError: {e}"[:300]
+        _Alarm.active = False
+        outcome = ("extract:error", f"RecursionError: {e}"[:300])
     except Exception as e:  # noqa: BLE001 - one page must never end the task
-        return None, "extract:error", f"{type(e).__name__}: {e}"[:300]
+        _Alarm.active = False
+        outcome = ("extract:error", f"{type(e).__name__}: {e}"[:300])
     finally:
+        _Alarm.active = False
         if timed:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, old)
+    if _Alarm.fired:
+        return None, "extract:timeout", f"no result after {limit:g} s"
+    if outcome:
+        return None, outcome[0], outcome[1]
     if not text or not text.strip():
         return None, "extract:empty", f"no main text in {len(html)} characters of HTML"
     return text, None, ""
