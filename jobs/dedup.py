@@ -13,7 +13,9 @@ Normalisation (udfs.normalise): NFKC, case fold, punctuation (Unicode P*) remove
 2. Near, among exact survivors: MinHash signatures of word n-gram shingles (udfs.minhash, vectorised per Arrow
    batch), cut into `bands` bands of `rows` values; documents sharing a band bucket are candidate pairs, checked
    (exact shingle Jaccard by default: each candidate's shingle set is built once, then one merge per pair) against
-   the threshold; connected components of the verified pairs are the clusters (jobs.components: in one task up to
+   the threshold (candidates from one sort of all band keys in one task up to dedup.local_lsh_max_keys keys, else
+   a count per key, a semi-join and id lists in Spark; the same pairs; the pairs checked in one task when all
+   candidates' sets take at most dedup.local_verify_max_bytes, else by two joins in Spark); connected components of the verified pairs are the clusters (jobs.components: in one task up to
    dedup.local_components_max_edges pairs, else Large-Star/Small-Star rounds in Spark; the same components).
 3. Output: on a local delta-rs lake the tasks write `deduped` and `duplicates` themselves in one Spark job
    (jobs.direct; dedup.writer=spark keeps Spark's writer).
@@ -68,6 +70,8 @@ def resolve_params(cfg: dict, args) -> dict:
     p.setdefault("max_bucket_pairs", 32)
     p.setdefault("cc_max_iterations", 60)
     p.setdefault("local_components_max_edges", 2_000_000)
+    p.setdefault("local_lsh_max_keys", 16_000_000)
+    p.setdefault("local_verify_max_bytes", 512 << 20)
     p.setdefault("fp_weight", 0.5)
     p.setdefault("fn_weight", 0.5)
     p.setdefault("max_fp_mass", DEFAULT_MAX_FP_MASS)
@@ -247,6 +251,80 @@ def _pair_sim_fn(params: dict):
     return fn
 
 
+def _local_lsh_fn(params: dict):
+    """mapInArrow over ALL survivors' (id, bkeys) in one task -> (src, dst, bucket_size): the candidate pairs of
+    udfs.minhash.bucket_pairs (the same pairs as the Spark path), plus one row with null ids whose bucket_size is
+    the number of shared buckets (for the metrics row)."""
+    cap, bands = int(params["max_bucket_pairs"]), int(params["bands"])
+
+    def fn(batches):
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        from udfs.minhash import bucket_pairs
+
+        ids, keys = [], []
+        for b in batches:
+            ids.append(b.column("id"))
+            keys.append(np.asarray(b.column("bkeys").flatten().to_numpy(zero_copy_only=False), np.int64))
+        ids = pa.concat_arrays(ids) if ids else pa.array([], pa.string())
+        keys = np.concatenate(keys).reshape(len(ids), bands) if keys else np.zeros((0, bands), np.int64)
+        order = pc.sort_indices(ids).to_numpy()      # rows in id order (UTF-8 byte order, as Spark sorts strings)
+        ids, keys = ids.take(pa.array(order)), keys[order]
+        src, dst, size, shared = bucket_pairs(keys, cap, with_shared=True)
+        step = 1 << 20
+        for i in range(0, len(src), step):
+            yield pa.RecordBatch.from_arrays([ids.take(pa.array(src[i:i + step])), ids.take(pa.array(dst[i:i + step])),
+                                              pa.array(size[i:i + step], pa.int64())],
+                                             names=["src", "dst", "bucket_size"])
+        yield pa.RecordBatch.from_arrays([pa.nulls(1, pa.string()), pa.nulls(1, pa.string()),
+                                          pa.array([shared], pa.int64())], names=["src", "dst", "bucket_size"])
+
+    return fn
+
+
+def _local_sims_fn(params: dict):
+    """mapInArrow over every candidate's (id, v) row and every candidate pair's (src, dst) row in one task ->
+    (src, dst, sim): each set (or signature) is held once and each pair compared by index into that store, so
+    neither the sets nor the pairs are shuffled to meet."""
+    num_perm, scheme, mode = params["num_perm"], params["scheme"], params["verify"]
+
+    def fn(batches):
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        from udfs.minhash import estimated_jaccard, jaccard_sets_indexed, signature_dtype
+
+        ids, vals, src, dst = [], [], [], []
+        for b in batches:
+            is_set = pc.is_valid(b.column("id"))
+            sets, prs = b.filter(is_set), b.filter(pc.invert(is_set))
+            ids.append(sets.column("id"))
+            vals.append(sets.column("v"))
+            src.append(prs.column("src"))
+            dst.append(prs.column("dst"))
+        if not ids:
+            return
+        ids, vals = pa.concat_arrays(ids), pa.concat_arrays(vals)
+        src, dst = pa.concat_arrays(src), pa.concat_arrays(dst)
+        ia = pc.index_in(src, value_set=ids).to_numpy(zero_copy_only=False).astype(np.int64)
+        ib = pc.index_in(dst, value_set=ids).to_numpy(zero_copy_only=False).astype(np.int64)
+        if mode == "estimate":
+            sig = _binary_values(vals, signature_dtype(scheme))[0].reshape(-1, num_perm)
+        else:
+            h, offs = _binary_values(vals, np.uint64)
+        step = 1 << 20
+        for i in range(0, len(ia), step):
+            a, b = ia[i:i + step], ib[i:i + step]
+            sim = estimated_jaccard(sig[a], sig[b]) if mode == "estimate" else jaccard_sets_indexed(h, offs, a, b)
+            yield pa.RecordBatch.from_arrays([src.slice(i, len(a)), dst.slice(i, len(a)), pa.array(sim, pa.float64())],
+                                             names=["src", "dst", "sim"])
+
+    return fn
+
+
 DEDUP_META_DDL = "kind string, tbl string, part string, docs bigint, tok bigint, reason string, id string, row string"
 
 
@@ -331,26 +409,41 @@ def find_duplicates(df, params: dict, timings: dict | None = None):
     # 2. LSH buckets -> candidate pairs (all pairs in small buckets, a star to the smallest id in large ones)
     t0 = time.time()
     cap = int(params["max_bucket_pairs"])
-    # a bucket key already mixes in its band number (udfs.minhash.band_keys), so it alone names the bucket
-    banded = survivors.where(F.col("bkeys").isNotNull()).select("id", F.explode("bkeys").alias("bkey"))
-    # Most band keys name a bucket of one document. A plain count per key (a hash aggregate on a long) finds the
-    # shared ones, and only their rows are gathered into id lists: collect_list is an object aggregate, which
-    # falls back to sorting its input after a few hundred keys per task.
-    shared = _cut(banded.groupBy("bkey").count().where(F.col("count") > 1).select("bkey"))
-    info["shared_buckets"] = shared.count()
-    if info["shared_buckets"] <= BROADCAST_SHARED_BUCKETS:
-        shared = F.broadcast(shared)  # 8 bytes a key: the band rows are then filtered where they are made
-    buckets = (banded.join(shared, "bkey", "left_semi")
-               .groupBy("bkey").agg(F.sort_array(F.collect_list("id")).alias("ids")))
-    all_pairs = F.expr("flatten(transform(sequence(0, size(ids) - 2), i -> "
-                       "transform(sequence(i + 1, size(ids) - 1), j -> named_struct('a', ids[i], 'b', ids[j]))))")
-    star = F.expr("transform(slice(ids, 2, size(ids) - 1), x -> named_struct('a', ids[0], 'b', x))")
-    pairs = (buckets.select(F.explode(F.when(F.size("ids") <= cap, all_pairs).otherwise(star)).alias("p"),
-                            F.size("ids").alias("bucket_size"))
-             .groupBy(F.col("p.a").alias("src"), F.col("p.b").alias("dst"))
-             .agg(F.max("bucket_size").alias("bucket_size")))
-    pairs = _cut(pairs)
-    agg = pairs.agg(F.count(F.lit(1)).alias("n"), F.max("bucket_size").alias("b")).collect()[0]
+    with_keys = survivors.where(F.col("bkeys").isNotNull())
+    n_keys = (info["docs_in"] - info["exact_duplicates"]) * int(params["bands"])
+    if n_keys <= int(params["local_lsh_max_keys"]):
+        # Up to a few ten million band keys are one sort in one task (udfs.minhash.bucket_pairs): one Spark job
+        # instead of a shuffle of every key, a count, a semi-join, collect_list and a shuffle of the pairs.
+        # The pairs are the same as below.
+        out = _cut(with_keys.select("id", "bkeys").coalesce(1)
+                   .mapInArrow(_local_lsh_fn(params), "src string, dst string, bucket_size bigint"))
+        agg = out.agg(F.count("src").alias("n"), F.max(F.when(F.col("src").isNotNull(), F.col("bucket_size"))).alias("b"),
+                      F.max(F.when(F.col("src").isNull(), F.col("bucket_size"))).alias("shared")).collect()[0]
+        pairs = out.where(F.col("src").isNotNull())
+        info["shared_buckets"] = int(agg["shared"] or 0)
+        info["lsh_method"] = "one task"
+    else:
+        # a bucket key already mixes in its band number (udfs.minhash.band_keys), so it alone names the bucket
+        banded = with_keys.select("id", F.explode("bkeys").alias("bkey"))
+        # Most band keys name a bucket of one document. A plain count per key (a hash aggregate on a long) finds
+        # the shared ones, and only their rows are gathered into id lists: collect_list is an object aggregate,
+        # which falls back to sorting its input after a few hundred keys per task.
+        shared = _cut(banded.groupBy("bkey").count().where(F.col("count") > 1).select("bkey"))
+        info["shared_buckets"] = shared.count()
+        if info["shared_buckets"] <= BROADCAST_SHARED_BUCKETS:
+            shared = F.broadcast(shared)  # 8 bytes a key: the band rows are then filtered where they are made
+        buckets = (banded.join(shared, "bkey", "left_semi")
+                   .groupBy("bkey").agg(F.sort_array(F.collect_list("id")).alias("ids")))
+        all_pairs = F.expr("flatten(transform(sequence(0, size(ids) - 2), i -> transform(sequence(i + 1, "
+                           "size(ids) - 1), j -> named_struct('a', ids[i], 'b', ids[j]))))")
+        star = F.expr("transform(slice(ids, 2, size(ids) - 1), x -> named_struct('a', ids[0], 'b', x))")
+        pairs = (buckets.select(F.explode(F.when(F.size("ids") <= cap, all_pairs).otherwise(star)).alias("p"),
+                                F.size("ids").alias("bucket_size"))
+                 .groupBy(F.col("p.a").alias("src"), F.col("p.b").alias("dst"))
+                 .agg(F.max("bucket_size").alias("bucket_size")))
+        pairs = _cut(pairs)
+        agg = pairs.agg(F.count(F.lit(1)).alias("n"), F.max("bucket_size").alias("b")).collect()[0]
+        info["lsh_method"] = "spark"
     info["candidate_pairs"], info["largest_bucket"] = int(agg["n"]), int(agg["b"] or 0)
     pairs = pairs.select("src", "dst")
     timings["lsh_candidates"] = round(time.time() - t0, 3)
@@ -365,13 +458,26 @@ def find_duplicates(df, params: dict, timings: dict | None = None):
             # at most 2 x that many ids: sent to every task, so the input is cut to the candidates where it is read
             # instead of all of its text being shuffled to meet them
             cand = F.broadcast(cand)
-        # each candidate's shingle set (or signature) once, then two narrow joins to its pairs
+        # each candidate's shingle set (or signature) once, counted and sized in one job
         sets = (df.select("id", "text").join(cand, "id", "left_semi")
                 .mapInArrow(_sets_fn(params), "id string, v binary").persist(StorageLevel.DISK_ONLY))
-        joined = (pairs.join(sets.select(F.col("id").alias("src"), F.col("v").alias("va")), "src")
-                  .join(sets.select(F.col("id").alias("dst"), F.col("v").alias("vb")), "dst")
-                  .select("src", "dst", "va", "vb"))
-        sims = joined.mapInArrow(_pair_sim_fn(params), "src string, dst string, sim double")
+        size = sets.agg(F.count(F.lit(1)).alias("n"), F.sum(F.length("v")).alias("b")).collect()[0]
+        info["candidate_docs"], set_bytes = int(size["n"]), int(size["b"] or 0)
+        if set_bytes <= int(params["local_verify_max_bytes"]):
+            # all sets fit one task: every pair compared there by index into one store (one Spark job) instead of
+            # two shuffle joins that carry a set to each of its pairs
+            tagged = (sets.select("id", "v", F.lit(None).cast("string").alias("src"),
+                                  F.lit(None).cast("string").alias("dst"))
+                      .unionByName(pairs.select(F.lit(None).cast("string").alias("id"),
+                                                F.lit(None).cast("binary").alias("v"), "src", "dst")))
+            sims = tagged.coalesce(1).mapInArrow(_local_sims_fn(params), "src string, dst string, sim double")
+            info["verify_method"] = "one task"
+        else:
+            joined = (pairs.join(sets.select(F.col("id").alias("src"), F.col("v").alias("va")), "src")
+                      .join(sets.select(F.col("id").alias("dst"), F.col("v").alias("vb")), "dst")
+                      .select("src", "dst", "va", "vb"))
+            sims = joined.mapInArrow(_pair_sim_fn(params), "src string, dst string, sim double")
+            info["verify_method"] = "spark"
         edges = _cut(sims.where(F.col("sim") >= float(params["threshold"])).select("src", "dst"))
     info["verified_pairs"] = edges.count()
     if params["verify"] != "none":

@@ -446,9 +446,10 @@ def test_min_label_components_equal_union_find(monkeypatch, backend):
 
 
 def test_writers_and_component_paths_give_the_same_tables(spark, tmp_path, corpus):
-    """dedup.writer auto (the workers write deduped and duplicates in one Spark job; the default here) with
-    components in one task, against Spark's writer with Large-Star/Small-Star components in Spark: the same rows
-    in both tables, the same schemas, metrics and audit sample."""
+    """dedup.writer auto (the workers write deduped and duplicates in one Spark job; the default here) with LSH
+    buckets, verification and components in one task, against Spark's writer with LSH buckets from a shuffle of
+    the band keys, pairs joined to their sets and Large-Star/Small-Star components in Spark: the same rows in both tables, the same schemas, metrics (candidate
+    pairs, shared buckets, largest bucket included) and audit sample."""
     from jobs.dedup import main
     from deltalake import DeltaTable
 
@@ -458,7 +459,8 @@ def test_writers_and_component_paths_give_the_same_tables(spark, tmp_path, corpu
     from lake_digest import table_digest
 
     rows, expect_removed, _ = corpus
-    runs = {"auto": [], "spark": ["--set", "dedup.writer=spark", "--set", "dedup.local_components_max_edges=0"]}
+    runs = {"auto": [], "spark": ["--set", "dedup.writer=spark", "--set", "dedup.local_components_max_edges=0",
+                                  "--set", "dedup.local_lsh_max_keys=0", "--set", "dedup.local_verify_max_bytes=0"]}
     lakes = {}
     for name, extra in runs.items():
         lakes[name] = _make_lake(spark, str(tmp_path / name), rows)
@@ -474,11 +476,14 @@ def test_writers_and_component_paths_give_the_same_tables(spark, tmp_path, corpu
         m = [r for r in lake.read_arrow("metrics").to_pylist() if r["stage"] == "dedup"][-1]
         extra = json.loads(m["extra"])
         return ([m[k] for k in ("docs_in", "docs_out", "docs_rejected", "tokens_in", "tokens_out")], dict(m["reasons"]),
-                {k: v for k, v in extra.items() if k not in ("timings", "timings_s", "cc_method", "cc_rounds")}, extra)
+                {k: v for k, v in extra.items() if k not in ("timings", "timings_s", "cc_method", "cc_rounds",
+                                                              "lsh_method", "verify_method")}, extra)
 
     ma, mb = metrics(a), metrics(b)
-    assert ma[:3] == mb[:3]
+    assert ma[:3] == mb[:3] and ma[2]["candidate_pairs"] > 0 and ma[2]["shared_buckets"] > 0
     assert (ma[3]["cc_method"], mb[3]["cc_method"]) == ("one task", "spark")
+    assert (ma[3]["lsh_method"], mb[3]["lsh_method"]) == ("one task", "spark")
+    assert (ma[3]["verify_method"], mb[3]["verify_method"]) == ("one task", "spark")
 
     def audit(lake):
         with open(os.path.join(lake.root, "audit", "duplicates.jsonl")) as f:

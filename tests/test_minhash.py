@@ -277,3 +277,61 @@ def test_shingle_sets_are_sorted_distinct_hashes_and_jaccard_sets_counts_them(mo
     got = mh.jaccard_sets(*pack(ia), *pack(ib))
     want = [jaccard(texts[a], texts[b], 5) for a, b in zip(ia, ib)]
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
+def test_bucket_pairs_equal_a_dict_of_buckets():
+    """The one-task LSH kernel gives the pairs of the Spark path's rule (all pairs in a bucket of up to `cap`
+    documents, a star from the smallest beyond), each once with its largest bucket, checked against dict buckets
+    on keys drawn from a few values (big buckets, pairs in several buckets, a document twice in one bucket)."""
+    import numpy as np
+
+    from udfs.minhash import bucket_pairs
+
+    rng = np.random.default_rng(7)
+    for trial in range(30):
+        n, bands, cap = int(rng.integers(1, 60)), int(rng.integers(1, 6)), int(rng.integers(2, 6))
+        keys = rng.integers(0, int(rng.integers(2, 40)), size=(n, bands)).astype(np.int64)
+        buckets = {}
+        for doc in range(n):
+            for k in keys[doc]:
+                buckets.setdefault(int(k), set()).add(doc)
+        want = {}
+        for ids in buckets.values():
+            ids = sorted(ids)
+            if len(ids) < 2:
+                continue
+            prs = ([(a, b) for x, a in enumerate(ids) for b in ids[x + 1:]] if len(ids) <= cap
+                   else [(ids[0], b) for b in ids[1:]])
+            for pr in prs:
+                want[pr] = max(want.get(pr, 0), len(ids))
+        src, dst, size, shared = bucket_pairs(keys, cap, with_shared=True)
+        got = {(int(a), int(b)): int(s) for a, b, s in zip(src, dst, size)}
+        assert len(got) == len(src) and got == want, trial
+        assert shared == sum(len(v) > 1 for v in buckets.values())
+        assert all(a < b for a, b in got)
+    src, dst, size = bucket_pairs(np.zeros((0, 4), np.int64), 8)
+    assert len(src) == len(dst) == len(size) == 0
+
+
+def test_jaccard_sets_indexed_equals_jaccard_sets(monkeypatch):
+    """Pairs by index into one store of sets give jaccard_sets' values, on both backends."""
+    import numpy as np
+
+    from udfs import minhash
+    from udfs.minhash import jaccard_sets, jaccard_sets_indexed, shingle_sets
+
+    words = "the river runs past the old mill and the mill wheel turns all day long".split()
+    rng = np.random.default_rng(3)
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(0, 30)))) for _ in range(40)]
+    h, offs = shingle_sets(texts, 3)
+    ia, ib = rng.integers(0, 40, 300), rng.integers(0, 40, 300)
+
+    def packed(idx):
+        parts = [h[offs[i]:offs[i + 1]] for i in idx]
+        return np.concatenate(parts), np.concatenate([[0], np.cumsum([len(p) for p in parts])])
+
+    want = jaccard_sets(*packed(ia), *packed(ib))
+    assert 0 < (want == 1.0).sum() < len(want) and (want < 0.5).any()
+    for b in ("numba", "numpy"):
+        monkeypatch.setattr(minhash, "backend", lambda b=b: b)
+        assert np.array_equal(jaccard_sets_indexed(h, offs, ia, ib), want), b

@@ -309,6 +309,25 @@ if njit is not None:
             out[i] = 1.0 if union == 0 else inter / union
 
 
+    @njit(cache=True)
+    def _jaccard_indexed_kernel(h, offs, ia, ib, out):
+        """_jaccard_kernel for pairs of sets held once in one store: pair i is h[offs[ia[i]]:offs[ia[i] + 1]]
+        against h[offs[ib[i]]:offs[ib[i] + 1]]."""
+        for i in range(out.shape[0]):
+            x, xe, y, ye, inter = offs[ia[i]], offs[ia[i] + 1], offs[ib[i]], offs[ib[i] + 1], 0
+            while x < xe and y < ye:
+                if h[x] < h[y]:
+                    x += 1
+                elif h[y] < h[x]:
+                    y += 1
+                else:
+                    inter += 1
+                    x += 1
+                    y += 1
+            union = (xe - offs[ia[i]]) + (ye - offs[ib[i]]) - inter
+            out[i] = 1.0 if union == 0 else inter / union
+
+
 def backend() -> str:
     """'numba' (compiled kernel) or 'numpy' (hashlib + numpy); LMR_MINHASH_BACKEND=numpy forces the latter."""
     if njit is None or os.environ.get("LMR_MINHASH_BACKEND", "auto") == "numpy":
@@ -479,6 +498,24 @@ def jaccard_sets(ha: np.ndarray, oa: np.ndarray, hb: np.ndarray, ob: np.ndarray)
     return out
 
 
+def jaccard_sets_indexed(h: np.ndarray, offs: np.ndarray, ia: np.ndarray, ib: np.ndarray) -> np.ndarray:
+    """`jaccard_sets` of pairs (ia[i], ib[i]) of sets stored once: set k is h[offs[k]:offs[k + 1]]. A set in many
+    pairs is neither copied nor rebuilt."""
+    ia, ib, offs = (np.asarray(x, np.int64) for x in (ia, ib, offs))
+    if len(ia) != len(ib):
+        raise ValueError(f"{len(ia)} first sets against {len(ib)} second sets")
+    out = np.empty(len(ia), np.float64)
+    if backend() == "numba":
+        _jaccard_indexed_kernel(h, offs, ia, ib, out)
+        return out
+    for i in range(len(ia)):
+        a, b = h[offs[ia[i]]:offs[ia[i] + 1]], h[offs[ib[i]]:offs[ib[i] + 1]]
+        inter = len(np.intersect1d(a, b, assume_unique=True))
+        union = len(a) + len(b) - inter
+        out[i] = 1.0 if union == 0 else inter / union
+    return out
+
+
 def exact_jaccard_batch(texts_a, texts_b, ngram: int = 5, strip_punct: bool = True,
                         normalised: bool = False) -> np.ndarray:
     """Exact Jaccard of shingle sets, pair by pair (64-bit hashes of shingles stand in for the shingles); 1.0 for
@@ -490,3 +527,49 @@ def exact_jaccard_batch(texts_a, texts_b, ngram: int = 5, strip_punct: bool = Tr
     if not norm_a:
         return np.empty(0, np.float64)
     return jaccard_sets(*shingle_sets(norm_a, ngram), *shingle_sets(norm_b, ngram))
+
+
+def bucket_pairs(keys: np.ndarray, cap: int, with_shared: bool = False):
+    """Candidate pairs of LSH band keys in one process: (src, dst, bucket_size) as int64 row indices, src < dst,
+    each pair once with the size of the largest bucket it came from (and, with `with_shared`, the number of buckets
+    of two or more documents as a fourth value).
+
+    `keys` is (documents, bands) with rows in the order of the documents' ids (row i = the i-th smallest id), so
+    that the pairs are those of the Spark path (jobs/dedup.py): a bucket of up to `cap` documents gives all its
+    pairs, a larger one a star from its smallest id. A bucket is a run of equal keys after one sort; no dict."""
+    n, bands = keys.shape
+    flat = np.ascontiguousarray(keys, dtype=np.int64).ravel()
+    doc = np.repeat(np.arange(n, dtype=np.int64), bands)
+    order = np.lexsort((doc, flat))               # by key, then by document
+    k, d = flat[order], doc[order]
+    keep = np.ones(len(k), bool)                  # a document twice in one bucket (a 64-bit key collision
+    keep[1:] = (k[1:] != k[:-1]) | (d[1:] != d[:-1])  # across two of its bands) counts once
+    k, d = k[keep], d[keep]
+    starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]]) if len(k) else np.zeros(0, np.int64)
+    sizes = np.diff(np.r_[starts, len(k)])
+    src, dst, size = [], [], []
+    for s in np.unique(sizes[(sizes > 1) & (sizes <= cap)]):
+        grid = d[starts[sizes == s][:, None] + np.arange(s)]   # (buckets, s), ids ascending along each row
+        i, j = np.triu_indices(int(s), 1)
+        src.append(grid[:, i].ravel())
+        dst.append(grid[:, j].ravel())
+        size.append(np.full(grid.shape[0] * len(i), s, np.int64))
+    big = sizes > cap
+    if big.any():
+        first = np.repeat(starts[big], sizes[big])
+        pos = np.concatenate([np.arange(st, st + sz) for st, sz in zip(starts[big], sizes[big])])
+        rest = pos != first
+        src.append(d[first[rest]])
+        dst.append(d[pos[rest]])
+        size.append(np.repeat(sizes[big], sizes[big])[rest])
+    shared = int((sizes > 1).sum())
+    if not src:
+        none = np.zeros(0, np.int64)
+        return (none, none, none, shared) if with_shared else (none, none, none)
+    src, dst, size = np.concatenate(src), np.concatenate(dst), np.concatenate(size)
+    code = src * n + dst
+    order = np.lexsort((-size, code))             # per pair, its largest bucket first
+    code, size = code[order], size[order]
+    first = np.r_[True, code[1:] != code[:-1]]
+    code, size = code[first], size[first]
+    return (code // n, code % n, size, shared) if with_shared else (code // n, code % n, size)
