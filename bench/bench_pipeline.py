@@ -317,6 +317,59 @@ def fixed_costs(py, master, env, work, first_file, n_docs: int = 200) -> tuple[l
     return in_session(py, master, env, os.path.join(work, "lake"), small)
 
 
+def run_pipeline(args, corpus, rows, py, master, env) -> str:
+    """ingest, filter and dedup through jobs/pipeline.py, one Spark session for all of them; returns its lake."""
+    sources = os.path.join(args.work, "sources.yaml")
+    with open(sources, "w") as f:
+        json.dump({"sources": [{"name": "bench", "domain": "web", "format": "jsonl", "id_field": "id",
+                                "path": os.path.join(corpus, "*.jsonl")}]}, f)
+    lake2 = os.path.join(args.work, "lake-pipeline")
+    shutil.rmtree(lake2, ignore_errors=True)
+    s, rss, _ = run_measured([py, os.path.join(REPO, "jobs", "pipeline.py"), "--lake", lake2, "--sources", sources,
+                              "--stages", "ingest,filter,dedup", "--no-train", "--master", master], env=env)
+    rows.append(("lmrefinery: jobs/pipeline.py ingest,filter,dedup (one session)", s, args.cores, rss))
+    print(f"pipeline: {s:.1f} s", flush=True)
+    return lake2
+
+
+def pipeline_only(args, corpus, mb, rows, py, master, env) -> None:
+    """--pipeline-only: jobs/pipeline.py and datatrove's pipeline on the same files, and their ratio per core."""
+    from jobs.tables import Lake
+
+    lake2 = run_pipeline(args, corpus, rows, py, master, env)
+    metrics = sorted(Lake(None, lake2, backend="delta-rs").read_arrow("metrics").to_pylist(),
+                     key=lambda r: r["started_at"])
+    for m in metrics:
+        print(f"  {m['stage']}: {m['seconds']:.1f} s in the stage clock, {m['docs_in']} documents in, "
+              f"{m['docs_out']} out", flush=True)
+    if not args.skip_datatrove:
+        t0 = time.perf_counter()
+        steps = datatrove_run(corpus, os.path.join(args.work, "datatrove"), args.cores)
+        total = time.perf_counter() - t0
+        for name, s in steps.items():
+            rows.append((f"datatrove: {name}", s, args.cores, None))
+        rows.append(("datatrove: whole pipeline", total, args.cores, None))
+        kept = sum(1 for p in os.listdir(os.path.join(args.work, "datatrove", "deduped")) for _ in
+                   _jsonl_lines(os.path.join(args.work, "datatrove", "deduped", p)))
+        print(f"datatrove keeps {kept} documents", flush=True)
+    print(f"\n{'step':58s} {'seconds':>8s} {'cores':>5s} {'MB/s/core':>10s} {'peak RSS':>9s}")
+    for name, s, c, rss in rows:
+        print(f"{name:58s} {s:8.1f} {c:5d} {mb / s / c:10.2f} {'' if rss is None else f'{rss / 1e9:.2f} GB':>9s}")
+    by = {n: s for n, s, _, _ in rows}
+    if "datatrove: whole pipeline" in by:
+        print(f"whole pipeline (jobs/pipeline.py, JVM start included): lmrefinery / datatrove per core "
+              f"{by['datatrove: whole pipeline'] / by_name(rows, 'lmrefinery: jobs/pipeline.py'):.2f}x")
+    print(f"load average at end: {os.getloadavg()}")
+
+
+def _jsonl_lines(path: str):
+    import gzip
+
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        yield from f
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mb", type=float, default=1000.0)
@@ -324,6 +377,10 @@ def main():
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--work", default=os.path.join(REPO, "bench", "out", "pipeline"))
     ap.add_argument("--skip-datatrove", action="store_true")
+    ap.add_argument("--pipeline-only", action="store_true",
+                    help="only jobs/pipeline.py (ingest, filter, dedup in one session) against datatrove's pipeline "
+                         "on the same files: the whole-pipeline comparison without the kernel loops and the "
+                         "per-stage runs (those are measured at a smaller --mb)")
     args = ap.parse_args()
     from bench_ingest import existing_corpus, generate_corpus
 
@@ -337,6 +394,10 @@ def main():
     print(f"corpus: {len(paths)} files, {mb:.1f} MB in {corpus}", flush=True)
 
     rows = []  # (step, seconds, cores, peak rss)
+    py, master = sys.executable, f"local[{args.cores}]"
+    env = {**os.environ, "LMR_SPARK_LOG_LEVEL": "ERROR"}
+    if args.pipeline_only:
+        return pipeline_only(args, corpus, mb, rows, py, master, env)
     k, n_docs, n_kept = kernel_loops(paths, mb)
     for name, s in k.items():
         rows.append((f"kernel loop: {name}", s, 1, None))
@@ -344,8 +405,6 @@ def main():
 
     lake = os.path.join(args.work, "lake")
     shutil.rmtree(lake, ignore_errors=True)
-    py, master = sys.executable, f"local[{args.cores}]"
-    env = {**os.environ, "LMR_SPARK_LOG_LEVEL": "ERROR"}
     stage_cmds = {
         "ingest": [py, os.path.join(REPO, "jobs", "ingest.py"), "--lake", lake, "--input", os.path.join(corpus, "*.jsonl"),
                    "--format", "jsonl", "--source", "bench", "--domain", "web", "--id-field", "id"],
@@ -358,17 +417,7 @@ def main():
         print(f"{name}: {s:.1f} s", flush=True)
     from jobs.tables import Lake
     metrics = Lake(None, lake, backend="delta-rs").read_arrow("metrics").to_pylist()
-    # the same three stages through jobs/pipeline.py: one Spark session for all of them
-    sources = os.path.join(args.work, "sources.yaml")
-    with open(sources, "w") as f:
-        json.dump({"sources": [{"name": "bench", "domain": "web", "format": "jsonl", "id_field": "id",
-                                "path": os.path.join(corpus, "*.jsonl")}]}, f)
-    lake2 = os.path.join(args.work, "lake-pipeline")
-    shutil.rmtree(lake2, ignore_errors=True)
-    s, rss, _ = run_measured([py, os.path.join(REPO, "jobs", "pipeline.py"), "--lake", lake2, "--sources", sources,
-                              "--stages", "ingest,filter,dedup", "--no-train", "--master", master], env=env)
-    rows.append(("lmrefinery: jobs/pipeline.py ingest,filter,dedup (one session)", s, args.cores, rss))
-    print(f"pipeline: {s:.1f} s", flush=True)
+    run_pipeline(args, corpus, rows, py, master, env)
     fixed = fixed_costs(py, master, env, os.path.join(args.work, "fixed"), paths[0])
     _, warm = in_session(py, master, env, os.path.join(args.work, "lake-session"), os.path.join(corpus, "*.jsonl"))
     print("in one session, second round:", ", ".join(f"{m['stage']} {m['seconds']:.1f} s" for m in warm), flush=True)

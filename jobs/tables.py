@@ -262,7 +262,7 @@ class Lake:
         if self.backend == "delta-spark":
             with _delta_conflicts(name):
                 version = _commit_native(self.spark, table_path, name, files, arrow_schema, mode, app_id,
-                                         txn_version, tags)
+                                         txn_version, tags, storage_options=self.storage_options)
             return result(version)
 
         dl = _delta_rs()
@@ -295,7 +295,36 @@ class Lake:
 
 
 # ---- delta-spark: commits of write folders, conflicts ------------------------------------------------------------
-def _commit_native(spark, table_path, name, files, arrow_schema, mode, app_id, txn_version, tags) -> int:
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9._=/-]+\Z")
+
+
+def _snapshot_removes(table_path: str, version: int, storage_options: dict | None) -> list[dict] | None:
+    """Remove actions for every data file of the table at `version`, from its log as delta-rs reads it (a few
+    milliseconds). delta-spark's `txn.filterFiles()` gives the same list through a Spark job over the snapshot's
+    state, ~0.7 s for each new version even on a table of one file: most of a small stage's commit time.
+    None (the caller then asks delta-spark) where a plain remove of each file is not the whole story or the list
+    might not be read exactly: reader features (deletion vectors, column mapping), partition columns, a path
+    that is not plain (URL-encoded in the log), or a log delta-rs cannot read."""
+    try:
+        dl = _delta_rs()
+        import pyarrow as pa
+
+        dt = dl.DeltaTable(table_path, version=version, storage_options=storage_options or None)
+        proto = dt.protocol()
+        if proto.min_reader_version != 1 or proto.reader_features or dt.metadata().partition_columns:
+            return None
+        adds = pa.table(dt.get_add_actions(flatten=True)).select(["path", "size_bytes"]).to_pylist()
+    except Exception:  # noqa: BLE001 - any doubt: delta-spark's own way
+        return None
+    if not all(_PLAIN_PATH.match(a["path"] or "") for a in adds):
+        return None
+    now = int(time.time() * 1000)
+    return [{"path": a["path"], "deletionTimestamp": now, "dataChange": True, "extendedFileMetadata": True,
+             "partitionValues": {}, "size": int(a["size_bytes"])} for a in adds]
+
+
+def _commit_native(spark, table_path, name, files, arrow_schema, mode, app_id, txn_version, tags,
+                   storage_options: dict | None = None) -> int:
     """One delta-spark transaction adding `files` (already in the table folder) and, for `overwrite`, removing
     every file of the snapshot it read: the commit Spark's own writer would make, so `engineInfo` names Delta Lake
     and Delta's conflict detection applies. A new table gets protocol (1, 2) and its metadata; an overwrite with
@@ -324,8 +353,15 @@ def _commit_native(spark, table_path, name, files, arrow_schema, mode, app_id, t
                                                          created.get() if created.isDefined() else None)})
     java_actions = jvm.java.util.ArrayList()
     if mode == "overwrite" and txn.readVersion() >= 0:
-        for f in conv.asJava(txn.filterFiles()):
-            java_actions.add(f.remove())
+        removes = _snapshot_removes(table_path, int(txn.readVersion()), storage_options)
+        if removes is None:
+            for f in conv.asJava(txn.filterFiles()):
+                java_actions.add(f.remove())
+        else:
+            # what filterFiles() records too: the whole table was read, so any concurrent commit that adds or
+            # removes files conflicts with this overwrite
+            txn.readWholeTable()
+            actions.extend({"remove": r} for r in removes)
     for path, size, mtime, rows in files:
         actions.append({"add": {"path": path, "partitionValues": {}, "size": size, "modificationTime": mtime,
                                 "dataChange": True, "stats": json.dumps({"numRecords": rows})}})

@@ -68,6 +68,41 @@ def test_write_folder_commits_through_delta_spark_with_transaction_and_overwrite
         _write_folder(native, "t", pa.table({"other": ["x"]}))
 
 
+def test_overwrite_removes_the_files_delta_spark_would(spark, native, monkeypatch):
+    """A native overwrite reads the files to remove from the log with delta-rs instead of delta-spark's Spark job
+    over the snapshot (filterFiles): the same list, on a table grown by both backends and by Spark's own writer;
+    where the shortcut does not hold (here: delta-rs cannot read the log) filterFiles is used, with the same
+    result, and a concurrent append still conflicts with the overwrite."""
+    from jobs import tables
+
+    rs = Lake(spark, native.root, backend="delta-rs")
+    _write_folder(native, "o", pa.table({"id": pa.array([1, 2], pa.int64())}), mode="overwrite")
+    native.write(spark.range(3, 6), "o", mode="append")                       # Spark's writer
+    _write_folder(rs, "o", pa.table({"id": pa.array([6], pa.int64())}))       # delta-rs commit
+    path, log = native.path("o"), spark._jvm.org.apache.spark.sql.delta.DeltaLog
+    snap = log.forTable(spark._jsparkSession, path).startTransaction().snapshot()
+    theirs = sorted((f.path(), f.size()) for f in snap.allFiles().collectAsList())
+    ours = tables._snapshot_removes(path, int(snap.version()), None)
+    assert len(theirs) >= 3 and sorted((r["path"], r["size"]) for r in ours) == theirs
+    r = _write_folder(native, "o", pa.table({"id": pa.array([7, 8], pa.int64())}), mode="overwrite")
+    assert sorted(x.id for x in native.read("o").collect()) == [7, 8] == sorted(rs.read_arrow("o")["id"].to_pylist())
+    monkeypatch.setattr(tables, "_snapshot_removes", lambda *a: None)        # delta-spark's own list
+    _write_folder(native, "o", pa.table({"id": pa.array([9], pa.int64())}), mode="overwrite")
+    assert [x.id for x in native.read("o").collect()] == [9] and native.version("o") == r.version + 1
+    monkeypatch.undo()
+    # a commit between the overwrite's snapshot and its commit: a conflict, as with filterFiles
+    real = tables._snapshot_removes
+
+    def racing(*a):
+        _write_folder(rs, "o", pa.table({"id": pa.array([10], pa.int64())}))
+        return real(*a)
+
+    monkeypatch.setattr(tables, "_snapshot_removes", racing)
+    with pytest.raises(TableError, match="'o'"):
+        _write_folder(native, "o", pa.table({"id": pa.array([11], pa.int64())}), mode="overwrite")
+    assert sorted(x.id for x in native.read("o").collect()) == [9, 10]
+
+
 def test_delta_sql_on_lake_tables_history_time_travel_optimize_vacuum(spark, native):
     for i in range(3):
         native.write(spark.range(i * 10, i * 10 + 10).repartition(3), "h", mode="append")
