@@ -17,8 +17,12 @@ Normalisation (udfs.normalise): NFKC, case fold, punctuation (Unicode P*) remove
    a count per key, a semi-join and id lists in Spark; the same pairs; the pairs checked in one task when all
    candidates' sets take at most dedup.local_verify_max_bytes, else by two joins in Spark); connected components of the verified pairs are the clusters (jobs.components: in one task up to
    dedup.local_components_max_edges pairs, else Large-Star/Small-Star rounds in Spark; the same components).
-3. Output: on a local delta-rs lake the tasks write `deduped` and `duplicates` themselves in one Spark job
-   (jobs.direct; dedup.writer=spark keeps Spark's writer).
+   Where the input's Delta log says it is small enough for both one-task limits, the keys pass also makes the
+   shingle sets, and LSH, verification, components and survivors run in one task (`_local_near_fn`): the text is
+   read once and that is one Spark job; the same result as the steps above.
+3. Output: on a local lake the tasks write `deduped` and `duplicates` themselves in one Spark job (jobs.direct;
+   dedup.writer=spark keeps Spark's writer). A plain local input table (no reader features or partitions) is then
+   also read by the tasks with pyarrow in the keys and write passes, so its text never becomes JVM rows.
    Bands x rows (unless --bands/--rows): with verification (exact, estimate) the fewest expected missed pairs
    (false-negative mass above the threshold) whose false-positive mass below it is <= dedup.max_fp_mass
    (udfs.minhash.recall_param), since a false candidate only costs its check; with --verify none datasketch's
@@ -27,6 +31,7 @@ Normalisation (udfs.normalise): NFKC, case fold, punctuation (Unicode P*) remove
 Survivor of a group or cluster: highest `quality_column` if configured, ties and otherwise the smallest `id`, so
 the result depends on neither partitioning nor run.
 """
+import json
 import os
 import sys
 import time
@@ -121,11 +126,13 @@ def lsh_summary(params: dict) -> dict:
 
 
 # ---- Python workers: Arrow batches in, Arrow batches out -------------------------------------------------------
-def _keys_fn(params: dict):
-    """mapInArrow: (id, text, n_tokens, q) -> (id, n_tokens, q, ekey, bkeys): exact digest and LSH band keys."""
+def _keys_fn(params: dict, with_v: bool = False):
+    """mapInArrow: (id, text, n_tokens, q) -> (id, n_tokens, q, ekey, bkeys[, v]): exact digest and LSH band keys,
+    and with `with_v` the value verification compares (`_sets_fn`'s v), made from the same shingles in this pass
+    so that the text is read once."""
     ngram, num_perm, seed, scheme = params["ngram"], params["num_perm"], params["seed"], params["scheme"]
     strip, near = bool(params["strip_punctuation"]), not params["exact_only"]
-    bands, rows = params["bands"], params["rows"]
+    bands, rows, mode = params["bands"], params["rows"], params["verify"]
 
     def fn(batches):
         import hashlib
@@ -133,26 +140,68 @@ def _keys_fn(params: dict):
         import numpy as np
         import pyarrow as pa
 
-        from udfs.minhash import band_keys, permutations, signatures
+        from udfs.minhash import band_keys, permutations, signatures, signatures_and_sets
         from udfs.normalise import normalise
 
         perms = permutations(num_perm, seed, scheme) if near else None
-        for batch in batches:
-            norm = [normalise(t, strip) for t in batch.column("text").to_pylist()]
-            ekey = pa.array([hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest() for t in norm], pa.binary())
-            if near and len(norm):
-                sig = signatures(norm, ngram, num_perm, seed, scheme, normalised=True, perms=perms)
-                keys = band_keys(sig, bands, rows).ravel()
-                offsets = pa.array(np.arange(0, len(norm) * bands + 1, bands, dtype=np.int32))
-                empty = pa.array([len(t) == 0 for t in norm])  # no shingles: never a near-duplicate candidate
-                bkeys = pa.ListArray.from_arrays(offsets, pa.array(keys, pa.int64()), mask=empty)
-            else:
-                bkeys = pa.nulls(len(norm), pa.list_(pa.int64()))
-            yield pa.RecordBatch.from_arrays(
-                [batch.column("id"), batch.column("n_tokens"), batch.column("q"), ekey, bkeys],
-                names=["id", "n_tokens", "q", "ekey", "bkeys"])
+        for whole in batches:
+            for batch in (_slices_by_bytes(whole, "text", 64 << 20) if with_v else (whole,)):
+                norm = [normalise(t, strip) for t in batch.column("text").to_pylist()]
+                ekey = pa.array([hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest() for t in norm],
+                                pa.binary())
+                cols = [batch.column("id"), batch.column("n_tokens"), batch.column("q"), ekey]
+                if near and len(norm):
+                    if with_v and mode == "exact":
+                        sig, (flat, offs) = signatures_and_sets(norm, ngram, num_perm, seed, scheme, perms=perms)
+                    else:
+                        sig = signatures(norm, ngram, num_perm, seed, scheme, normalised=True, perms=perms)
+                        flat, offs = sig.ravel(), np.arange(0, sig.size + 1, num_perm, dtype=np.int64)
+                    keys = band_keys(sig, bands, rows).ravel()
+                    offsets = pa.array(np.arange(0, len(norm) * bands + 1, bands, dtype=np.int32))
+                    empty = pa.array([len(t) == 0 for t in norm])  # no shingles: never a near-duplicate candidate
+                    cols.append(pa.ListArray.from_arrays(offsets, pa.array(keys, pa.int64()), mask=empty))
+                    if with_v:
+                        cols.append(_packed_binary(flat, offs, len(norm)))
+                else:
+                    cols.append(pa.nulls(len(norm), pa.list_(pa.int64())))
+                    if with_v:
+                        cols.append(pa.nulls(len(norm), pa.binary()))
+                yield pa.RecordBatch.from_arrays(cols, names=["id", "n_tokens", "q", "ekey", "bkeys"] +
+                                                 (["v"] if with_v else []))
 
     return fn
+
+
+def _read_keys_fn(keys_fn, df, qcol):
+    """mapInArrow over file rows (jobs.direct.file_frame): read each file's id, text, n_tokens_est and quality
+    column, cast as the Spark plan casts them, and pass them to `keys_fn`."""
+    cols = ["id", "text"] + [c for c in ("n_tokens_est", qcol) if c and c in df.columns]
+    schema = direct.file_schema(df.select(*cols))
+
+    def fn(batches):
+        import pyarrow as pa
+
+        def src():
+            for b in direct.read_files(batches, cols, schema):
+                n = b.num_rows
+                tok = b.column("n_tokens_est").cast(pa.int64()) if "n_tokens_est" in cols else pa.nulls(n, pa.int64())
+                q = b.column(qcol).cast(pa.float64()) if qcol else pa.nulls(n, pa.float64())
+                yield pa.RecordBatch.from_arrays([b.column("id"), b.column("text"), tok, q],
+                                                 names=["id", "text", "n_tokens", "q"])
+
+        yield from keys_fn(src())
+
+    return fn
+
+
+def _packed_binary(flat, offs, n: int):
+    """A binary Arrow array whose item i is the bytes of flat[offs[i]:offs[i+1]] (no copy per item)."""
+    import numpy as np
+    import pyarrow as pa
+
+    width = flat.dtype.itemsize
+    return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer((np.asarray(offs) * width).astype(np.int32)),
+                                                  pa.py_buffer(np.ascontiguousarray(flat))])
 
 
 def _sets_fn(params: dict):
@@ -178,10 +227,8 @@ def _sets_fn(params: dict):
                     flat, offs = sig.ravel(), np.arange(0, sig.size + 1, num_perm, dtype=np.int64)
                 else:
                     flat, offs = shingle_sets(norm, ngram)
-                width = flat.dtype.itemsize
-                v = pa.Array.from_buffers(pa.binary(), len(norm), [None, pa.py_buffer((offs * width).astype(np.int32)),
-                                                                    pa.py_buffer(np.ascontiguousarray(flat))])
-                yield pa.RecordBatch.from_arrays([part.column("id"), v], names=["id", "v"])
+                yield pa.RecordBatch.from_arrays([part.column("id"), _packed_binary(flat, offs, len(norm))],
+                                                 names=["id", "v"])
 
     return fn
 
@@ -325,6 +372,115 @@ def _local_sims_fn(params: dict):
     return fn
 
 
+NEAR_DDL = "id string, cluster_id string, kept_id string, method string, n_tokens bigint, info string"
+
+
+def _local_near_fn(params: dict):
+    """mapInArrow over ALL rows of the keys pass in one task (id, n_tokens, q, exact_kept, exact_cluster, bkeys, v)
+    -> NEAR_DDL rows: every record to remove, and one row with a null id whose `info` holds the counters (JSON).
+
+    The four steps of the Spark plan in one process, with the same kernels and the same result: LSH pairs of the
+    exact survivors (udfs.minhash.bucket_pairs, survivors in id order), verification by index into the
+    survivors' values (jaccard_sets_indexed / estimated_jaccard), components of the verified pairs
+    (udfs.graph.min_label_components), and per component the survivor of smallest rank (best quality, then
+    smallest id) and the smallest exact-cluster id; exact duplicates follow their exact survivor."""
+    cap, bands, num_perm = int(params["max_bucket_pairs"]), int(params["bands"]), int(params["num_perm"])
+    thr, mode, scheme = float(params["threshold"]), params["verify"], params["scheme"]
+
+    def fn(batches):
+        import json
+
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        from udfs.graph import min_label_components
+        from udfs.minhash import bucket_pairs, estimated_jaccard, jaccard_sets_indexed, signature_dtype
+
+        batches = [b for b in batches if b.num_rows]
+        info = {"shared_buckets": 0, "candidate_pairs": 0, "largest_bucket": 0, "verified_pairs": 0}
+        if mode != "none":
+            info["candidate_docs"] = 0
+        names = ["id", "cluster_id", "kept_id", "method", "n_tokens", "info"]
+        out = []
+        if batches:
+            t = pa.Table.from_batches(batches)
+            is_surv = pc.fill_null(pc.equal(t["id"], t["exact_kept"]), False)
+            dups = t.filter(pc.invert(is_surv))
+            s = t.filter(pc.and_(is_surv, pc.is_valid(t["bkeys"])))
+            s = s.take(pc.sort_indices(s["id"]))  # id order (UTF-8 bytes, as Spark sorts strings)
+            n = s.num_rows
+            ids = s["id"].combine_chunks()
+            keys = (np.asarray(s["bkeys"].combine_chunks().flatten().to_numpy(zero_copy_only=False), np.int64)
+                    .reshape(n, bands) if n else np.zeros((0, bands), np.int64))
+            src, dst, size, shared = bucket_pairs(keys, cap, with_shared=True)
+            info.update(shared_buckets=int(shared), candidate_pairs=len(src),
+                        largest_bucket=int(size.max()) if len(size) else 0)
+            if mode == "none" or not len(src):
+                keep = np.ones(len(src), bool)
+            else:
+                info["candidate_docs"] = int(len(np.unique(np.concatenate([src, dst]))))
+                v = s["v"].cast(pa.large_binary()).combine_chunks()
+                keep = np.zeros(len(src), bool)
+                if mode == "estimate":
+                    sig = _binary_values(v, signature_dtype(scheme))[0].reshape(-1, num_perm)
+                else:
+                    h, offs = _binary_values(v, np.uint64)
+                step = 1 << 20
+                for i in range(0, len(src), step):
+                    a, b = src[i:i + step], dst[i:i + step]
+                    sim = estimated_jaccard(sig[a], sig[b]) if mode == "estimate" else jaccard_sets_indexed(h, offs, a, b)
+                    keep[i:i + step] = sim >= thr
+            u, w = src[keep], dst[keep]
+            info["verified_pairs"] = len(u)
+            labels = min_label_components(u, w, n)            # the smallest member's index names a component
+            member = np.zeros(n, bool)
+            member[u] = member[w] = True
+            nodes = np.flatnonzero(member)
+            # survivor of a component: smallest (-q with null as +inf and NaN last, as Spark orders doubles; then id)
+            q = s["q"].combine_chunks()
+            nq = -np.asarray(pc.fill_null(q, 0.0).to_numpy(zero_copy_only=False), np.float64)
+            nq[np.asarray(pc.is_null(q).to_numpy(zero_copy_only=False))] = np.inf
+            nan = np.isnan(nq)
+            order = np.lexsort((nodes, np.where(nan[nodes], 0.0, nq[nodes]), nan[nodes], labels[nodes]))
+            ranked = nodes[order]
+            first = np.r_[True, labels[ranked][1:] != labels[ranked][:-1]] if len(ranked) else np.zeros(0, bool)
+            kept_of = np.arange(n)
+            kept_of[labels[ranked[first]]] = ranked[first]
+            # cluster id: the smallest exact-cluster id among the component's members
+            ec = s["exact_cluster"].combine_chunks()
+            uniq = pc.unique(ec)
+            uniq = uniq.take(pc.sort_indices(uniq))
+            code = pc.index_in(ec, value_set=uniq).to_numpy(zero_copy_only=False).astype(np.int64)
+            low = np.full(n, len(uniq), np.int64)
+            np.minimum.at(low, labels[nodes], code[nodes])
+            gone = nodes[kept_of[labels[nodes]] != nodes]
+            tok = s["n_tokens"].combine_chunks()
+            if len(gone):
+                g = pa.array(gone)
+                out.append(pa.RecordBatch.from_arrays(
+                    [ids.take(g), uniq.take(pa.array(low[labels[gone]])), ids.take(pa.array(kept_of[labels[gone]])),
+                     pa.array(["minhash"] * len(gone)), tok.take(g), pa.nulls(len(gone), pa.string())], names=names))
+            if dups.num_rows:
+                kept, clus = dups["exact_kept"].combine_chunks(), dups["exact_cluster"].combine_chunks()
+                if len(nodes):
+                    pos = pc.index_in(kept, value_set=ids)
+                    p = np.asarray(pc.fill_null(pos, 0).to_numpy(zero_copy_only=False), np.int64)
+                    moved = np.asarray(pc.is_valid(pos).to_numpy(zero_copy_only=False), bool) & member[p]
+                    if moved.any():
+                        lab, m = labels[p], pa.array(moved)
+                        kept = pc.if_else(m, ids.take(pa.array(np.where(moved, kept_of[lab], 0))), kept)
+                        clus = pc.if_else(m, uniq.take(pa.array(np.where(moved, low[lab], 0))), clus)
+                out.append(pa.RecordBatch.from_arrays(
+                    [dups["id"].combine_chunks(), clus, kept, pa.array(["exact"] * dups.num_rows),
+                     dups["n_tokens"].combine_chunks(), pa.nulls(dups.num_rows, pa.string())], names=names))
+        yield from out
+        yield pa.RecordBatch.from_arrays([pa.nulls(1, pa.string())] * 4 + [pa.nulls(1, pa.int64()),
+                                          pa.array([json.dumps(info)])], names=names)
+
+    return fn
+
+
 DEDUP_META_DDL = "kind string, tbl string, part string, docs bigint, tok bigint, reason string, id string, row string"
 
 
@@ -355,6 +511,36 @@ def dedup_write_fn(paths: dict, schemas: dict, cols: dict, audit_k: int, text_ch
     return run
 
 
+def _read_tagged_fn(write_fn, df, tags):
+    """mapInArrow over file rows (jobs.direct.file_frame): each file's rows with the (cluster_id, kept_id, method)
+    of the removed ones (`tags`, a small Arrow table: ids and three short strings per removed record; nulls for the
+    rest), as Spark's left join gives them to `write_fn`."""
+    cols, schema = list(df.columns), direct.file_schema(df)
+    extra = ["cluster_id", "kept_id", "method"]
+
+    def fn(batches):
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        ids = tags.column("id").combine_chunks()
+        vals = [tags.column(c).combine_chunks() for c in extra]
+
+        def joined():
+            for b in direct.read_files(batches, cols, schema):
+                idx = pc.index_in(b.column("id"), value_set=ids)
+                yield pa.RecordBatch.from_arrays(list(b.columns) + [v.take(idx) for v in vals], names=cols + extra)
+
+        yield from write_fn(joined())
+
+    return fn
+
+
+def _is_numeric(t) -> bool:
+    from pyspark.sql.types import NumericType
+
+    return isinstance(t, NumericType)
+
+
 # ---- Spark plan -----------------------------------------------------------------------------------------------------
 def _cut(df):
     """Cut the lineage; lazy: the next action (a count) materialises it in the same Spark job."""
@@ -362,9 +548,13 @@ def _cut(df):
     return df.checkpoint(eager=False) if sc.getCheckpointDir() else df.localCheckpoint(eager=False)
 
 
-def find_duplicates(df, params: dict, timings: dict | None = None):
+def find_duplicates(df, params: dict, timings: dict | None = None, values_in_keys: bool = False,
+                    units: list[dict] | None = None):
     """Return (removed, info): removed = DataFrame[id, cluster_id, kept_id, method, n_tokens] of every record to
-    drop, info = counters for the metrics row. `df` needs `id` and `text` (and `quality_column` if configured)."""
+    drop, info = counters for the metrics row. `df` needs `id` and `text` (and `quality_column` if configured).
+    `values_in_keys`: the keys pass also makes every document's shingle set (or signature) for verification, so
+    that the text is read once (plan() asks for it when the input is small enough for one task to verify).
+    `units`: df's Parquet files (jobs.direct.plain_files), which the keys pass then reads with pyarrow."""
     from pyspark import StorageLevel
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -379,8 +569,15 @@ def find_duplicates(df, params: dict, timings: dict | None = None):
     # 1. per document: exact digest and band keys, one pass over the text
     n_tokens = F.col("n_tokens_est").cast("long") if "n_tokens_est" in df.columns else F.lit(None).cast("long")
     quality = F.col(qcol).cast("double") if qcol else F.lit(None).cast("double")
-    src = df.select(F.col("id"), F.col("text"), n_tokens.alias("n_tokens"), quality.alias("q"))
-    keys = src.mapInArrow(_keys_fn(params), "id string, n_tokens bigint, q double, ekey binary, bkeys array<bigint>")
+    with_v = values_in_keys and not params["exact_only"] and params["verify"] != "none"
+    keys_ddl = "id string, n_tokens bigint, q double, ekey binary, bkeys array<bigint>" + (", v binary" if with_v else "")
+    if units is not None:
+        # the workers read the files: the text does not pass through JVM rows on its way to Python
+        keys = direct.file_frame(df.sparkSession, units).mapInArrow(
+            _read_keys_fn(_keys_fn(params, with_v), df, qcol), keys_ddl)
+    else:
+        src = df.select(F.col("id"), F.col("text"), n_tokens.alias("n_tokens"), quality.alias("q"))
+        keys = src.mapInArrow(_keys_fn(params, with_v), keys_ddl)
     # survivor order: best quality first (null/NaN last), then smallest id
     rank = F.struct(F.coalesce(-F.col("q"), F.lit(float("inf"))).alias("nq"), F.col("id").alias("id"))
     w = Window.partitionBy("ekey")
@@ -389,8 +586,14 @@ def find_duplicates(df, params: dict, timings: dict | None = None):
             .withColumn("exact_cluster", F.min("id").over(w)))
     keys = keys.persist(StorageLevel.DISK_ONLY)
     agg = keys.agg(F.count(F.lit(1)).alias("docs"), F.sum("n_tokens").alias("tokens"),
-                   F.sum(F.when(F.col("id") != F.col("exact_kept"), 1).otherwise(0)).alias("exact_dups")).collect()[0]
+                   F.sum(F.when(F.col("id") != F.col("exact_kept"), 1).otherwise(0)).alias("exact_dups"),
+                   (F.sum(F.when((F.col("id") == F.col("exact_kept")) & F.col("bkeys").isNotNull(), F.length("v")))
+                    if with_v else F.lit(None)).alias("value_bytes")).collect()[0]
     info["docs_in"], info["tokens_in"] = int(agg["docs"]), int(agg["tokens"] or 0)
+    value_bytes = int(agg["value_bytes"] or 0)
+    if with_v:
+        log(f"dedup: the keys pass made {value_bytes:,} bytes of survivors' {params['verify']} values "
+            f"(one task verifies up to dedup.local_verify_max_bytes = {int(params['local_verify_max_bytes']):,})")
     info["exact_duplicates"] = int(agg["exact_dups"])
     timings["keys_and_exact"] = round(time.time() - t0, 3)
 
@@ -406,11 +609,33 @@ def find_duplicates(df, params: dict, timings: dict | None = None):
         keys.unpersist()
         return removed, info
 
+    n_keys = (info["docs_in"] - info["exact_duplicates"]) * int(params["bands"])
+    if n_keys <= int(params["local_lsh_max_keys"]) and (
+            params["verify"] == "none" or (with_v and value_bytes <= int(params["local_verify_max_bytes"]))):
+        # Everything after the keys pass fits one task: LSH, verification, components and survivors there, in
+        # one Spark job (the same result as the steps below, which each take a job or more)
+        t0 = time.time()
+        rows = keys.select("id", "n_tokens", "q", "exact_kept", "exact_cluster", "bkeys",
+                           *([F.when(F.col("id") == F.col("exact_kept"), F.col("v")).alias("v")] if with_v else []))
+        out = _cut(rows.coalesce(1).mapInArrow(_local_near_fn(params), NEAR_DDL))
+        agg = out.agg(F.count("id").alias("n"), F.max("info").alias("info")).collect()[0]
+        info.update(json.loads(agg["info"]))
+        info.update(lsh_method="one task", cc_method="one task" if info["verified_pairs"] else "none", cc_rounds=0,
+                    resolve_method="one task")
+        if params["verify"] != "none":
+            info["verify_method"] = "one task"
+        info["docs_removed"] = int(agg["n"])
+        timings["near_in_one_task"] = round(time.time() - t0, 3)
+        keys.unpersist()
+        # method NOT NULL, as the literals of the Spark plan make it (the duplicates table's schema is the same)
+        method = F.when(F.col("method") == "exact", F.lit("exact")).otherwise(F.lit("minhash")).alias("method")
+        return out.where(F.col("id").isNotNull()).select("id", "cluster_id", "kept_id", method, "n_tokens"), info
+    info["resolve_method"] = "spark"
+
     # 2. LSH buckets -> candidate pairs (all pairs in small buckets, a star to the smallest id in large ones)
     t0 = time.time()
     cap = int(params["max_bucket_pairs"])
     with_keys = survivors.where(F.col("bkeys").isNotNull())
-    n_keys = (info["docs_in"] - info["exact_duplicates"]) * int(params["bands"])
     if n_keys <= int(params["local_lsh_max_keys"]):
         # Up to a few ten million band keys are one sort in one task (udfs.minhash.bucket_pairs): one Spark job
         # instead of a shuffle of every key, a count, a semi-join, collect_list and a shuffle of the pairs.
@@ -459,8 +684,11 @@ def find_duplicates(df, params: dict, timings: dict | None = None):
             # instead of all of its text being shuffled to meet them
             cand = F.broadcast(cand)
         # each candidate's shingle set (or signature) once, counted and sized in one job
-        sets = (df.select("id", "text").join(cand, "id", "left_semi")
-                .mapInArrow(_sets_fn(params), "id string, v binary").persist(StorageLevel.DISK_ONLY))
+        if with_v:  # made by the keys pass
+            sets = survivors.select("id", "v").join(cand, "id", "left_semi").persist(StorageLevel.DISK_ONLY)
+        else:
+            sets = (df.select("id", "text").join(cand, "id", "left_semi")
+                    .mapInArrow(_sets_fn(params), "id string, v binary").persist(StorageLevel.DISK_ONLY))
         size = sets.agg(F.count(F.lit(1)).alias("n"), F.sum(F.length("v")).alias("b")).collect()[0]
         info["candidate_docs"], set_bytes = int(size["n"]), int(size["b"] or 0)
         if set_bytes <= int(params["local_verify_max_bytes"]):
@@ -520,21 +748,30 @@ def find_duplicates(df, params: dict, timings: dict | None = None):
     return removed, info
 
 
-def cluster_size_histogram(removed) -> dict:
-    """{size bucket: number of clusters} over clusters with >= 2 documents ("2", "3", "4", "5-8", "9-16", ...)."""
-    from pyspark.sql import functions as F
+def cluster_size_histogram(removed, tags=None) -> dict:
+    """{size bucket: number of clusters} over clusters with >= 2 documents ("2", "3", "4", "5-8", "9-16", ...), from
+    the removed records (a DataFrame, or `tags`, the same records as an Arrow table already on the driver)."""
+    if tags is not None:
+        import pyarrow.compute as pc
 
-    sizes = removed.groupBy("kept_id").count().select((F.col("count") + 1).alias("size"))
-    rows = sizes.groupBy("size").count().collect()
+        per_kept = pc.value_counts(tags.column("kept_id").combine_chunks()).field("counts").to_pylist()
+        counts: dict = {}
+        for c in per_kept:
+            counts[c + 1] = counts.get(c + 1, 0) + 1
+        rows = sorted(counts.items())
+    else:
+        from pyspark.sql import functions as F
+
+        sizes = removed.groupBy("kept_id").count().select((F.col("count") + 1).alias("size"))
+        rows = sorted((int(r["size"]), int(r["count"])) for r in sizes.groupBy("size").count().collect())
     hist: dict = {}
-    for r in sorted(rows, key=lambda r: r["size"]):
-        s = int(r["size"])
+    for s, n in rows:
         if s <= 4:
             label = str(s)
         else:
             hi = 1 << (s - 1).bit_length()
             label = f"{hi // 2 + 1}-{hi}"
-        hist[label] = hist.get(label, 0) + int(r["count"])
+        hist[label] = hist.get(label, 0) + n
     return hist
 
 
@@ -544,6 +781,19 @@ def _written_rows(lake, run, table) -> int:
     if res is not None and not res.skipped and res.num_rows >= 0:
         return res.num_rows
     return lake.read(table).count()
+
+
+VALUE_BYTES_PER_FILE_BYTE = 4  # a shingle set takes ~1.25x its text's bytes; text compresses ~3x in Parquet
+
+
+def _values_fit_one_task(ctx) -> bool:
+    """Whether the input looks small enough for verification in one task (dedup.local_verify_max_bytes and
+    local_lsh_max_keys), judged from the Delta log before reading: then the keys pass makes the values verification
+    compares, instead of a second read of the candidates' text after LSH."""
+    p = ctx.params
+    nbytes, records = ctx.lake.size(ctx.args.input_table, ctx.state["input_version"])
+    fits = nbytes * VALUE_BYTES_PER_FILE_BYTE <= int(p["local_verify_max_bytes"])
+    return fits and (records is None or records * int(p["bands"]) <= int(p["local_lsh_max_keys"]))
 
 
 def plan(ctx) -> None:
@@ -567,13 +817,20 @@ def plan(ctx) -> None:
             f"{lsh['p_candidate_at_threshold_plus_0.05']:.4f} at J={min(params['threshold'] + 0.05, 1.0):.2f}; "
             f"false-positive mass {lsh['fp_mass']:.4f}, false-negative mass {lsh['fn_mass']:.2e}")
     timings: dict = {}
-    removed, info = find_duplicates(df, params, timings)
+    units = None
+    qcol = params["quality_column"]
+    if direct.enabled(ctx) and (not qcol or _is_numeric(df.schema[qcol].dataType)):
+        # a plain local table: the workers read its files themselves in the keys and write passes
+        units = direct.plain_files(lake, ctx.args.input_table, ctx.state["input_version"], df.columns,
+                                   direct.file_schema(df))
+    removed, info = find_duplicates(df, params, timings, values_in_keys=_values_fit_one_task(ctx), units=units)
+    info["reader"] = "workers (pyarrow)" if units is not None else "spark"
 
     t0 = time.time()
     deduped = df.join(removed.select("id"), "id", "left_anti")
     duplicates = df.join(removed.drop("n_tokens"), "id", "inner")
     has_tokens = "n_tokens_est" in df.columns
-    audit_rows = None
+    audit_rows = tags_arrow = None
     if direct.enabled(ctx):
         # one Spark job: every task writes its survivors and its duplicates; counts and audit rows come back
         tables = {"deduped": out_t, "duplicates": dup_t}
@@ -583,9 +840,16 @@ def plan(ctx) -> None:
         if info["docs_removed"] <= BROADCAST_REMOVED:
             tags = F.broadcast(tags)  # the input is then read where it lies, not shuffled to meet its tags
         folders = direct.WriteFolders(lake, tables)
+        write_fn = dedup_write_fn(folders.paths, schemas, cols, AUDIT_PER_METHOD)
+        if units is not None and info["docs_removed"] <= BROADCAST_REMOVED:
+            # the workers read the input's files and look each id up in the removed records, sent with the task
+            tags_arrow = removed.drop("n_tokens").toArrow()
+            frame = direct.file_frame(ctx.spark, units).mapInArrow(_read_tagged_fn(write_fn, df, tags_arrow),
+                                                                   DEDUP_META_DDL)
+        else:
+            frame = df.join(tags, "id", "left").mapInArrow(write_fn, DEDUP_META_DDL)
         try:
-            meta = [r.asDict() for r in df.join(tags, "id", "left").mapInArrow(
-                dedup_write_fn(folders.paths, schemas, cols, AUDIT_PER_METHOD), DEDUP_META_DDL).collect()]
+            meta = [r.asDict() for r in frame.collect()]
         except BaseException:
             folders.discard()
             raise
@@ -612,7 +876,7 @@ def plan(ctx) -> None:
 
     exact_d, exact_t = by_method.get("exact", (0, 0))
     near_d, near_t = by_method.get("minhash", (0, 0))
-    hist = cluster_size_histogram(removed)
+    hist = cluster_size_histogram(removed, tags_arrow)
     extra = {
         "exact": {"docs_removed": exact_d, "tokens_removed": exact_t},
         "minhash": {"docs_removed": near_d, "tokens_removed": near_t},

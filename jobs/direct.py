@@ -211,3 +211,69 @@ def _raw_json(v):
     if isinstance(v, (bytes, bytearray)):
         return {"__bytes__": bytes(v).hex()}
     return str(v)
+
+
+# ---- reads: the workers read a plain table's Parquet files themselves ---------------------------------------------
+# Spark's reader decodes every text into a JVM row and hands it back to the Python worker through Arrow; a stage
+# whose Python worker needs the text anyway (dedup's keys and write passes) can read the files with pyarrow instead.
+READ_BATCH_ROWS = 8192
+
+
+def plain_files(lake, name: str, version: int | None, columns: list[str], schema) -> list[dict] | None:
+    """The data files of a table snapshot as units for `pack_tasks` ({task_id, path, n_bytes}), where reading
+    those files with pyarrow gives the table: a local lake, no reader features (deletion vectors, column mapping),
+    no partition columns, plain paths, and every file's columns castable to `schema` (checked on each file's
+    footer). None otherwise: the stage then reads through Spark."""
+    if "://" in lake.root:
+        return None
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from jobs.tables import _PLAIN_PATH
+
+        dt = lake._dt(name, version)
+        proto = dt.protocol()
+        if proto.min_reader_version != 1 or proto.reader_features or dt.metadata().partition_columns:
+            return None
+        adds = pa.table(dt.get_add_actions(flatten=True)).select(["path", "size_bytes"]).to_pylist()
+        if not all(_PLAIN_PATH.match(a["path"] or "") for a in adds):
+            return None
+        units = []
+        for i, a in enumerate(sorted(adds, key=lambda a: a["path"])):
+            path = os.path.join(lake.path(name), a["path"])
+            have = pq.read_schema(path)
+            for c, f in zip(columns, schema):
+                if c in have.names:
+                    pa.array([], have.field(c).type).cast(f.type)  # raises if the file's type does not cast
+            units.append({"task_id": i, "path": path, "n_bytes": int(a["size_bytes"])})
+        return units
+    except Exception:  # noqa: BLE001 - any doubt: Spark's reader
+        return None
+
+
+def file_frame(spark, units: list[dict]):
+    """DataFrame[path string]: one Spark partition per group of `units` packed by bytes (jobs.ingest.pack_tasks)."""
+    from jobs.ingest import pack_tasks
+
+    groups = pack_tasks(units, spark.sparkContext.defaultParallelism)
+    rows = [[(u["path"],) for u in g] for g in groups]
+    rdd = spark.sparkContext.parallelize(rows, max(1, len(rows))).flatMap(lambda g: g)
+    return spark.createDataFrame(rdd, "path string")
+
+
+def read_files(batches, columns: list[str], schema):
+    """Inside a worker: the rows of every file named by the `path` rows of `batches`, as Arrow batches of
+    `schema` (columns a file lacks are nulls, as Delta reads them)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([f.with_nullable(True) for f in schema])
+    for b in batches:
+        for path in b.column("path").to_pylist():
+            pf = pq.ParquetFile(path)
+            have = set(pf.schema_arrow.names)
+            for fb in pf.iter_batches(batch_size=READ_BATCH_ROWS, columns=[c for c in columns if c in have]):
+                yield pa.RecordBatch.from_arrays(
+                    [fb.column(c).cast(f.type) if c in have else pa.nulls(fb.num_rows, f.type)
+                     for c, f in zip(columns, schema)], schema=schema)

@@ -115,6 +115,17 @@ class Lake:
     def files(self, name: str, version: int | None = None) -> list[str]:
         return list(self._dt(name, version).file_uris())
 
+    def size(self, name: str, version: int | None = None) -> tuple[int, int | None]:
+        """(bytes of the snapshot's data files, records or None where a file has no row count in the log)."""
+        import pyarrow as pa
+
+        adds = pa.table(self._dt(name, version).get_add_actions(flatten=True))
+        nbytes = int(pa.compute.sum(adds["size_bytes"]).as_py() or 0) if adds.num_rows else 0
+        if "num_records" not in adds.column_names:
+            return nbytes, None
+        rec = adds["num_records"]
+        return nbytes, (int(pa.compute.sum(rec).as_py() or 0) if rec.null_count == 0 else None)
+
     # ---- reads ----------------------------------------------------------------------------------------------
     def read(self, name: str, version: int | None = None):
         """A Spark DataFrame over the table's snapshot (latest, or `version`)."""

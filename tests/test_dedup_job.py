@@ -128,7 +128,9 @@ def test_dedup_finds_planted_duplicates(spark, tmp_path, corpus):
     # clusters: 6 pairs (2), s1+s2 (2), t1..t3 (3), x0..x3 (4)
     assert extra["cluster_size_histogram"] == {"2": 7, "3": 1, "4": 1}
     assert extra["params"]["bands"] == 32 and extra["params"]["rows"] == 4
-    assert {"keys_and_exact", "lsh_candidates", "verify", "components", "write"} <= set(extra["timings_s"])
+    # a corpus this small takes the one-task path after the keys pass
+    assert {"keys_and_exact", "near_in_one_task", "write"} <= set(extra["timings_s"])
+    assert extra["resolve_method"] == "one task" and extra["reader"] == "workers (pyarrow)"
     assert os.path.exists(os.path.join(lake.root, "audit", "duplicates.jsonl"))
 
     # a re-run with the same input and config is skipped; --exact-only is a different config
@@ -477,13 +479,17 @@ def test_writers_and_component_paths_give_the_same_tables(spark, tmp_path, corpu
         extra = json.loads(m["extra"])
         return ([m[k] for k in ("docs_in", "docs_out", "docs_rejected", "tokens_in", "tokens_out")], dict(m["reasons"]),
                 {k: v for k, v in extra.items() if k not in ("timings", "timings_s", "cc_method", "cc_rounds",
-                                                              "lsh_method", "verify_method")}, extra)
+                                                              "lsh_method", "verify_method", "resolve_method", "reader")},
+                extra)
 
     ma, mb = metrics(a), metrics(b)
     assert ma[:3] == mb[:3] and ma[2]["candidate_pairs"] > 0 and ma[2]["shared_buckets"] > 0
     assert (ma[3]["cc_method"], mb[3]["cc_method"]) == ("one task", "spark")
     assert (ma[3]["lsh_method"], mb[3]["lsh_method"]) == ("one task", "spark")
     assert (ma[3]["verify_method"], mb[3]["verify_method"]) == ("one task", "spark")
+    assert (ma[3]["resolve_method"], mb[3]["resolve_method"]) == ("one task", "spark")
+    assert (ma[3]["reader"], mb[3]["reader"]) == ("workers (pyarrow)", "spark")
+    assert "near_in_one_task" in ma[3]["timings_s"] and "lsh_candidates" in mb[3]["timings_s"]
 
     def audit(lake):
         with open(os.path.join(lake.root, "audit", "duplicates.jsonl")) as f:
@@ -491,6 +497,87 @@ def test_writers_and_component_paths_give_the_same_tables(spark, tmp_path, corpu
 
     assert audit(a) == audit(b) and len(audit(a)) == 3 + 5   # every exact duplicate, 5 of the 9 near ones
     assert Lake(spark, a.root).read("deduped").count() + len(expect_removed) == len(rows)
+
+
+@pytest.mark.parametrize("verify", ["exact", "estimate", "none"])
+def test_near_in_one_task_equals_the_step_by_step_plan(spark, corpus, verify):
+    """Everything after the keys pass in one task (LSH, verification, components, survivors, with the values made
+    by the keys pass) against the step-by-step plan: one-task LSH and verification after a second read of the
+    candidates' text, and Spark's LSH, joins and components with the values from the keys pass. A quality column
+    with ties, nulls and NaN decides survivors. The same removed rows and the same counters."""
+    import argparse
+
+    from pyspark.sql import functions as F
+
+    from jobs import dedup
+
+    rows, _, _ = corpus
+    rng = random.Random(5)
+    extra = []
+    for i in range(4):   # a cluster of four near copies, one of them also an exact copy, to move survivors about
+        base = words(rng, 150)
+        extra += [document_row(f"c{i}{j}", " ".join(substitute(rng, base, 1) if j else base)) for j in range(4)]
+        extra.append(document_row(f"c{i}9", " ".join(base).upper()))
+    df = documents_df(spark, rows + extra).repartition(3)
+    q = (F.when(F.col("id").endswith("b") | F.col("id").endswith("2"), F.lit(float("nan")))
+         .when(F.col("id").startswith("t") | F.col("id").endswith("1"), F.lit(None).cast("double"))
+         .otherwise((F.length("id") % 2).cast("double")))
+    df = df.withColumn("q", q)
+    args = argparse.Namespace(threshold=None, ngram=None, num_perm=None, bands=32, rows=4, seed=None, verify=verify,
+                              exact_only=False)
+
+    def run(values_in_keys, **cfg):
+        p = dedup.resolve_params({"quality_column": "q", **cfg}, args)
+        removed, info = dedup.find_duplicates(df, p, {}, values_in_keys=values_in_keys)
+        got = sorted(tuple(r) for r in removed.select("id", "cluster_id", "kept_id", "method", "n_tokens").collect())
+        return got, {k: v for k, v in info.items() if not k.endswith("_method") and k != "cc_rounds"}, info
+
+    one, one_info, one_m = run(True)
+    assert one_m["resolve_method"] == "one task" and one_info["docs_removed"] == len(one) > 10
+    assert any(m == "minhash" for _, _, _, m, _ in one) and any(m == "exact" for _, _, _, m, _ in one)
+    if verify == "none":   # no values to verify: one task is the plan whenever LSH fits in one
+        variants = [run(False, local_lsh_max_keys=0, local_components_max_edges=0)]
+    else:
+        variants = [run(False), run(True, local_lsh_max_keys=0, local_components_max_edges=0)]
+    for got, got_info, m in variants:
+        assert m["resolve_method"] == "spark", m
+        assert got == one
+        assert got_info == one_info
+
+
+def test_workers_read_a_plain_table_and_spark_a_partitioned_one(spark, tmp_path, corpus):
+    """jobs.direct.plain_files names every data file of a plain local table, and read_files gives its rows (a
+    column a file lacks as nulls); a partitioned table is left to Spark's reader, and dedup gives the same result
+    on it."""
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    from jobs import direct
+    from jobs.dedup import main
+
+    rows, expect_removed, _ = corpus
+    lake = _make_lake(spark, str(tmp_path / "plain"), rows)
+    df = lake.read("filtered")
+    units = direct.plain_files(lake, "filtered", None, df.columns, direct.file_schema(df))
+    local = [os.path.realpath(u[7:] if u.startswith("file://") else u) for u in lake.files("filtered")]
+    assert len(units) >= 1 and sorted(os.path.realpath(u["path"]) for u in units) == sorted(local)
+    schema = pa.schema([("id", pa.string()), ("n_tokens_est", pa.int64()), ("not_there", pa.int64())])
+    got = pa.Table.from_batches(list(direct.read_files([pa.record_batch({"path": [u["path"] for u in units]})],
+                                                       ["id", "n_tokens_est", "not_there"], schema)))
+    assert sorted(got.column("id").to_pylist()) == sorted(r["id"] for r in rows)
+    assert got.column("not_there").null_count == got.num_rows == len(rows)
+
+    from jobs.tables import Lake
+
+    other = Lake(spark, str(tmp_path / "partitioned"))
+    write_deltalake(other.path("filtered"), df.toArrow(), partition_by=["source"])
+    pdf = other.read("filtered")
+    assert direct.plain_files(other, "filtered", None, pdf.columns, direct.file_schema(pdf)) is None
+    for lk in (lake, other):
+        assert main(["--lake", lk.root, "--bands", "32", "--rows", "4"]) == 0
+        assert {r["id"]: (r["method"], r["kept_id"]) for r in lk.read("duplicates").collect()} == expect_removed
+        m = [r for r in lk.read_arrow("metrics").to_pylist() if r["stage"] == "dedup"][-1]
+        assert json.loads(m["extra"])["reader"] == ("workers (pyarrow)" if lk is lake else "spark")
 
 
 def test_bad_arguments_exit_2(spark, tmp_path):

@@ -389,12 +389,16 @@ def signatures(texts, ngram: int = 5, num_perm: int = 128, seed: int = 1, scheme
     out = np.full((len(norm), num_perm), MAX_HASH32, dtype=dtype)
     if not norm:
         return out
-    buf, starts, ends, doc_offsets = shingle_spans(norm, ngram)
+    return _signatures_of_spans(shingle_spans(norm, ngram), a, b, scheme, out)
+
+
+def _signatures_of_spans(spans, a, b, scheme: str, out: np.ndarray) -> np.ndarray:
+    buf, starts, ends, doc_offsets = spans
     if backend() == "numba":
         out64 = out.astype(np.uint64)
         _minhash_kernel(buf, starts, ends, doc_offsets, a.astype(np.uint64), b.astype(np.uint64), scheme == "legacy",
                         out64)
-        return out64.astype(dtype)
+        return out64.astype(out.dtype)
     _numpy_signatures(buf, starts, ends, doc_offsets, a, b, scheme, out)
     return out
 
@@ -428,12 +432,12 @@ def estimated_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
     return np.mean(np.asarray(sig_a) == np.asarray(sig_b), axis=-1)
 
 
-def shingle_hashes64(norm_texts: list[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
+def shingle_hashes64(norm_texts: list[str], ngram: int, spans=None) -> tuple[np.ndarray, np.ndarray]:
     """(hashes uint64, doc_offsets) of every shingle of each normalised text, for exact set comparisons: FNV-1a 64
     finished with fmix64; 64 bits make a collision inside one pair's shingle sets negligible (~n^2 / 2^65). Both
     backends give the same values (numba: one compiled loop; numpy: `_hash64_numpy`), so sets hashed by different
-    workers compare correctly."""
-    buf, starts, ends, offs = shingle_spans(norm_texts, ngram)
+    workers compare correctly. `spans`: shingle_spans(norm_texts, ngram) if already made."""
+    buf, starts, ends, offs = spans if spans is not None else shingle_spans(norm_texts, ngram)
     if len(starts) == 0:
         return np.zeros(0, np.uint64), offs
     if backend() == "numba":
@@ -466,11 +470,23 @@ def _hash64_numpy(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, vector_
     return out
 
 
-def shingle_sets(norm_texts: list[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
+def signatures_and_sets(norm_texts: list[str], ngram: int = 5, num_perm: int = 128, seed: int = 1,
+                        scheme: str = "affine32", perms=None):
+    """(signatures(...), shingle_sets(...)) of the same normalised texts, locating their shingles once: the
+    dedup keys pass makes both, so that verification needs no second read of the text."""
+    a, b = perms if perms is not None else permutations(num_perm, seed, scheme)
+    out = np.full((len(norm_texts), num_perm), MAX_HASH32, dtype=signature_dtype(scheme))
+    if not norm_texts:
+        return out, (np.zeros(0, np.uint64), np.zeros(1, np.int64))
+    spans = shingle_spans(norm_texts, ngram)
+    return _signatures_of_spans(spans, a, b, scheme, out), shingle_sets(norm_texts, ngram, spans)
+
+
+def shingle_sets(norm_texts: list[str], ngram: int, spans=None) -> tuple[np.ndarray, np.ndarray]:
     """(hashes uint64, offsets int64[n + 1]): the shingle set of each normalised text as its sorted, distinct
     64-bit shingle hashes (`shingle_hashes64`); text i owns hashes[offsets[i]:offsets[i+1]]. Built once per
     document, so a document in many candidate pairs is normalised and hashed once (`jaccard_sets` compares)."""
-    h, offs = shingle_hashes64(norm_texts, ngram)
+    h, offs = shingle_hashes64(norm_texts, ngram, spans)
     if backend() == "numba":
         out, out_offs = np.empty_like(h), np.empty_like(offs)
         _sorted_sets_kernel(h, offs, out, out_offs)
