@@ -252,10 +252,36 @@ def plain_files(lake, name: str, version: int | None, columns: list[str], schema
         return None
 
 
-def file_frame(spark, units: list[dict]):
-    """DataFrame[path string]: one Spark partition per group of `units` packed by bytes (jobs.ingest.pack_tasks)."""
-    from jobs.ingest import pack_tasks
+# What opening one file costs, in bytes of reading (Spark's openCostInBytes is 4 MB for a JVM reader; a file here
+# costs a stat, an open and the reader's set-up in the Python worker: a few ms, some 256 KB of parsing)
+OPEN_COST_BYTES = 256 << 10
+MAX_PARTITION_BYTES = 128 << 20  # most bytes one Spark task reads (Spark's maxPartitionBytes)
 
+
+def pack_tasks(tasks, parallelism: int, max_bytes: int = MAX_PARTITION_BYTES,
+               open_cost: int = OPEN_COST_BYTES) -> list[list[dict]]:
+    """Group tasks (files, byte ranges, row groups) into Spark partitions by bytes: each task weighs its bytes plus
+    an open cost (as Spark plans file scans), a partition holds at most `max_bytes` unless one task alone is bigger,
+    and the number of partitions is a multiple of `parallelism` so that no core idles in the last wave. Tasks are
+    placed largest first on the lightest partition (LPT), which keeps the partitions within one task of each other.
+    2,000 small files then make a few Spark tasks instead of 2,000, each of which paid a Python worker round trip."""
+    if not tasks:
+        return []
+    par = max(1, parallelism)
+    weights = {t["task_id"]: t.get("n_bytes", 0) + open_cost for t in tasks}
+    n = -(-sum(weights.values()) // max_bytes)  # ceil: the fewest partitions under max_bytes
+    n = min(len(tasks), -(-n // par) * par)     # rounded up to whole waves of `par` tasks
+    loads = [0] * n
+    groups: list[list[dict]] = [[] for _ in range(n)]
+    for t in sorted(tasks, key=lambda t: (-weights[t["task_id"]], t["task_id"])):
+        i = min(range(n), key=lambda k: (loads[k], k))
+        groups[i].append(t)
+        loads[i] += weights[t["task_id"]]
+    return [sorted(g, key=lambda t: t["task_id"]) for g in groups if g]
+
+
+def file_frame(spark, units: list[dict]):
+    """DataFrame[path string]: one Spark partition per group of `units` packed by bytes (`pack_tasks`)."""
     groups = pack_tasks(units, spark.sparkContext.defaultParallelism)
     rows = [[(u["path"],) for u in g] for g in groups]
     rdd = spark.sparkContext.parallelize(rows, max(1, len(rows))).flatMap(lambda g: g)
