@@ -74,6 +74,53 @@ def run_measured(cmd, env=None, cwd=None) -> tuple[float, int, subprocess.Comple
     return dt, peak[0], r
 
 
+def _ingest_worker_loop(paths) -> float:
+    """The ingest worker function (parse, Arrow batches, both tables' Parquet files) over `paths` in this process."""
+    import tempfile
+
+    import pyarrow as pa
+
+    from jobs import ingest
+    from jobs.schema import document_arrow_schema, quarantine_arrow_schema
+    from udfs.records import Limits, SourceSpec
+
+    spec = SourceSpec.from_dict({"name": "s", "domain": "web", "format": "jsonl", "path": paths[0],
+                                 "text_field": "text", "id_field": "id"})
+    limits = Limits(max_doc_bytes=1 << 20, raw_payload_max_bytes=64 << 10, max_line_bytes=None, max_json_depth=100,
+                    max_skip_bytes=64 << 20)
+    cols = [c.split()[0] for c in ingest.TASK_DDL.split(", ")]
+    schemas = {"doc": document_arrow_schema(), "quarantine": quarantine_arrow_schema()}
+    with tempfile.TemporaryDirectory() as tmp:
+        folders = {k: os.path.join(tmp, k) for k in schemas}
+        for f in folders.values():
+            os.makedirs(f)
+        t0 = time.perf_counter()
+        for i, p in enumerate(paths):
+            t = dict(task_id=i, source_idx=0, fmt="jsonl", path=p, file=os.path.basename(p), rel_file=p,
+                     start=0, end=-1, line_base=0, row_group=0, row_base=0)
+            batch = pa.RecordBatch.from_pylist([{c: t[c] for c in cols}])
+            for _ in ingest.parse_write_fn([spec], limits, folders, schemas, "bench")(iter([batch])):
+                pass
+            os.rename(os.path.join(folders["doc"], f"part-{os.getpid()}.parquet"),
+                      os.path.join(folders["doc"], f"{i}.parquet"))
+        return time.perf_counter() - t0
+
+
+def machine_scaling(paths, cores: int) -> tuple[float, float]:
+    """The machine's own ceiling for `cores` processes: the ingest worker loop over all files in one process, then
+    over the same files split into `cores` processes running at once (wall clock). On a machine whose cores share
+    a physical core, memory bandwidth or a host's time, the second is more than 1/cores of the first, and no stage
+    on local[cores] can reach 1.0x of a one-process loop per core."""
+    import multiprocessing as mp
+
+    one = _ingest_worker_loop(paths)
+    parts = [paths[i::cores] for i in range(cores)]
+    t0 = time.perf_counter()
+    with mp.get_context("fork").Pool(cores) as pool:
+        pool.map(_ingest_worker_loop, parts)
+    return one, time.perf_counter() - t0
+
+
 def kernel_loops(paths, mb):
     import pyarrow as pa
     import pyarrow.parquet  # noqa: F401
@@ -402,6 +449,10 @@ def main():
     for name, s in k.items():
         rows.append((f"kernel loop: {name}", s, 1, None))
     print(f"kernel loops done: {n_docs} documents, {n_kept} kept by the filter", flush=True)
+    one, par = machine_scaling(paths, args.cores)
+    print(f"machine scaling: the ingest worker loop takes {one:.1f} s in one process and {par:.1f} s wall in "
+          f"{args.cores} processes at once on the same files: {one / (par * args.cores):.3f}x of ideal per core "
+          f"(the ceiling of any stage / kernel ratio below on this machine)", flush=True)
 
     lake = os.path.join(args.work, "lake")
     shutil.rmtree(lake, ignore_errors=True)
@@ -459,6 +510,8 @@ def main():
             t = json.loads(m["extra"]).get("timings", {})
             print(f"  {label}: {m['stage']}: {m['seconds']:.2f} s (session start before it {t.get('session_s')} s; "
                   f"writes {t.get('write_data_s')} s, commits {t.get('commit_s')} s, the rest {t.get('compute_s')} s)")
+    print(f"machine scaling (measured before the stages): {one / (par * args.cores):.3f}x of ideal per core for "
+          f"{args.cores} processes")
     print(f"load average at end: {os.getloadavg()}")
 
 

@@ -375,8 +375,46 @@ def _local_sims_fn(params: dict):
 NEAR_DDL = "id string, cluster_id string, kept_id string, method string, n_tokens bigint, info string"
 
 
+def _spark_double_order(q):
+    """(nan, nq): sort keys that order the doubles `-q` as Spark orders coalesce(-q, +inf): nulls as +inf, NaN after
+    every number (a numpy float64 array nq with NaN replaced by 0, and the NaN flag to sort on first)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    nq = -np.asarray(pc.fill_null(q, 0.0).to_numpy(zero_copy_only=False), np.float64)
+    nq[np.asarray(pc.is_null(q).to_numpy(zero_copy_only=False))] = np.inf
+    nan = np.isnan(nq)
+    return nan, np.where(nan, 0.0, nq)
+
+
+def _with_exact_groups(t):
+    """The keys rows (id, q, ekey, ...) with exact_kept and exact_cluster, as the Spark plan's window over ekey
+    makes them: per group of equal digests, the survivor of smallest (coalesce(-q, inf), id) and the smallest id."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = t.num_rows
+    ids = t["id"].combine_chunks()
+    id_rank = np.empty(n, np.int64)
+    id_rank[np.asarray(pc.sort_indices(ids))] = np.arange(n)  # Spark's string order (UTF-8 bytes)
+    group = np.asarray(pc.dictionary_encode(t["ekey"].combine_chunks()).indices, np.int64)
+    nan, nq = _spark_double_order(t["q"].combine_chunks())
+    first = np.zeros(n, bool)
+    order = np.lexsort((id_rank, nq, nan, group))  # by group, then rank
+    first[order[np.r_[True, group[order][1:] != group[order][:-1]]]] = True
+    kept_of = np.empty(group.max() + 1 if n else 0, np.int64)
+    kept_of[group[first]] = np.flatnonzero(first)
+    low = np.full(len(kept_of), n, np.int64)
+    np.minimum.at(low, group, id_rank)  # the smallest id's rank per group
+    by_rank = np.argsort(id_rank)
+    return t.append_column("exact_kept", ids.take(pa.array(kept_of[group]))).append_column(
+        "exact_cluster", ids.take(pa.array(by_rank[low[group]])))
+
+
 def _local_near_fn(params: dict):
-    """mapInArrow over ALL rows of the keys pass in one task (id, n_tokens, q, exact_kept, exact_cluster, bkeys, v)
+    """mapInArrow over ALL rows of the keys pass in one task (id, n_tokens, q, bkeys, v, and either ekey, from which
+    it makes the exact groups as the Spark plan's window does, or those groups' exact_kept and exact_cluster)
     -> NEAR_DDL rows: every record to remove, and one row with a null id whose `info` holds the counters (JSON).
 
     The four steps of the Spark plan in one process, with the same kernels and the same result: LSH pairs of the
@@ -398,13 +436,17 @@ def _local_near_fn(params: dict):
         from udfs.minhash import bucket_pairs, estimated_jaccard, jaccard_sets_indexed, signature_dtype
 
         batches = [b for b in batches if b.num_rows]
-        info = {"shared_buckets": 0, "candidate_pairs": 0, "largest_bucket": 0, "verified_pairs": 0}
+        info = {"shared_buckets": 0, "candidate_pairs": 0, "largest_bucket": 0, "verified_pairs": 0,
+                "exact_duplicates": 0}
         if mode != "none":
             info["candidate_docs"] = 0
         names = ["id", "cluster_id", "kept_id", "method", "n_tokens", "info"]
         out = []
         if batches:
             t = pa.Table.from_batches(batches)
+            if "exact_kept" not in t.schema.names:
+                t = _with_exact_groups(t)
+                info["exact_duplicates"] = int(pc.sum(pc.not_equal(t["id"], t["exact_kept"])).as_py() or 0)
             is_surv = pc.fill_null(pc.equal(t["id"], t["exact_kept"]), False)
             dups = t.filter(pc.invert(is_surv))
             s = t.filter(pc.and_(is_surv, pc.is_valid(t["bkeys"])))
@@ -438,11 +480,8 @@ def _local_near_fn(params: dict):
             member[u] = member[w] = True
             nodes = np.flatnonzero(member)
             # survivor of a component: smallest (-q with null as +inf and NaN last, as Spark orders doubles; then id)
-            q = s["q"].combine_chunks()
-            nq = -np.asarray(pc.fill_null(q, 0.0).to_numpy(zero_copy_only=False), np.float64)
-            nq[np.asarray(pc.is_null(q).to_numpy(zero_copy_only=False))] = np.inf
-            nan = np.isnan(nq)
-            order = np.lexsort((nodes, np.where(nan[nodes], 0.0, nq[nodes]), nan[nodes], labels[nodes]))
+            nan, nq = _spark_double_order(s["q"].combine_chunks())
+            order = np.lexsort((nodes, nq[nodes], nan[nodes], labels[nodes]))
             ranked = nodes[order]
             first = np.r_[True, labels[ranked][1:] != labels[ranked][:-1]] if len(ranked) else np.zeros(0, bool)
             kept_of = np.arange(n)
@@ -578,45 +617,26 @@ def find_duplicates(df, params: dict, timings: dict | None = None, values_in_key
     else:
         src = df.select(F.col("id"), F.col("text"), n_tokens.alias("n_tokens"), quality.alias("q"))
         keys = src.mapInArrow(_keys_fn(params, with_v), keys_ddl)
-    # survivor order: best quality first (null/NaN last), then smallest id
-    rank = F.struct(F.coalesce(-F.col("q"), F.lit(float("inf"))).alias("nq"), F.col("id").alias("id"))
-    w = Window.partitionBy("ekey")
-    keys = (keys.withColumn("rank", rank)
-            .withColumn("exact_kept", F.min("rank").over(w).getField("id"))
-            .withColumn("exact_cluster", F.min("id").over(w)))
-    keys = keys.persist(StorageLevel.DISK_ONLY)
+    # The keys rows are kept as they are made, with no shuffle: their values (v: shingle sets, about the text's
+    # size) then cross the disk once. The exact-duplicate groups come from a shuffle of (id, q, ekey) alone.
+    keys = stored = keys.persist(StorageLevel.DISK_ONLY)
     agg = keys.agg(F.count(F.lit(1)).alias("docs"), F.sum("n_tokens").alias("tokens"),
-                   F.sum(F.when(F.col("id") != F.col("exact_kept"), 1).otherwise(0)).alias("exact_dups"),
-                   (F.sum(F.when((F.col("id") == F.col("exact_kept")) & F.col("bkeys").isNotNull(), F.length("v")))
-                    if with_v else F.lit(None)).alias("value_bytes")).collect()[0]
+                   F.count("bkeys").alias("with_keys"),
+                   (F.sum(F.when(F.col("bkeys").isNotNull(), F.length("v"))) if with_v else F.lit(None))
+                   .alias("value_bytes")).collect()[0]
     info["docs_in"], info["tokens_in"] = int(agg["docs"]), int(agg["tokens"] or 0)
     value_bytes = int(agg["value_bytes"] or 0)
     if with_v:
-        log(f"dedup: the keys pass made {value_bytes:,} bytes of survivors' {params['verify']} values "
+        log(f"dedup: the keys pass made {value_bytes:,} bytes of {params['verify']} values "
             f"(one task verifies up to dedup.local_verify_max_bytes = {int(params['local_verify_max_bytes']):,})")
-    info["exact_duplicates"] = int(agg["exact_dups"])
-    timings["keys_and_exact"] = round(time.time() - t0, 3)
-
-    exact_dups = keys.where(F.col("id") != F.col("exact_kept")).select(
-        "id", "exact_kept", "exact_cluster", "n_tokens")
-    survivors = keys.where(F.col("id") == F.col("exact_kept"))
-
-    if params["exact_only"]:
-        removed = exact_dups.select("id", F.col("exact_cluster").alias("cluster_id"),
-                                    F.col("exact_kept").alias("kept_id"), F.lit("exact").alias("method"), "n_tokens")
-        removed = _cut(removed)
-        info["docs_removed"] = removed.count()
-        keys.unpersist()
-        return removed, info
-
-    n_keys = (info["docs_in"] - info["exact_duplicates"]) * int(params["bands"])
-    if n_keys <= int(params["local_lsh_max_keys"]) and (
+    n_keys = int(agg["with_keys"]) * int(params["bands"])  # at most: exact duplicates' keys are dropped first
+    if not params["exact_only"] and n_keys <= int(params["local_lsh_max_keys"]) and (
             params["verify"] == "none" or (with_v and value_bytes <= int(params["local_verify_max_bytes"]))):
-        # Everything after the keys pass fits one task: LSH, verification, components and survivors there, in
-        # one Spark job (the same result as the steps below, which each take a job or more)
+        # Everything after the keys pass fits one task: exact groups, LSH, verification, components and
+        # survivors there, in one Spark job (the same result as the steps below, which each take a job or more)
+        timings["keys_and_exact"] = round(time.time() - t0, 3)
         t0 = time.time()
-        rows = keys.select("id", "n_tokens", "q", "exact_kept", "exact_cluster", "bkeys",
-                           *([F.when(F.col("id") == F.col("exact_kept"), F.col("v")).alias("v")] if with_v else []))
+        rows = keys.select("id", "n_tokens", "q", "ekey", "bkeys", *(["v"] if with_v else []))
         out = _cut(rows.coalesce(1).mapInArrow(_local_near_fn(params), NEAR_DDL))
         agg = out.agg(F.count("id").alias("n"), F.max("info").alias("info")).collect()[0]
         info.update(json.loads(agg["info"]))
@@ -630,6 +650,39 @@ def find_duplicates(df, params: dict, timings: dict | None = None, values_in_key
         # method NOT NULL, as the literals of the Spark plan make it (the duplicates table's schema is the same)
         method = F.when(F.col("method") == "exact", F.lit("exact")).otherwise(F.lit("minhash")).alias("method")
         return out.where(F.col("id").isNotNull()).select("id", "cluster_id", "kept_id", method, "n_tokens"), info
+
+    # exact groups of two or more: survivor = best quality first (null/NaN last), then smallest id; cluster = the
+    # group's smallest id. A document alone in its group is its own survivor and cluster.
+    rank = F.struct(F.coalesce(-F.col("q"), F.lit(float("inf"))).alias("nq"), F.col("id").alias("id"))
+    w = Window.partitionBy("ekey")
+    groups = _cut(keys.select("id", "q", "ekey")
+                  .select("id", F.count(F.lit(1)).over(w).alias("n_same"),
+                          F.min(rank).over(w).getField("id").alias("g_kept"), F.min("id").over(w).alias("g_cluster"))
+                  .where(F.col("n_same") > 1).select("id", "g_kept", "g_cluster"))
+    g = groups.agg(F.count(F.lit(1)).alias("n"),
+                   F.sum(F.when(F.col("id") != F.col("g_kept"), 1).otherwise(0)).alias("dups")).collect()[0]
+    info["exact_duplicates"] = int(g["dups"] or 0)
+    small = int(g["n"]) <= BROADCAST_REMOVED
+    keys = (keys.join(F.broadcast(groups) if small else groups, "id", "left")  # broadcast: joined where they lie
+            .withColumn("exact_kept", F.coalesce("g_kept", "id")).withColumn("exact_cluster", F.coalesce("g_cluster", "id"))
+            .drop("g_kept", "g_cluster").withColumn("rank", rank))
+    if not small:  # a shuffle join: once, not at every use of the survivors below
+        keys = keys.persist(StorageLevel.DISK_ONLY)
+    timings["keys_and_exact"] = round(time.time() - t0, 3)
+
+    exact_dups = keys.where(F.col("id") != F.col("exact_kept")).select(
+        "id", "exact_kept", "exact_cluster", "n_tokens")
+    survivors = keys.where(F.col("id") == F.col("exact_kept"))
+
+    if params["exact_only"]:
+        removed = exact_dups.select("id", F.col("exact_cluster").alias("cluster_id"),
+                                    F.col("exact_kept").alias("kept_id"), F.lit("exact").alias("method"), "n_tokens")
+        removed = _cut(removed)
+        info["docs_removed"] = removed.count()
+        keys.unpersist()
+        stored.unpersist()
+        return removed, info
+
     info["resolve_method"] = "spark"
 
     # 2. LSH buckets -> candidate pairs (all pairs in small buckets, a star to the smallest id in large ones)
@@ -745,6 +798,7 @@ def find_duplicates(df, params: dict, timings: dict | None = None, values_in_key
     info["docs_removed"] = removed.count()
     timings["resolve"] = round(time.time() - t0, 3)
     keys.unpersist()
+    stored.unpersist()
     return removed, info
 
 

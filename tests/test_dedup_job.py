@@ -500,11 +500,12 @@ def test_writers_and_component_paths_give_the_same_tables(spark, tmp_path, corpu
 
 
 @pytest.mark.parametrize("verify", ["exact", "estimate", "none"])
-def test_near_in_one_task_equals_the_step_by_step_plan(spark, corpus, verify):
+def test_near_in_one_task_equals_the_step_by_step_plan(spark, corpus, verify, monkeypatch):
     """Everything after the keys pass in one task (LSH, verification, components, survivors, with the values made
     by the keys pass) against the step-by-step plan: one-task LSH and verification after a second read of the
     candidates' text, and Spark's LSH, joins and components with the values from the keys pass. A quality column
-    with ties, nulls and NaN decides survivors. The same removed rows and the same counters."""
+    with ties, nulls and NaN decides survivors; the one task makes the exact groups itself, the Spark plan by a
+    window over the digests joined back (broadcast, or a shuffle join). The same removed rows and counters."""
     import argparse
 
     from pyspark.sql import functions as F
@@ -539,6 +540,9 @@ def test_near_in_one_task_equals_the_step_by_step_plan(spark, corpus, verify):
         variants = [run(False, local_lsh_max_keys=0, local_components_max_edges=0)]
     else:
         variants = [run(False), run(True, local_lsh_max_keys=0, local_components_max_edges=0)]
+    with monkeypatch.context() as mp:   # exact groups joined back by a shuffle, not a broadcast
+        mp.setattr(dedup, "BROADCAST_REMOVED", 0)
+        variants.append(run(True, local_lsh_max_keys=0))
     for got, got_info, m in variants:
         assert m["resolve_method"] == "spark", m
         assert got == one
@@ -610,3 +614,34 @@ def test_spark_submit_runs_the_job(spark, tmp_path, corpus):
     assert set(ded) == expect_kept
     assert {i: (m, k) for i, _, k, m in dup} == expect_removed
     assert {i: c for i, c, _, _ in dup} == EXPECTED_CLUSTERS
+
+
+def test_exact_groups_in_one_task_order_survivors_as_spark_does():
+    """_with_exact_groups (the one task's exact groups) against a plain reference of the Spark window's order:
+    per digest, the survivor of smallest coalesce(-q, +inf) with NaN after every number, ties by id (UTF-8 bytes),
+    and the group's smallest id as its cluster."""
+    import math
+
+    import pyarrow as pa
+
+    from jobs.dedup import _with_exact_groups
+
+    rng = random.Random(11)
+    ids = [f"d{rng.randrange(10**6)}-{i}" for i in range(400)] + ["é1", "z0", "Z0", "a10", "a9"]
+    qs = [rng.choice([None, float("nan"), 0.0, 1.0, -2.5, float(rng.randrange(3))]) for _ in ids]
+    keys = [bytes([rng.randrange(40)]) * 16 for _ in ids]
+    got = _with_exact_groups(pa.table({"id": ids, "q": pa.array(qs, pa.float64()), "ekey": pa.array(keys, pa.binary())}))
+
+    def rank(i):
+        q = qs[i]
+        nq = math.inf if q is None else -q
+        return (math.isnan(nq), 0.0 if math.isnan(nq) else nq, ids[i].encode())
+
+    groups = {}
+    for i, k in enumerate(keys):
+        groups.setdefault(k, []).append(i)
+    kept = {k: ids[min(g, key=rank)] for k, g in groups.items()}
+    low = {k: min((ids[i] for i in g), key=str.encode) for k, g in groups.items()}
+    assert got.column("exact_kept").to_pylist() == [kept[k] for k in keys]
+    assert got.column("exact_cluster").to_pylist() == [low[k] for k in keys]
+    assert len(set(keys)) < len(keys) and any(len(g) > 3 for g in groups.values())

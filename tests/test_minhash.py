@@ -335,3 +335,26 @@ def test_jaccard_sets_indexed_equals_jaccard_sets(monkeypatch):
     for b in ("numba", "numpy"):
         monkeypatch.setattr(minhash, "backend", lambda b=b: b)
         assert np.array_equal(jaccard_sets_indexed(h, offs, ia, ib), want), b
+
+
+def test_strip_punctuation_equals_the_unicode_table_on_any_script():
+    """The numpy path for non-ASCII text and translate for ASCII delete exactly the Unicode P* characters, as
+    str.translate with the full table does, on random text mixing scripts, punctuation, symbols, combining marks
+    and lone surrogates."""
+    import random
+    import unicodedata
+
+    from udfs.normalise import _punct_table, normalise, strip_punctuation
+
+    table = _punct_table()
+    rng = random.Random(3)
+    pools = [range(0x20, 0x7f), range(0xa0, 0x250), range(0x300, 0x370), range(0x400, 0x500), range(0x2000, 0x2070),
+             range(0x3000, 0x3040), range(0x4e00, 0x4e40), range(0xff00, 0xff60), range(0xd800, 0xd804),
+             range(0x1f300, 0x1f320)]
+    n_punct = 0
+    for _ in range(3000):
+        t = "".join(chr(rng.choice(rng.choice(pools))) for _ in range(rng.randrange(40)))
+        assert strip_punctuation(t) == t.translate(table), repr(t)
+        n_punct += sum(unicodedata.category(c).startswith("P") for c in t)
+    assert n_punct > 1000
+    assert normalise("«Ça va?» — 你好，世界。 Hello,\u00a0 WORLD!") == "ça va 你好世界 hello world"
