@@ -11,6 +11,9 @@ One command for what took hand work before (Xie et al. 2023; the algorithm is in
    validation loss of both models to <lake>/reports/doremi.json (the report plots the trajectory);
 3. `jobs/mix.py --strategy doremi --weights <lake>/reports/doremi.json` on the same input table (--no-mix skips).
 
+On a lake that jobs/pipeline.py made, pack and mix use the BPE it trained (<lake>/tokenizer/bpe.json, or
+pipeline.tokenizer.out) unless --set pack.tokenizer=... names another.
+
 Every step is skipped when its inputs and settings are unchanged (--force runs them again). `--set` goes to the
 pipeline stages (conf/pipeline.yaml keys), `--model-set` to the DoReMi models (conf/model keys).
 """
@@ -43,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=200, help="training steps of the reference and of the proxy")
     p.add_argument("--eta", type=float, default=1.0, help="step size of the exponentiated-gradient update")
     p.add_argument("--smoothing", type=float, default=1e-3, help="mix the weights with uniform by this much")
-    p.add_argument("--token-budget", default=None, help="mix: tokens in the mixture (default all available)")
+    p.add_argument("--token-budget", default=None, help="mix: tokens in the mixture (default fit: all available, or less where a domain "
+                   "would need more than mix.max_epochs passes)")
     p.add_argument("--no-mix", action="store_true", help="stop after writing the weights")
     p.add_argument("--force", action="store_true", help="run every step again")
     p.add_argument("--master", default=None, help="Spark master (default from conf/spark.yaml)")
@@ -59,6 +63,20 @@ def _stage_argv(a, *extra) -> list[str]:
     if a.force:
         argv.append("--force")
     return argv
+
+
+def _lake_tokenizer(a, lake: str) -> str | None:
+    """The BPE jobs/pipeline.py trained for this lake (pipeline.tokenizer.out), unless pack.tokenizer is given."""
+    from jobs.config import load_config
+
+    if any(o.split("=", 1)[0].strip() == "pack.tokenizer" for o in a.overrides):
+        return None
+    pcfg = load_config(a.conf, a.overrides).get("pipeline") or {}
+    tcfg = pcfg.get("tokenizer") or {}
+    if tcfg.get("train") is False:
+        return None
+    path = os.path.join(lake, str(tcfg.get("out") or "tokenizer/bpe.json"))
+    return path if os.path.isfile(path) else None
 
 
 def main(argv=None) -> int:
@@ -79,6 +97,12 @@ def main(argv=None) -> int:
     from model.train import build_config
 
     cfg = build_config(a.model_config, a.model_overrides)  # config errors before Spark starts
+    tok = _lake_tokenizer(a, lake)
+    if tok:
+        # the pipeline packed and mixed this lake with its own BPE: the per-domain packs, the models and the mix
+        # use the same one (GPT-2's 50k vocabulary would also make every step several times slower)
+        log(f"doremi: packing with the lake's tokenizer {tok} (--set pack.tokenizer=... chooses another)")
+        a.overrides.append(f"pack.tokenizer={tok}")
     get_spark("lmrefinery-doremi", master=a.master)
     packed_dir = os.path.join(lake, "packed_domains")
     rc = pack.main(_stage_argv(a, "--per-domain", "--out", packed_dir))
@@ -116,8 +140,9 @@ def main(argv=None) -> int:
     log(f"doremi: weights written to {out}")
     if a.no_mix:
         return 0
-    extra = ["--strategy", "doremi", "--weights", out] + (["--token-budget", a.token_budget] if a.token_budget
-                                                            else [])
+    # DoReMi may favour a small domain: by default the mixture is as large as it can be without any domain
+    # repeated more than mix.max_epochs times (--token-budget fit), not an error about an infeasible budget
+    extra = ["--strategy", "doremi", "--weights", out, "--token-budget", a.token_budget or "fit"]
     rc = mix.main(_stage_argv(a, *extra))
     if rc:
         raise UserError(f"mix --strategy doremi exited with code {rc}")

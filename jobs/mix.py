@@ -235,7 +235,10 @@ def plan(ctx) -> None:
         raise UserError(str(e)) from None
     for w in warnings:
         log(f"mix: warning: {w}")
-    budget = sum(tok_counts.values()) if cfg["token_budget"] is None else cfg["token_budget"]
+    budget = mx.resolve_budget(cfg["token_budget"], weights, tok_counts, cfg["max_epochs"])
+    if cfg["token_budget"] == mx.FIT:
+        log(f"mix: token budget fit: {budget:,} of {sum(tok_counts.values()):,} tokens available (the most with no "
+            f"domain above --max-epochs {cfg['max_epochs']})")
 
     plan_df = spark.createDataFrame([(p.domain, p.full_epochs, p.remainder) for p in plans],
                                     "_dom string, _full int, _rem bigint")
@@ -315,7 +318,7 @@ STAGE = Stage(
                 "{\"domain_weights\": {...}}"),
            Flag("--alpha", "alpha", "temperature: q_i ~ tokens_i^alpha (alpha = 1/T)", type=float),
            Flag("--token-budget", "token_budget", "tokens in the mixture, e.g. 5000000 or 5M (default: all tokens "
-                "available)"),
+                "available); fit: all available, or less where a domain would need more than --max-epochs passes"),
            Flag("--max-epochs", "max_epochs", "most repetitions of a domain (default 4)", type=int),
            Flag("--force-epochs", "force_epochs", "allow more than --max-epochs", store_true=True),
            Flag("--seed", "seed", "sampling seed (default mix.seed)", type=int),

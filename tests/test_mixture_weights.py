@@ -105,6 +105,18 @@ def test_plan_infeasible_budget_message():
         mx.plan({"web": 0.5, "empty": 0.5}, {"web": 1, "empty": 1}, {"web": 100, "empty": 0}, budget=100)
 
 
+def test_fit_budget_is_all_tokens_or_the_most_within_max_epochs():
+    # favouring books (4,000 tokens of 16,000): all 16,000 would need 0.5 * 16000 / 4000 = 2 epochs of it
+    w = {"web": 0.25, "code": 0.25, "books": 0.5}
+    assert mx.parse_budget("fit") == mx.FIT
+    assert mx.resolve_budget(mx.FIT, w, TOKS, 4) == 16000  # feasible: all tokens available, as budget=None
+    assert mx.resolve_budget(mx.FIT, w, TOKS, 1) == 8000   # books once: 4000 / 0.5
+    p = {x.domain: x for x in mx.plan(w, DOCS, TOKS, budget=mx.FIT, max_epochs=1)}
+    assert sum(x.target_tokens for x in p.values()) == 8000 and p["books"].epochs == pytest.approx(1.0)
+    with pytest.raises(mx.WeightError, match="infeasible token budget 16000"):
+        mx.plan(w, DOCS, TOKS, budget=None, max_epochs=1)
+
+
 def test_parse_budget():
     assert mx.parse_budget("10M") == 10_000_000
     assert mx.parse_budget("1.5k") == 1500

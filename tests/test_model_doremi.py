@@ -120,3 +120,25 @@ def test_one_command_pack_per_domain_weights_and_mix(spark, lake, lake_dir, caps
     assert run_main("doremi", doremi_job.main, argv) == 0
     err = capsys.readouterr().err
     assert "skipping the training" in err and "already" in err
+
+
+def test_doremi_packs_with_the_tokenizer_the_pipeline_trained(tmp_path):
+    """On a pipeline lake jobs/doremi.py uses <lake>/tokenizer/bpe.json (what mix counted and pack packed with);
+    pack.tokenizer on the command line, pipeline.tokenizer.train=false or no such file leave pack's default."""
+    import argparse
+
+    from jobs import doremi as doremi_job
+
+    lake = str(tmp_path / "lake")
+
+    def ns(*sets):
+        return argparse.Namespace(conf=None, overrides=list(sets))
+
+    assert doremi_job._lake_tokenizer(ns(), lake) is None  # no tokenizer trained
+    os.makedirs(os.path.join(lake, "tokenizer"))
+    bpe = os.path.join(lake, "tokenizer", "bpe.json")
+    with open(bpe, "w") as f:
+        f.write("{}")
+    assert doremi_job._lake_tokenizer(ns(), lake) == bpe
+    assert doremi_job._lake_tokenizer(ns("pack.tokenizer=gpt2"), lake) is None
+    assert doremi_job._lake_tokenizer(ns("pipeline.tokenizer.train=false"), lake) is None

@@ -139,8 +139,12 @@ def compute_weights(strategy: str, docs: dict, tokens: dict, alpha: float | None
     return validate_weights(w, tokens.keys())
 
 
-def parse_budget(value) -> int | None:
-    """`10000`, `1e6`, `10M`, `1.5B` -> tokens; None/''/'all' -> None (natural size)."""
+FIT = "fit"  # token budget: the largest, up to all tokens available, that no domain needs > max_epochs passes for
+
+
+def parse_budget(value) -> int | str | None:
+    """`10000`, `1e6`, `10M`, `1.5B` -> tokens; None/''/'all' -> None (natural size); 'fit' -> FIT (see
+    `resolve_budget`)."""
     if value is None:
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -149,6 +153,8 @@ def parse_budget(value) -> int | None:
         s = str(value).strip().lower().replace("_", "")
         if s in ("", "none", "null", "all"):
             return None
+        if s == FIT:
+            return FIT
         m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[0-9]+)?)([kmbt]?)", s)
         if not m:
             raise WeightError(f"cannot parse token budget {value!r} (e.g. 1000000, 1e6, 10M, 1.5B)")
@@ -178,15 +184,25 @@ def max_feasible_budget(weights: dict, tokens: dict, max_epochs: float) -> int:
     return int(math.floor(min(caps))) if caps else 0
 
 
-def plan(weights: dict, docs: dict, tokens: dict, budget: int | None, max_epochs: int = 4,
+def resolve_budget(budget, weights: dict, tokens: dict, max_epochs: int) -> int:
+    """The token budget in tokens: None = all tokens available; FIT = all available, or less where a domain would
+    otherwise need more than `max_epochs` passes (weights that favour a small domain, e.g. DoReMi's)."""
+    total = sum(tokens.values())
+    if budget is None:
+        return total
+    if budget == FIT:
+        return min(total, max_feasible_budget(weights, tokens, max_epochs))
+    return int(budget)
+
+
+def plan(weights: dict, docs: dict, tokens: dict, budget: int | str | None, max_epochs: int = 4,
          force_epochs: bool = False) -> list[DomainPlan]:
-    """Per-domain token targets for `budget` (None = all tokens available) and how to reach them: `full_epochs`
-    whole copies of the domain plus a `remainder` from one more pass. Raises WeightError when a domain would need
-    more than `max_epochs` passes (unless `force_epochs`) or has a weight but no tokens."""
+    """Per-domain token targets for `budget` (None = all tokens available, FIT: see `resolve_budget`) and how to
+    reach them: `full_epochs` whole copies of the domain plus a `remainder` from one more pass. Raises WeightError
+    when a domain would need more than `max_epochs` passes (unless `force_epochs`) or has a weight but no tokens."""
     if max_epochs is None or max_epochs < 1:
         raise WeightError(f"--max-epochs must be >= 1, got {max_epochs}")
-    total = sum(tokens.values())
-    budget = total if budget is None else int(budget)
+    budget = resolve_budget(budget, weights, tokens, max_epochs)
     if budget <= 0:
         raise WeightError("token budget must be positive")
     out, too_many = [], []
