@@ -33,6 +33,7 @@ the result depends on neither partitioning nor run.
 """
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -126,13 +127,15 @@ def lsh_summary(params: dict) -> dict:
 
 
 # ---- Python workers: Arrow batches in, Arrow batches out -------------------------------------------------------
-def _keys_fn(params: dict, with_v: bool = False):
+def _keys_fn(params: dict, with_v: bool = False, values_dir: str | None = None):
     """mapInArrow: (id, text, n_tokens, q) -> (id, n_tokens, q, ekey, bkeys[, v]): exact digest and LSH band keys,
     and with `with_v` the value verification compares (`_sets_fn`'s v), made from the same shingles in this pass
-    so that the text is read once."""
+    so that the text is read once. With `values_dir` the values are not rows: each batch's go to an Arrow file
+    there (`_write_values`) and the row holds (vfile, vrow, vlen) instead of v."""
     ngram, num_perm, seed, scheme = params["ngram"], params["num_perm"], params["seed"], params["scheme"]
     strip, near = bool(params["strip_punctuation"]), not params["exact_only"]
     bands, rows, mode = params["bands"], params["rows"], params["verify"]
+    v_names = ["vfile", "vrow", "vlen"] if values_dir else ["v"]
 
     def fn(batches):
         import hashlib
@@ -161,15 +164,63 @@ def _keys_fn(params: dict, with_v: bool = False):
                     empty = pa.array([len(t) == 0 for t in norm])  # no shingles: never a near-duplicate candidate
                     cols.append(pa.ListArray.from_arrays(offsets, pa.array(keys, pa.int64()), mask=empty))
                     if with_v:
-                        cols.append(_packed_binary(flat, offs, len(norm)))
+                        v = _packed_binary(flat, offs, len(norm))
+                        cols += _write_values(values_dir, v) if values_dir else [v]
                 else:
                     cols.append(pa.nulls(len(norm), pa.list_(pa.int64())))
                     if with_v:
-                        cols.append(pa.nulls(len(norm), pa.binary()))
+                        cols += ([pa.nulls(len(norm), pa.string()), pa.nulls(len(norm), pa.int32()),
+                                  pa.nulls(len(norm), pa.int64())] if values_dir else [pa.nulls(len(norm), pa.binary())])
                 yield pa.RecordBatch.from_arrays(cols, names=["id", "n_tokens", "q", "ekey", "bkeys"] +
-                                                 (["v"] if with_v else []))
+                                                 (v_names if with_v else []))
 
     return fn
+
+
+def _write_values(values_dir: str, v):
+    """Inside a worker: the values `v` (binary) of one keys batch as an Arrow IPC file in `values_dir` ->
+    [vfile, vrow, vlen] columns (file name, row in it, bytes). The keys rows stay small; the one task that verifies
+    maps the files and takes only its candidates' values (`_candidate_values`), so a shingle set (about the text's
+    size) is not turned into a JVM row, cached, and turned back into Arrow."""
+    import uuid
+
+    import numpy as np
+    import pyarrow as pa
+
+    name = f"v-{uuid.uuid4().hex}.arrow"
+    path = os.path.join(values_dir, name)
+    with pa.OSFile(path + ".tmp", "wb") as sink, pa.ipc.new_file(sink, pa.schema([("v", pa.binary())])) as w:
+        w.write_batch(pa.RecordBatch.from_arrays([v], names=["v"]))
+    os.replace(path + ".tmp", path)
+    n = len(v)
+    return [pa.array([name] * n, pa.string()), pa.array(np.arange(n, dtype=np.int32)),
+            pa.array(np.diff(_offsets(v)), pa.int64())]
+
+
+def _candidate_values(values_dir: str, vfile, vrow, cand):
+    """(hashes, offsets) of the shingle sets of rows `cand` (sorted indices) whose values lie in `values_dir`
+    (`_write_values`), in the order of `cand`: item k is hashes[offsets[k]:offsets[k+1]]."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not len(cand):
+        return np.zeros(0, np.uint64), np.zeros(1, np.int64)
+    take = pa.array(cand)
+    enc = pc.dictionary_encode(vfile.take(take))
+    codes = np.asarray(enc.indices, np.int64)
+    rows = np.asarray(vrow.take(take).to_numpy(zero_copy_only=False), np.int64)
+    pieces, where = [], []
+    for k, name in enumerate(enc.dictionary.to_pylist()):
+        sel = np.flatnonzero(codes == k)
+        with pa.memory_map(os.path.join(values_dir, name)) as src:
+            v = pa.ipc.open_file(src).read_all().column("v").combine_chunks()
+            pieces.append(v.take(pa.array(rows[sel])).cast(pa.large_binary()))
+        where.append(sel)
+    order = np.empty(len(cand), np.int64)
+    order[np.concatenate(where)] = np.arange(len(cand))  # position of candidate k in the concatenated pieces
+    vals = pa.concat_arrays(pieces).take(pa.array(order))
+    return _binary_values(vals, np.uint64)
 
 
 def _read_keys_fn(keys_fn, df, qcol):
@@ -412,7 +463,7 @@ def _with_exact_groups(t):
         "exact_cluster", ids.take(pa.array(by_rank[low[group]])))
 
 
-def _local_near_fn(params: dict):
+def _local_near_fn(params: dict, values_dir: str | None = None):
     """mapInArrow over ALL rows of the keys pass in one task (id, n_tokens, q, bkeys, v, and either ekey, from which
     it makes the exact groups as the Spark plan's window does, or those groups' exact_kept and exact_cluster)
     -> NEAR_DDL rows: every record to remove, and one row with a null id whose `info` holds the counters (JSON).
@@ -421,7 +472,8 @@ def _local_near_fn(params: dict):
     exact survivors (udfs.minhash.bucket_pairs, survivors in id order), verification by index into the
     survivors' values (jaccard_sets_indexed / estimated_jaccard), components of the verified pairs
     (udfs.graph.min_label_components), and per component the survivor of smallest rank (best quality, then
-    smallest id) and the smallest exact-cluster id; exact duplicates follow their exact survivor."""
+    smallest id) and the smallest exact-cluster id; exact duplicates follow their exact survivor.
+    With `values_dir` the rows carry (vfile, vrow) instead of v, and only the candidates' values are read."""
     cap, bands, num_perm = int(params["max_bucket_pairs"]), int(params["bands"]), int(params["num_perm"])
     thr, mode, scheme = float(params["threshold"]), params["verify"], params["scheme"]
 
@@ -461,13 +513,21 @@ def _local_near_fn(params: dict):
             if mode == "none" or not len(src):
                 keep = np.ones(len(src), bool)
             else:
-                info["candidate_docs"] = int(len(np.unique(np.concatenate([src, dst]))))
-                v = s["v"].cast(pa.large_binary()).combine_chunks()
+                cand = np.unique(np.concatenate([src, dst]))
+                info["candidate_docs"] = int(len(cand))
                 keep = np.zeros(len(src), bool)
-                if mode == "estimate":
+                if values_dir:
+                    # the candidates' sets in index order; every other survivor an empty set it is never asked for
+                    hc, oc = _candidate_values(values_dir, s["vfile"].combine_chunks(), s["vrow"].combine_chunks(),
+                                               cand)
+                    lens = np.zeros(n, np.int64)
+                    lens[cand] = np.diff(oc)
+                    h, offs = hc, np.concatenate([[0], np.cumsum(lens)])
+                elif mode == "estimate":
+                    v = s["v"].cast(pa.large_binary()).combine_chunks()
                     sig = _binary_values(v, signature_dtype(scheme))[0].reshape(-1, num_perm)
                 else:
-                    h, offs = _binary_values(v, np.uint64)
+                    h, offs = _binary_values(s["v"].cast(pa.large_binary()).combine_chunks(), np.uint64)
                 step = 1 << 20
                 for i in range(0, len(src), step):
                     a, b = src[i:i + step], dst[i:i + step]
@@ -588,12 +648,15 @@ def _cut(df):
 
 
 def find_duplicates(df, params: dict, timings: dict | None = None, values_in_keys: bool = False,
-                    units: list[dict] | None = None):
+                    units: list[dict] | None = None, values_dir: str | None = None):
     """Return (removed, info): removed = DataFrame[id, cluster_id, kept_id, method, n_tokens] of every record to
     drop, info = counters for the metrics row. `df` needs `id` and `text` (and `quality_column` if configured).
     `values_in_keys`: the keys pass also makes every document's shingle set (or signature) for verification, so
     that the text is read once (plan() asks for it when the input is small enough for one task to verify).
-    `units`: df's Parquet files (jobs.direct.plain_files), which the keys pass then reads with pyarrow."""
+    `units`: df's Parquet files (jobs.direct.plain_files), which the keys pass then reads with pyarrow.
+    `values_dir`: a folder every task can read and write (a local lake's); with verify=exact the keys pass puts the
+    shingle sets in files there instead of rows (`_write_values`). The caller removes it after the last use of
+    the result."""
     from pyspark import StorageLevel
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -609,21 +672,26 @@ def find_duplicates(df, params: dict, timings: dict | None = None, values_in_key
     n_tokens = F.col("n_tokens_est").cast("long") if "n_tokens_est" in df.columns else F.lit(None).cast("long")
     quality = F.col(qcol).cast("double") if qcol else F.lit(None).cast("double")
     with_v = values_in_keys and not params["exact_only"] and params["verify"] != "none"
-    keys_ddl = "id string, n_tokens bigint, q double, ekey binary, bkeys array<bigint>" + (", v binary" if with_v else "")
+    side = values_dir if with_v and params["verify"] == "exact" else None  # signatures (estimate) are small rows
+    keys_ddl = "id string, n_tokens bigint, q double, ekey binary, bkeys array<bigint>" + (
+        (", vfile string, vrow int, vlen bigint" if side else ", v binary") if with_v else "")
+    keys_fn = _keys_fn(params, with_v, side)
+    # where verification's values come from: the keys pass (as files or as rows), or a second read of the text
+    info["values_method"] = "none" if params["exact_only"] or params["verify"] == "none" else (
+        ("files" if side else "rows") if with_v else "text")
     if units is not None:
         # the workers read the files: the text does not pass through JVM rows on its way to Python
-        keys = direct.file_frame(df.sparkSession, units).mapInArrow(
-            _read_keys_fn(_keys_fn(params, with_v), df, qcol), keys_ddl)
+        keys = direct.file_frame(df.sparkSession, units).mapInArrow(_read_keys_fn(keys_fn, df, qcol), keys_ddl)
     else:
         src = df.select(F.col("id"), F.col("text"), n_tokens.alias("n_tokens"), quality.alias("q"))
-        keys = src.mapInArrow(_keys_fn(params, with_v), keys_ddl)
+        keys = src.mapInArrow(keys_fn, keys_ddl)
     # The keys rows are kept as they are made, with no shuffle: their values (v: shingle sets, about the text's
     # size) then cross the disk once. The exact-duplicate groups come from a shuffle of (id, q, ekey) alone.
     keys = stored = keys.persist(StorageLevel.DISK_ONLY)
     agg = keys.agg(F.count(F.lit(1)).alias("docs"), F.sum("n_tokens").alias("tokens"),
                    F.count("bkeys").alias("with_keys"),
-                   (F.sum(F.when(F.col("bkeys").isNotNull(), F.length("v"))) if with_v else F.lit(None))
-                   .alias("value_bytes")).collect()[0]
+                   (F.sum(F.when(F.col("bkeys").isNotNull(), F.col("vlen") if side else F.length("v"))) if with_v
+                    else F.lit(None)).alias("value_bytes")).collect()[0]
     info["docs_in"], info["tokens_in"] = int(agg["docs"]), int(agg["tokens"] or 0)
     value_bytes = int(agg["value_bytes"] or 0)
     if with_v:
@@ -636,8 +704,9 @@ def find_duplicates(df, params: dict, timings: dict | None = None, values_in_key
         # survivors there, in one Spark job (the same result as the steps below, which each take a job or more)
         timings["keys_and_exact"] = round(time.time() - t0, 3)
         t0 = time.time()
-        rows = keys.select("id", "n_tokens", "q", "ekey", "bkeys", *(["v"] if with_v else []))
-        out = _cut(rows.coalesce(1).mapInArrow(_local_near_fn(params), NEAR_DDL))
+        rows = keys.select("id", "n_tokens", "q", "ekey", "bkeys",
+                           *((["vfile", "vrow"] if side else ["v"]) if with_v else []))
+        out = _cut(rows.coalesce(1).mapInArrow(_local_near_fn(params, side), NEAR_DDL))
         agg = out.agg(F.count("id").alias("n"), F.max("info").alias("info")).collect()[0]
         info.update(json.loads(agg["info"]))
         info.update(lsh_method="one task", cc_method="one task" if info["verified_pairs"] else "none", cc_rounds=0,
@@ -737,9 +806,10 @@ def find_duplicates(df, params: dict, timings: dict | None = None, values_in_key
             # instead of all of its text being shuffled to meet them
             cand = F.broadcast(cand)
         # each candidate's shingle set (or signature) once, counted and sized in one job
-        if with_v:  # made by the keys pass
+        if with_v and not side:  # made by the keys pass (values in files there: more than one task verifies)
             sets = survivors.select("id", "v").join(cand, "id", "left_semi").persist(StorageLevel.DISK_ONLY)
         else:
+            info["values_method"] = "text"
             sets = (df.select("id", "text").join(cand, "id", "left_semi")
                     .mapInArrow(_sets_fn(params), "id string, v binary").persist(StorageLevel.DISK_ONLY))
         size = sets.agg(F.count(F.lit(1)).alias("n"), F.sum(F.length("v")).alias("b")).collect()[0]
@@ -851,10 +921,7 @@ def _values_fit_one_task(ctx) -> bool:
 
 
 def plan(ctx) -> None:
-    from pyspark.sql import functions as F
-
-    params, lake, run = ctx.params, ctx.lake, ctx.run
-    out_t, dup_t = ctx.tables["output_table"], ctx.tables["duplicates_table"]
+    params, lake = ctx.params, ctx.lake
     df = ctx.input()
     for col in ("id", "text") + ((params["quality_column"],) if params["quality_column"] else ()):
         if col not in df.columns:
@@ -877,7 +944,27 @@ def plan(ctx) -> None:
         # a plain local table: the workers read its files themselves in the keys and write passes
         units = direct.plain_files(lake, ctx.args.input_table, ctx.state["input_version"], df.columns,
                                    direct.file_schema(df))
-    removed, info = find_duplicates(df, params, timings, values_in_keys=_values_fit_one_task(ctx), units=units)
+    values_dir = None
+    if direct.enabled(ctx):
+        # a write folder of the duplicates table that is never committed: removed below, and if this run dies,
+        # by the next run's removal of uncommitted write folders
+        values_dir = lake.new_write_folder(ctx.tables["duplicates_table"])[1]
+        os.makedirs(values_dir)
+    try:
+        return _plan(ctx, df, params, lsh, timings, units, values_dir)
+    finally:
+        if values_dir:
+            shutil.rmtree(values_dir, ignore_errors=True)
+
+
+def _plan(ctx, df, params, lsh, timings, units, values_dir) -> int:
+    """Find the duplicates, then write both tables and the metrics row (`plan`'s second half)."""
+    from pyspark.sql import functions as F
+
+    lake, run = ctx.lake, ctx.run
+    out_t, dup_t = ctx.tables["output_table"], ctx.tables["duplicates_table"]
+    removed, info = find_duplicates(df, params, timings, values_in_keys=_values_fit_one_task(ctx), units=units,
+                                    values_dir=values_dir)
     info["reader"] = "workers (pyarrow)" if units is not None else "spark"
 
     t0 = time.time()

@@ -479,7 +479,8 @@ def test_writers_and_component_paths_give_the_same_tables(spark, tmp_path, corpu
         extra = json.loads(m["extra"])
         return ([m[k] for k in ("docs_in", "docs_out", "docs_rejected", "tokens_in", "tokens_out")], dict(m["reasons"]),
                 {k: v for k, v in extra.items() if k not in ("timings", "timings_s", "cc_method", "cc_rounds",
-                                                              "lsh_method", "verify_method", "resolve_method", "reader")},
+                                                              "lsh_method", "verify_method", "resolve_method", "reader",
+                                                              "values_method")},
                 extra)
 
     ma, mb = metrics(a), metrics(b)
@@ -488,6 +489,11 @@ def test_writers_and_component_paths_give_the_same_tables(spark, tmp_path, corpu
     assert (ma[3]["lsh_method"], mb[3]["lsh_method"]) == ("one task", "spark")
     assert (ma[3]["verify_method"], mb[3]["verify_method"]) == ("one task", "spark")
     assert (ma[3]["resolve_method"], mb[3]["resolve_method"]) == ("one task", "spark")
+    # the auto writer's keys pass put the shingle sets in files of a write folder of duplicates, gone afterwards
+    assert (ma[3]["values_method"], mb[3]["values_method"]) == ("files", "text")
+    from jobs.tables import remove_uncommitted
+
+    assert remove_uncommitted(a.path("duplicates"), dry_run=True) == []
     assert (ma[3]["reader"], mb[3]["reader"]) == ("workers (pyarrow)", "spark")
     assert "near_in_one_task" in ma[3]["timings_s"] and "lsh_candidates" in mb[3]["timings_s"]
 
@@ -500,7 +506,7 @@ def test_writers_and_component_paths_give_the_same_tables(spark, tmp_path, corpu
 
 
 @pytest.mark.parametrize("verify", ["exact", "estimate", "none"])
-def test_near_in_one_task_equals_the_step_by_step_plan(spark, corpus, verify, monkeypatch):
+def test_near_in_one_task_equals_the_step_by_step_plan(spark, corpus, verify, monkeypatch, tmp_path):
     """Everything after the keys pass in one task (LSH, verification, components, survivors, with the values made
     by the keys pass) against the step-by-step plan: one-task LSH and verification after a second read of the
     candidates' text, and Spark's LSH, joins and components with the values from the keys pass. A quality column
@@ -527,9 +533,9 @@ def test_near_in_one_task_equals_the_step_by_step_plan(spark, corpus, verify, mo
     args = argparse.Namespace(threshold=None, ngram=None, num_perm=None, bands=32, rows=4, seed=None, verify=verify,
                               exact_only=False)
 
-    def run(values_in_keys, **cfg):
+    def run(values_in_keys, values_dir=None, **cfg):
         p = dedup.resolve_params({"quality_column": "q", **cfg}, args)
-        removed, info = dedup.find_duplicates(df, p, {}, values_in_keys=values_in_keys)
+        removed, info = dedup.find_duplicates(df, p, {}, values_in_keys=values_in_keys, values_dir=values_dir)
         got = sorted(tuple(r) for r in removed.select("id", "cluster_id", "kept_id", "method", "n_tokens").collect())
         return got, {k: v for k, v in info.items() if not k.endswith("_method") and k != "cc_rounds"}, info
 
@@ -547,6 +553,19 @@ def test_near_in_one_task_equals_the_step_by_step_plan(spark, corpus, verify, mo
         assert m["resolve_method"] == "spark", m
         assert got == one
         assert got_info == one_info
+    # the keys pass's shingle sets in files (one per keys batch) instead of rows: the one task reads only its
+    # candidates' sets; a plan that does not fit one task reads the candidates' text again instead
+    side = tmp_path / "values"
+    side.mkdir()
+    got, got_info, m = run(True, values_dir=str(side))
+    assert got == one and got_info == one_info and m["resolve_method"] == "one task"
+    if verify == "exact":
+        assert m["values_method"] == "files" and len(list(side.glob("v-*.arrow"))) >= 3  # 3 partitions
+        got, got_info, m = run(True, values_dir=str(side), local_lsh_max_keys=0)
+        assert got == one and got_info == one_info
+        assert m["resolve_method"] == "spark" and m["values_method"] == "text"
+    else:  # signatures are small: rows as before
+        assert m["values_method"] == ("rows" if verify == "estimate" else "none") and not list(side.iterdir())
 
 
 def test_workers_read_a_plain_table_and_spark_a_partitioned_one(spark, tmp_path, corpus):
