@@ -33,7 +33,6 @@ the result depends on neither partitioning nor run.
 """
 import json
 import os
-import shutil
 import sys
 import time
 
@@ -944,17 +943,14 @@ def plan(ctx) -> None:
         # a plain local table: the workers read its files themselves in the keys and write passes
         units = direct.plain_files(lake, ctx.args.input_table, ctx.state["input_version"], df.columns,
                                    direct.file_schema(df))
-    values_dir = None
-    if direct.enabled(ctx):
-        # a write folder of the duplicates table that is never committed: removed below, and if this run dies,
-        # by the next run's removal of uncommitted write folders
-        values_dir = lake.new_write_folder(ctx.tables["duplicates_table"])[1]
-        os.makedirs(values_dir)
+    # the keys pass's shingle sets: a write folder of the duplicates table that is never committed, discarded
+    # below, and if this run dies, by the next run's removal of uncommitted write folders
+    scratch = direct.WriteFolders(lake, {"values": ctx.tables["duplicates_table"]}) if direct.enabled(ctx) else None
     try:
-        return _plan(ctx, df, params, lsh, timings, units, values_dir)
+        return _plan(ctx, df, params, lsh, timings, units, scratch.paths["values"] if scratch else None)
     finally:
-        if values_dir:
-            shutil.rmtree(values_dir, ignore_errors=True)
+        if scratch:
+            scratch.discard()
 
 
 def _plan(ctx, df, params, lsh, timings, units, values_dir) -> int:

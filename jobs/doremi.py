@@ -68,14 +68,14 @@ def _stage_argv(a, *extra) -> list[str]:
 def _lake_tokenizer(a, lake: str) -> str | None:
     """The BPE jobs/pipeline.py trained for this lake (pipeline.tokenizer.out), unless pack.tokenizer is given."""
     from jobs.config import load_config
+    from jobs.pipeline import pack_tokenizer_given, tokenizer_file
 
-    if any(o.split("=", 1)[0].strip() == "pack.tokenizer" for o in a.overrides):
+    if pack_tokenizer_given(a.overrides):
         return None
-    pcfg = load_config(a.conf, a.overrides).get("pipeline") or {}
-    tcfg = pcfg.get("tokenizer") or {}
-    if tcfg.get("train") is False:
+    tcfg = (load_config(a.conf, a.overrides).get("pipeline") or {}).get("tokenizer") or {}
+    if not tcfg.get("train", True):  # as jobs/pipeline.py reads it
         return None
-    path = os.path.join(lake, str(tcfg.get("out") or "tokenizer/bpe.json"))
+    path = os.path.join(lake, tokenizer_file(tcfg))
     return path if os.path.isfile(path) else None
 
 

@@ -229,13 +229,12 @@ def plan(ctx) -> None:
 
     try:
         weights, warnings = mx.compute_weights(cfg["strategy"], doc_counts, tok_counts, cfg["alpha"], file_weights)
-        plans = mx.plan(weights, doc_counts, tok_counts, cfg["token_budget"], cfg["max_epochs"],
-                        bool(cfg["force_epochs"]))
+        budget = mx.resolve_budget(cfg["token_budget"], weights, tok_counts, cfg["max_epochs"])
+        plans = mx.plan(weights, doc_counts, tok_counts, budget, cfg["max_epochs"], bool(cfg["force_epochs"]))
     except mx.WeightError as e:
         raise UserError(str(e)) from None
     for w in warnings:
         log(f"mix: warning: {w}")
-    budget = mx.resolve_budget(cfg["token_budget"], weights, tok_counts, cfg["max_epochs"])
     if cfg["token_budget"] == mx.FIT:
         log(f"mix: token budget fit: {budget:,} of {sum(tok_counts.values()):,} tokens available (the most with no "
             f"domain above --max-epochs {cfg['max_epochs']})")

@@ -71,6 +71,16 @@ def stage_argv(args):
     return argv
 
 
+def pack_tokenizer_given(overrides) -> bool:
+    """Whether the command line names pack.tokenizer (then the pipeline trains no BPE and nothing picks one)."""
+    return any(o.split("=", 1)[0].strip() == "pack.tokenizer" for o in overrides)
+
+
+def tokenizer_file(tok_cfg: dict) -> str:
+    """The pipeline's BPE file relative to the lake (`pipeline.tokenizer.out`)."""
+    return str(tok_cfg.get("out") or "tokenizer/bpe.json")
+
+
 def tokenizer_step(args, lake: str, tok_cfg: dict) -> str | None:
     """Train the pipeline's BPE (`pipeline.tokenizer`, sizes from the `train_tokenizer` section) on its input
     table, unless the file already holds a tokenizer of that table version and settings; returns its path (None
@@ -85,11 +95,11 @@ def tokenizer_step(args, lake: str, tok_cfg: dict) -> str | None:
 
     if not tok_cfg.get("train", True):
         return None
-    if any(o.split("=", 1)[0].strip() == "pack.tokenizer" for o in args.overrides):
+    if pack_tokenizer_given(args.overrides):
         log("pipeline: pack.tokenizer is set on the command line; not training a tokenizer")
         return None
     table = str(tok_cfg.get("input_table") or "decontaminated")
-    rel = str(tok_cfg.get("out") or "tokenizer/bpe.json")
+    rel = tokenizer_file(tok_cfg)
     record = None
     if storage.is_remote(lake):
         # the tokenizer file is read by path: train it into local scratch (one folder per lake) and keep a copy
