@@ -516,4 +516,8 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    from udfs.common import exit_process
+
+    # the figures are printed; end without the native destructors (deltalake + pyarrow in this process sometimes
+    # aborted here with rc 134 after all output, as the command-line stages did before they ended this way)
+    exit_process(main() or 0)
