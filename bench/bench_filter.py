@@ -227,4 +227,8 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    # end without the native destructors: deltalake + pyarrow in one process sometimes aborted at exit with
+    # rc 134 after all the work was done (see udfs.common.exit_process)
+    from udfs.common import exit_process  # noqa: E402
+
+    exit_process(main() or 0)
