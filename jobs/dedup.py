@@ -462,7 +462,7 @@ def _with_exact_groups(t):
         "exact_cluster", ids.take(pa.array(by_rank[low[group]])))
 
 
-def _local_near_fn(params: dict, values_dir: str | None = None):
+def _local_near_fn(params: dict, values_dir: str | None = None, count: bool = False):
     """mapInArrow over ALL rows of the keys pass in one task (id, n_tokens, q, bkeys, v, and either ekey, from which
     it makes the exact groups as the Spark plan's window does, or those groups' exact_kept and exact_cluster)
     -> NEAR_DDL rows: every record to remove, and one row with a null id whose `info` holds the counters (JSON).
@@ -472,7 +472,9 @@ def _local_near_fn(params: dict, values_dir: str | None = None):
     survivors' values (jaccard_sets_indexed / estimated_jaccard), components of the verified pairs
     (udfs.graph.min_label_components), and per component the survivor of smallest rank (best quality, then
     smallest id) and the smallest exact-cluster id; exact duplicates follow their exact survivor.
-    With `values_dir` the rows carry (vfile, vrow) instead of v, and only the candidates' values are read."""
+    With `values_dir` the rows carry (vfile, vrow) instead of v, and only the candidates' values are read.
+    `count`: the info row also holds docs_in, tokens_in and value_bytes (the keys pass's values of the documents
+    with band keys: vlen, or v's length), which the one-job plan has no other pass to count."""
     cap, bands, num_perm = int(params["max_bucket_pairs"]), int(params["bands"]), int(params["num_perm"])
     thr, mode, scheme = float(params["threshold"]), params["verify"], params["scheme"]
 
@@ -493,8 +495,17 @@ def _local_near_fn(params: dict, values_dir: str | None = None):
             info["candidate_docs"] = 0
         names = ["id", "cluster_id", "kept_id", "method", "n_tokens", "info"]
         out = []
+        if count:
+            info.update(docs_in=0, tokens_in=0, value_bytes=0)
         if batches:
             t = pa.Table.from_batches(batches)
+            if count:
+                has_keys = pc.is_valid(t["bkeys"])
+                vlen = (t["vlen"] if "vlen" in t.schema.names else
+                        pc.binary_length(t["v"]) if "v" in t.schema.names else None)
+                info.update(docs_in=t.num_rows, tokens_in=int(pc.sum(t["n_tokens"]).as_py() or 0),
+                            value_bytes=int(pc.sum(pc.if_else(has_keys, vlen, 0)).as_py() or 0)
+                            if vlen is not None else 0)
             if "exact_kept" not in t.schema.names:
                 t = _with_exact_groups(t)
                 info["exact_duplicates"] = int(pc.sum(pc.not_equal(t["id"], t["exact_kept"])).as_py() or 0)
@@ -647,7 +658,8 @@ def _cut(df):
 
 
 def find_duplicates(df, params: dict, timings: dict | None = None, values_in_keys: bool = False,
-                    units: list[dict] | None = None, values_dir: str | None = None):
+                    units: list[dict] | None = None, values_dir: str | None = None, one_job: bool = False,
+                    driver: dict | None = None):
     """Return (removed, info): removed = DataFrame[id, cluster_id, kept_id, method, n_tokens] of every record to
     drop, info = counters for the metrics row. `df` needs `id` and `text` (and `quality_column` if configured).
     `values_in_keys`: the keys pass also makes every document's shingle set (or signature) for verification, so
@@ -655,7 +667,12 @@ def find_duplicates(df, params: dict, timings: dict | None = None, values_in_key
     `units`: df's Parquet files (jobs.direct.plain_files), which the keys pass then reads with pyarrow.
     `values_dir`: a folder every task can read and write (a local lake's); with verify=exact the keys pass puts the
     shingle sets in files there instead of rows (`_write_values`). The caller removes it after the last use of
-    the result."""
+    the result.
+    `one_job` (with `values_in_keys`; the caller knows from the input's Delta log that everything after the keys
+    pass fits one task and that the removed records fit the driver): the keys pass feeds that one task through a
+    shuffle in the same Spark job, whose removed records come to the driver as an Arrow table, which is put in
+    `driver["removed"]` when `driver` is given (the same result as the plan of two jobs, without caching the keys
+    rows, a counting job and a second read of the result)."""
     from pyspark import StorageLevel
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -684,6 +701,8 @@ def find_duplicates(df, params: dict, timings: dict | None = None, values_in_key
     else:
         src = df.select(F.col("id"), F.col("text"), n_tokens.alias("n_tokens"), quality.alias("q"))
         keys = src.mapInArrow(keys_fn, keys_ddl)
+    if one_job and with_v == (params["verify"] != "none") and not params["exact_only"]:
+        return _keys_and_one_task(keys, params, side, with_v, info, timings, t0, driver)
     # The keys rows are kept as they are made, with no shuffle: their values (v: shingle sets, about the text's
     # size) then cross the disk once. The exact-duplicate groups come from a shuffle of (id, q, ekey) alone.
     keys = stored = keys.persist(StorageLevel.DISK_ONLY)
@@ -871,6 +890,40 @@ def find_duplicates(df, params: dict, timings: dict | None = None, values_in_key
     return removed, info
 
 
+def _keys_and_one_task(keys, params, side, with_v, info, timings, t0, driver):
+    """find_duplicates' one-job plan: the keys rows go through one shuffle to one task, which does everything after
+    the keys pass (`_local_near_fn`) and counts the input; the removed records come back as an Arrow table."""
+    import pyarrow.compute as pc
+    from pyspark.sql import functions as F
+
+    rows = keys.select("id", "n_tokens", "q", "ekey", "bkeys",
+                       *((["vfile", "vrow", "vlen"] if side else ["v"]) if with_v else []))
+    got = rows.repartition(1).mapInArrow(_local_near_fn(params, side, count=True), NEAR_DDL).toArrow()
+    head = got.filter(pc.is_null(got["id"]))
+    counts = json.loads(head["info"][0].as_py())
+    info["docs_in"], info["tokens_in"] = counts.pop("docs_in"), counts.pop("tokens_in")
+    value_bytes = counts.pop("value_bytes")
+    info.update(counts)
+    if with_v:
+        log(f"dedup: the keys pass made {value_bytes:,} bytes of {params['verify']} values, verified in the same "
+            f"Spark job (dedup.local_verify_max_bytes = {int(params['local_verify_max_bytes']):,})")
+        if value_bytes > int(params["local_verify_max_bytes"]):
+            log(f"dedup: warning: the input's Delta log promised at most {int(params['local_verify_max_bytes']):,} "
+                f"bytes of values; lower dedup.local_verify_max_bytes if the one task ran short of memory")
+    info.update(lsh_method="one task", cc_method="one task" if info["verified_pairs"] else "none", cc_rounds=0,
+                resolve_method="one task")
+    if params["verify"] != "none":
+        info["verify_method"] = "one task"
+    removed = got.filter(pc.is_valid(got["id"])).drop_columns(["info"])
+    info["docs_removed"] = removed.num_rows
+    timings["keys_and_one_task"] = round(time.time() - t0, 3)
+    if driver is not None:
+        driver["removed"] = removed
+    method = F.when(F.col("method") == "exact", F.lit("exact")).otherwise(F.lit("minhash")).alias("method")
+    frame = keys.sparkSession.createDataFrame(removed)
+    return frame.select("id", "cluster_id", "kept_id", method, "n_tokens"), info
+
+
 def cluster_size_histogram(removed, tags=None) -> dict:
     """{size bucket: number of clusters} over clusters with >= 2 documents ("2", "3", "4", "5-8", "9-16", ...), from
     the removed records (a DataFrame, or `tags`, the same records as an Arrow table already on the driver)."""
@@ -909,14 +962,18 @@ def _written_rows(lake, run, table) -> int:
 VALUE_BYTES_PER_FILE_BYTE = 4  # a shingle set takes ~1.25x its text's bytes; text compresses ~3x in Parquet
 
 
-def _values_fit_one_task(ctx) -> bool:
-    """Whether the input looks small enough for verification in one task (dedup.local_verify_max_bytes and
-    local_lsh_max_keys), judged from the Delta log before reading: then the keys pass makes the values verification
-    compares, instead of a second read of the candidates' text after LSH."""
+def _values_fit_one_task(ctx) -> tuple[bool, bool]:
+    """(values_in_keys, one_job) for find_duplicates, judged from the input's Delta log before reading.
+    values_in_keys: the input looks small enough for verification in one task (dedup.local_verify_max_bytes and
+    local_lsh_max_keys): then the keys pass makes the values verification compares, instead of a second read of the
+    candidates' text after LSH. one_job: moreover the log counts its records, so that it is known before the keys
+    pass that the one task will do (records x bands <= local_lsh_max_keys) and that the removed records, at most
+    all of them, may come to the driver (<= BROADCAST_REMOVED)."""
     p = ctx.params
     nbytes, records = ctx.lake.size(ctx.args.input_table, ctx.state["input_version"])
     fits = nbytes * VALUE_BYTES_PER_FILE_BYTE <= int(p["local_verify_max_bytes"])
-    return fits and (records is None or records * int(p["bands"]) <= int(p["local_lsh_max_keys"]))
+    in_keys = fits and (records is None or records * int(p["bands"]) <= int(p["local_lsh_max_keys"]))
+    return in_keys, in_keys and records is not None and records <= BROADCAST_REMOVED
 
 
 def plan(ctx) -> None:
@@ -959,8 +1016,10 @@ def _plan(ctx, df, params, lsh, timings, units, values_dir) -> int:
 
     lake, run = ctx.lake, ctx.run
     out_t, dup_t = ctx.tables["output_table"], ctx.tables["duplicates_table"]
-    removed, info = find_duplicates(df, params, timings, values_in_keys=_values_fit_one_task(ctx), units=units,
-                                    values_dir=values_dir)
+    in_keys, one_job = _values_fit_one_task(ctx)
+    on_driver: dict = {}
+    removed, info = find_duplicates(df, params, timings, values_in_keys=in_keys, units=units, values_dir=values_dir,
+                                    one_job=one_job, driver=on_driver)
     info["reader"] = "workers (pyarrow)" if units is not None else "spark"
 
     t0 = time.time()
@@ -980,7 +1039,8 @@ def _plan(ctx, df, params, lsh, timings, units, values_dir) -> int:
         write_fn = dedup_write_fn(folders.paths, schemas, cols, AUDIT_PER_METHOD)
         if units is not None and info["docs_removed"] <= BROADCAST_REMOVED:
             # the workers read the input's files and look each id up in the removed records, sent with the task
-            tags_arrow = removed.drop("n_tokens").toArrow()
+            tags_arrow = (on_driver["removed"].drop_columns(["n_tokens"]) if "removed" in on_driver
+                          else removed.drop("n_tokens").toArrow())
             frame = direct.file_frame(ctx.spark, units).mapInArrow(_read_tagged_fn(write_fn, df, tags_arrow),
                                                                    DEDUP_META_DDL)
         else:
@@ -1013,7 +1073,7 @@ def _plan(ctx, df, params, lsh, timings, units, values_dir) -> int:
 
     exact_d, exact_t = by_method.get("exact", (0, 0))
     near_d, near_t = by_method.get("minhash", (0, 0))
-    hist = cluster_size_histogram(removed, tags_arrow)
+    hist = cluster_size_histogram(removed, on_driver.get("removed", tags_arrow))
     extra = {
         "exact": {"docs_removed": exact_d, "tokens_removed": exact_t},
         "minhash": {"docs_removed": near_d, "tokens_removed": near_t},

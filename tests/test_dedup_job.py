@@ -128,8 +128,8 @@ def test_dedup_finds_planted_duplicates(spark, tmp_path, corpus):
     # clusters: 6 pairs (2), s1+s2 (2), t1..t3 (3), x0..x3 (4)
     assert extra["cluster_size_histogram"] == {"2": 7, "3": 1, "4": 1}
     assert extra["params"]["bands"] == 32 and extra["params"]["rows"] == 4
-    # a corpus this small takes the one-task path after the keys pass
-    assert {"keys_and_exact", "near_in_one_task", "write"} <= set(extra["timings_s"])
+    # a corpus this small (known from the input's Delta log) takes the one-job plan: the keys pass and the one task
+    assert {"keys_and_one_task", "write"} <= set(extra["timings_s"]) and "keys_and_exact" not in extra["timings_s"]
     assert extra["resolve_method"] == "one task" and extra["reader"] == "workers (pyarrow)"
     assert os.path.exists(os.path.join(lake.root, "audit", "duplicates.jsonl"))
 
@@ -495,7 +495,7 @@ def test_writers_and_component_paths_give_the_same_tables(spark, tmp_path, corpu
 
     assert remove_uncommitted(a.path("duplicates"), dry_run=True) == []
     assert (ma[3]["reader"], mb[3]["reader"]) == ("workers (pyarrow)", "spark")
-    assert "near_in_one_task" in ma[3]["timings_s"] and "lsh_candidates" in mb[3]["timings_s"]
+    assert "keys_and_one_task" in ma[3]["timings_s"] and "lsh_candidates" in mb[3]["timings_s"]
 
     def audit(lake):
         with open(os.path.join(lake.root, "audit", "duplicates.jsonl")) as f:
@@ -533,10 +533,16 @@ def test_near_in_one_task_equals_the_step_by_step_plan(spark, corpus, verify, mo
     args = argparse.Namespace(threshold=None, ngram=None, num_perm=None, bands=32, rows=4, seed=None, verify=verify,
                               exact_only=False)
 
-    def run(values_in_keys, values_dir=None, **cfg):
+    def run(values_in_keys, values_dir=None, one_job=False, **cfg):
         p = dedup.resolve_params({"quality_column": "q", **cfg}, args)
-        removed, info = dedup.find_duplicates(df, p, {}, values_in_keys=values_in_keys, values_dir=values_dir)
+        timings, driver = {}, {}
+        removed, info = dedup.find_duplicates(df, p, timings, values_in_keys=values_in_keys, values_dir=values_dir,
+                                              one_job=one_job, driver=driver)
         got = sorted(tuple(r) for r in removed.select("id", "cluster_id", "kept_id", "method", "n_tokens").collect())
+        # the one-job plan: one Spark job, whose removed records are also on the driver (as Arrow), the same rows
+        assert ("keys_and_one_task" in timings) == one_job == ("removed" in driver), (timings, driver)
+        if one_job:
+            assert sorted(tuple(r.values()) for r in driver["removed"].to_pylist()) == got
         return got, {k: v for k, v in info.items() if not k.endswith("_method") and k != "cc_rounds"}, info
 
     one, one_info, one_m = run(True)
@@ -553,11 +559,16 @@ def test_near_in_one_task_equals_the_step_by_step_plan(spark, corpus, verify, mo
         assert m["resolve_method"] == "spark", m
         assert got == one
         assert got_info == one_info
+    # the keys pass and the one task in one Spark job (the input's count known beforehand): the same result
+    got, got_info, m = run(True, one_job=True)
+    assert got == one and got_info == one_info and m["resolve_method"] == "one task"
     # the keys pass's shingle sets in files (one per keys batch) instead of rows: the one task reads only its
     # candidates' sets; a plan that does not fit one task reads the candidates' text again instead
     side = tmp_path / "values"
     side.mkdir()
     got, got_info, m = run(True, values_dir=str(side))
+    assert got == one and got_info == one_info and m["resolve_method"] == "one task"
+    got, got_info, m = run(True, values_dir=str(side), one_job=True)
     assert got == one and got_info == one_info and m["resolve_method"] == "one task"
     if verify == "exact":
         assert m["values_method"] == "files" and len(list(side.glob("v-*.arrow"))) >= 3  # 3 partitions
