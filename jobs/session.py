@@ -162,13 +162,16 @@ def get_spark(app_name: str = "lmrefinery", master: str | None = None, conf: dic
         return active
     builder = SparkSession.builder.appName(app_name)
     # spark-submit sets spark.master in the JVM conf; only default it when launched as plain python
+    if not master:
+        master = os.environ["SPARK_MASTER"] if "SPARK_MASTER" in os.environ else (
+            None if _launched_by_spark_submit() else "local[*]")
     if master:
         builder = builder.master(master)
-    elif "SPARK_MASTER" in os.environ:
-        builder = builder.master(os.environ["SPARK_MASTER"])
-    elif not _launched_by_spark_submit():
-        builder = builder.master("local[*]")
     merged = {**load_spark_conf(), **(conf or {}), **REQUIRED_CONF}
+    if master and master.startswith("local"):
+        # workers forked from a daemon that has done the kernels' start-up (jobs/worker_daemon.py); the workers
+        # of a local master find the repo on PYTHONPATH (_ensure_python_path), a cluster's only once told so
+        merged.setdefault("spark.python.daemon.module", "jobs.worker_daemon")
     merged.update(delta_conf(merged))
     merged.update(s3_conf(merged))
     if os.environ.get("LMR_SPARK_PROGRESS", "") not in ("", "0", "false"):
