@@ -727,16 +727,10 @@ def find_duplicates(df, params: dict, timings: dict | None = None, values_in_key
         out = _cut(rows.coalesce(1).mapInArrow(_local_near_fn(params, side), NEAR_DDL))
         agg = out.agg(F.count("id").alias("n"), F.max("info").alias("info")).collect()[0]
         info.update(json.loads(agg["info"]))
-        info.update(lsh_method="one task", cc_method="one task" if info["verified_pairs"] else "none", cc_rounds=0,
-                    resolve_method="one task")
-        if params["verify"] != "none":
-            info["verify_method"] = "one task"
         info["docs_removed"] = int(agg["n"])
         timings["near_in_one_task"] = round(time.time() - t0, 3)
         keys.unpersist()
-        # method NOT NULL, as the literals of the Spark plan make it (the duplicates table's schema is the same)
-        method = F.when(F.col("method") == "exact", F.lit("exact")).otherwise(F.lit("minhash")).alias("method")
-        return out.where(F.col("id").isNotNull()).select("id", "cluster_id", "kept_id", method, "n_tokens"), info
+        return _one_task_removed(out.where(F.col("id").isNotNull()), info, params)
 
     # exact groups of two or more: survivor = best quality first (null/NaN last), then smallest id; cluster = the
     # group's smallest id. A document alone in its group is its own survivor and cluster.
@@ -894,7 +888,6 @@ def _keys_and_one_task(keys, params, side, with_v, info, timings, t0, driver):
     """find_duplicates' one-job plan: the keys rows go through one shuffle to one task, which does everything after
     the keys pass (`_local_near_fn`) and counts the input; the removed records come back as an Arrow table."""
     import pyarrow.compute as pc
-    from pyspark.sql import functions as F
 
     rows = keys.select("id", "n_tokens", "q", "ekey", "bkeys",
                        *((["vfile", "vrow", "vlen"] if side else ["v"]) if with_v else []))
@@ -910,17 +903,25 @@ def _keys_and_one_task(keys, params, side, with_v, info, timings, t0, driver):
         if value_bytes > int(params["local_verify_max_bytes"]):
             log(f"dedup: warning: the input's Delta log promised at most {int(params['local_verify_max_bytes']):,} "
                 f"bytes of values; lower dedup.local_verify_max_bytes if the one task ran short of memory")
-    info.update(lsh_method="one task", cc_method="one task" if info["verified_pairs"] else "none", cc_rounds=0,
-                resolve_method="one task")
-    if params["verify"] != "none":
-        info["verify_method"] = "one task"
     removed = got.filter(pc.is_valid(got["id"])).drop_columns(["info"])
     info["docs_removed"] = removed.num_rows
     timings["keys_and_one_task"] = round(time.time() - t0, 3)
     if driver is not None:
         driver["removed"] = removed
+    return _one_task_removed(keys.sparkSession.createDataFrame(removed), info, params)
+
+
+def _one_task_removed(frame, info, params):
+    """(removed, info) of a plan that resolved everything in one task (`_local_near_fn`): the methods named in
+    `info`, and the removed rows with method NOT NULL, as the literals of the Spark plan make it (so that the
+    duplicates table's schema does not depend on the plan)."""
+    from pyspark.sql import functions as F
+
+    info.update(lsh_method="one task", cc_method="one task" if info["verified_pairs"] else "none", cc_rounds=0,
+                resolve_method="one task")
+    if params["verify"] != "none":
+        info["verify_method"] = "one task"
     method = F.when(F.col("method") == "exact", F.lit("exact")).otherwise(F.lit("minhash")).alias("method")
-    frame = keys.sparkSession.createDataFrame(removed)
     return frame.select("id", "cluster_id", "kept_id", method, "n_tokens"), info
 
 
