@@ -47,6 +47,7 @@ VERIFY_MODES = ("exact", "estimate", "none")
 BROADCAST_CANDIDATE_PAIRS = 500_000  # candidate pairs whose ids (at most 2 x as many) are broadcast to cut the input
 BROADCAST_SHARED_BUCKETS = 4_000_000  # LSH band keys held by two or more documents, broadcast to filter band rows
 BROADCAST_REMOVED = 500_000  # removed records (id and three short strings each) broadcast to the writing tasks
+KEYS_BATCH_ROWS = 2048  # documents per kernel call in the keys and sets passes (see _keys_fn)
 AUDIT_PER_METHOD = 5
 
 
@@ -130,7 +131,11 @@ def _keys_fn(params: dict, with_v: bool = False, values_dir: str | None = None):
     """mapInArrow: (id, text, n_tokens, q) -> (id, n_tokens, q, ekey, bkeys[, v]): exact digest and LSH band keys,
     and with `with_v` the value verification compares (`_sets_fn`'s v), made from the same shingles in this pass
     so that the text is read once. With `values_dir` the values are not rows: each batch's go to an Arrow file
-    there (`_write_values`) and the row holds (vfile, vrow, vlen) instead of v."""
+    there (`_write_values`) and the row holds (vfile, vrow, vlen) instead of v.
+    Input batches are cut into slices of at most KEYS_BATCH_ROWS rows, so that the kernels' arrays for a slice stay
+    a few MB: with the direct reader's 8,192-row batches (~100 MB of short-lived arrays per kernel call, in fresh
+    memory pages) this function took 5.5-6.5 s on a file of the 256 MB bench's filtered table, 4.6-4.8 s with
+    2,048 (bench/README.md)."""
     ngram, num_perm, seed, scheme = params["ngram"], params["num_perm"], params["seed"], params["scheme"]
     strip, near = bool(params["strip_punctuation"]), not params["exact_only"]
     bands, rows, mode = params["bands"], params["rows"], params["verify"]
@@ -147,7 +152,7 @@ def _keys_fn(params: dict, with_v: bool = False, values_dir: str | None = None):
 
         perms = permutations(num_perm, seed, scheme) if near else None
         for whole in batches:
-            for batch in (_slices_by_bytes(whole, "text", 64 << 20) if with_v else (whole,)):
+            for batch in _slices(whole, "text", KEYS_BATCH_ROWS, 64 << 20):
                 norm = [normalise(t, strip) for t in batch.column("text").to_pylist()]
                 ekey = pa.array([hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest() for t in norm],
                                 pa.binary())
@@ -270,7 +275,7 @@ def _sets_fn(params: dict):
 
         perms = permutations(num_perm, seed, scheme) if mode == "estimate" else None
         for batch in batches:
-            for part in _slices_by_bytes(batch, "text", 64 << 20):
+            for part in _slices(batch, "text", KEYS_BATCH_ROWS, 64 << 20):
                 norm = [normalise(t, strip) for t in part.column("text").to_pylist()]
                 if mode == "estimate":
                     sig = signatures(norm, ngram, num_perm, seed, scheme, normalised=True, perms=perms)
@@ -293,9 +298,10 @@ def _offsets(arr):
     return np.frombuffer(arr.buffers()[1], ot, count=len(arr) + 1, offset=arr.offset * w).astype(np.int64)
 
 
-def _slices_by_bytes(batch, column: str, limit: int):
-    """Row slices of an Arrow batch whose `column` holds at most `limit` bytes each (one row may exceed it): a
-    shingle set takes up to 4x its text's bytes, and an Arrow binary column holds at most 2 GiB."""
+def _slices(batch, column: str, max_rows: int, limit: int):
+    """Row slices of an Arrow batch of at most `max_rows` rows whose `column` holds at most `limit` bytes each (one
+    row may exceed it): a shingle set takes up to 4x its text's bytes, and an Arrow binary column holds at most
+    2 GiB."""
     import numpy as np
 
     arr = batch.column(column)
@@ -303,7 +309,7 @@ def _slices_by_bytes(batch, column: str, limit: int):
     start = 0
     while start < len(arr):
         end = int(np.searchsorted(offs, offs[start] + limit, side="right")) - 1
-        end = min(max(end, start + 1), len(arr))
+        end = min(max(end, start + 1), len(arr), start + max_rows)
         yield batch.slice(start, end - start)
         start = end
 

@@ -227,6 +227,19 @@ def test_params_from_threshold_and_workers_without_spark(corpus):
     ek, bk = out.column("ekey").to_pylist(), out.column("bkeys").to_pylist()
     assert ek[2] == ek[3] and len(set(ek)) == 3                     # x1 and x2 normalise to the same text
     assert bk[1] is None and len(bk[0]) == 16 and bk[2] == bk[3]    # empty text: no band keys
+    # an input batch is cut into kernel calls of at most KEYS_BATCH_ROWS rows (values too): the same rows
+    import jobs.dedup as dd
+
+    real_rows = dd.KEYS_BATCH_ROWS
+    dd.KEYS_BATCH_ROWS = 3
+    try:
+        cut = list(_keys_fn(params(), with_v=True)(iter([batch])))
+    finally:
+        dd.KEYS_BATCH_ROWS = real_rows
+    whole = next(_keys_fn(params(), with_v=True)(iter([batch])))
+    assert [b.num_rows for b in cut] == [3, 1]
+    assert pa.Table.from_batches(cut).to_pylist() == pa.Table.from_batches([whole]).to_pylist()
+    assert [len(b) for b in dd._slices(batch, "text", 2, 1 << 30)] == [2, 2]
 
     pairs = [("n0a", "n0b"), ("n0a", "n0c"), ("t1", "t2"), ("x0", "x1")]
 
@@ -237,13 +250,13 @@ def test_params_from_threshold_and_workers_without_spark(corpus):
         if limit is not None:
             import jobs.dedup as dd
 
-            real = dd._slices_by_bytes
-            dd._slices_by_bytes = lambda b, c, _lim: real(b, c, limit)
+            real = dd._slices
+            dd._slices = lambda b, c, rows, _lim: real(b, c, rows, limit)
         try:
             out = list(_sets_fn(p)(iter([tb])))
         finally:
             if limit is not None:
-                dd._slices_by_bytes = real
+                dd._slices = real
         v = dict(zip(sum((b.column("id").to_pylist() for b in out), []), sum((b.column("v").to_pylist() for b in out), [])))
         vb = pa.RecordBatch.from_pydict({"src": [a for a, _ in pairs], "dst": [b for _, b in pairs],
                                          "va": [v[a] for a, _ in pairs], "vb": [v[b] for _, b in pairs]},
