@@ -623,7 +623,7 @@ def write_direct(ctx, ingest_run: str, mode: str) -> dict:
                                   "detail": r["detail"]} for r in small if r["kind"] == "stat"])
         keys = meta.where(F.col("kind") == "key")
         dup_ids = duplicate_ids(keys, F.col("line"), F.col("row"))
-        if dup_ids.limit(1).count():
+        if not dup_ids.isEmpty():  # limit(1).count() took one stage more
             later = (keys.join(dup_ids, "id").where(is_later_duplicate())
                      .withColumn("detail", first_seen_at()).drop("_first"))
             small += [r.asDict() for r in later.repartition("part").mapInArrow(
