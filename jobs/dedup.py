@@ -129,8 +129,10 @@ def lsh_summary(params: dict) -> dict:
 # ---- Python workers: Arrow batches in, Arrow batches out -------------------------------------------------------
 def _keys_fn(params: dict, with_v: bool = False, values_dir: str | None = None):
     """mapInArrow: (id, text, n_tokens, q) -> (id, n_tokens, q, ekey, bkeys[, v]): exact digest and LSH band keys,
-    and with `with_v` the value verification compares (`_sets_fn`'s v), made from the same shingles in this pass
-    so that the text is read once. With `values_dir` the values are not rows: each batch's go to an Arrow file
+    and with `with_v` the value verification compares (as `_sets_fn`'s v; with verify=exact the sets of
+    udfs.minhash.signatures_and_sets, whose shingle hash is another than shingle_sets': a run takes all its
+    values from this pass or all from `_sets_fn`), made from the same shingles in this pass so that the text is
+    read once. With `values_dir` the values are not rows: each batch's go to an Arrow file
     there (`_write_values`) and the row holds (vfile, vrow, vlen) instead of v.
     Input batches are cut into slices of at most KEYS_BATCH_ROWS rows, so that the kernels' arrays for a slice stay
     a few MB: with the direct reader's 8,192-row batches (~100 MB of short-lived arrays per kernel call, in fresh

@@ -279,6 +279,31 @@ def test_shingle_sets_are_sorted_distinct_hashes_and_jaccard_sets_counts_them(mo
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+@pytest.mark.parametrize("scheme", ["affine32", "legacy"])
+def test_signatures_and_sets_hash_shingles_by_sha1_and_give_the_same_jaccard(monkeypatch, backend, scheme):
+    """The keys pass's sets: each document's sorted distinct SHA-1 bytes 0-7 (little-endian) of its shingles, with
+    the same signatures as `signatures`, alike on both backends, and the Jaccard values of `shingle_sets`'."""
+    monkeypatch.setenv("LMR_MINHASH_BACKEND", backend)
+    texts = [normalise(t) for t in _texts(40, seed=7)] + ["", "a", "a a a a a a a a a a", "w" * 3000,
+                                                           "short doc " + "é" * 700]
+    sig, (sets, so) = mh.signatures_and_sets(texts, 5, 64, 3, scheme)
+    np.testing.assert_array_equal(sig, mh.signatures(texts, 5, 64, 3, scheme, normalised=True))
+    assert len(so) == len(texts) + 1 and so[-1] == len(sets)
+    for i, t in enumerate(texts):
+        want = sorted({struct.unpack("<Q", hashlib.sha1(s).digest()[:8])[0]
+                       for s in shingles(t, 5)}) if t else []
+        assert sets[so[i]:so[i + 1]].tolist() == want, i
+    monkeypatch.setenv("LMR_MINHASH_BACKEND", "numba" if backend == "numpy" else "numpy")
+    other = mh.signatures_and_sets(texts, 5, 64, 3, scheme)
+    np.testing.assert_array_equal(other[0], sig)
+    np.testing.assert_array_equal(other[1][0], sets)
+    fnv, fo = mh.shingle_sets(texts, 5)
+    ia = np.arange(len(texts) - 1)
+    ib = ia + 1
+    np.testing.assert_array_equal(mh.jaccard_sets_indexed(sets, so, ia, ib), mh.jaccard_sets_indexed(fnv, fo, ia, ib))
+
+
 def test_bucket_pairs_equal_a_dict_of_buckets():
     """The one-task LSH kernel gives the pairs of the Spark path's rule (all pairs in a bucket of up to `cap`
     documents, a star from the smallest beyond), each once with its largest bucket, checked against dict buckets

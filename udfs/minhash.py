@@ -21,7 +21,9 @@ min-reduces; without it SHA-1 runs through hashlib over memoryview slices and th
 Both paths give identical results (`LMR_MINHASH_BACKEND=numpy` forces the second). `exact_jaccard_batch` (candidate
 verification) hashes shingles to 64 bits, keeps each document's set as its sorted distinct hashes (`shingle_sets`, once
 per document) and intersects two sets in one merge (`jaccard_sets`, a compiled kernel); the numpy fallback computes
-the same hash values, so sets made by workers with different backends still compare.
+the same hash values, so sets made by workers with different backends still compare. `signatures_and_sets` makes
+signatures and sets in one pass, its sets of SHA-1's first 8 bytes (computed there for the signature anyway);
+Jaccard values are the same, but sets of the two kinds are never compared with each other.
 """
 from __future__ import annotations
 
@@ -173,10 +175,13 @@ _C1 = np.uint64(0x85EBCA6B)
 _C2 = np.uint64(0xC2B2AE35)
 _S16 = np.uint64(16)
 _S13 = np.uint64(13)
+_S32 = np.uint64(32)
 
 
-def _sha1_hash32_py(buf, s, e, block, w):
-    """datasketch.hashfunc.sha1_hash32(buf[s:e]) in int64 arithmetic (values stay below 2^36, no overflow)."""
+def _sha1_words_py(buf, s, e, block, w):
+    """(bytes 0-3, bytes 4-7) of SHA-1(buf[s:e]), each as a little-endian uint32, in int64 arithmetic (values stay
+    below 2^36, no overflow). The first is datasketch.hashfunc.sha1_hash32; with the second it is the 64-bit
+    shingle hash of `signatures_and_sets`' sets, which costs nothing more once the digest is made."""
     length = e - s
     h0, h1, h2, h3, h4 = 0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0
     n_blocks = (length + 8) // 64 + 1
@@ -224,21 +229,36 @@ def _sha1_hash32_py(buf, s, e, block, w):
         h2 = (h2 + c) & 0xFFFFFFFF
         h3 = (h3 + d) & 0xFFFFFFFF
         h4 = (h4 + ee) & 0xFFFFFFFF
-    # the first four digest bytes (h0, big-endian) read little-endian
-    return ((h0 & 0xFF) << 24) | (((h0 >> 8) & 0xFF) << 16) | (((h0 >> 16) & 0xFF) << 8) | (h0 >> 24)
+    # digest bytes 0-3 (h0, big-endian) and 4-7 (h1) each read little-endian
+    return (((h0 & 0xFF) << 24) | (((h0 >> 8) & 0xFF) << 16) | (((h0 >> 16) & 0xFF) << 8) | (h0 >> 24),
+            ((h1 & 0xFF) << 24) | (((h1 >> 8) & 0xFF) << 16) | (((h1 >> 16) & 0xFF) << 8) | (h1 >> 24))
+
+
+def _sha1_hash32_py(buf, s, e, block, w):
+    """datasketch.hashfunc.sha1_hash32(buf[s:e]): the first four bytes of SHA-1, little-endian."""
+    return _sha1_words_py(buf, s, e, block, w)[0]
 
 
 if njit is not None:
-    _sha1_hash32_nb = njit(cache=True)(_sha1_hash32_py)
+    _sha1_words_nb = njit(cache=True)(_sha1_words_py)
 
     @njit(cache=True)
-    def _minhash_kernel(buf, starts, ends, doc_offsets, a, b, legacy, out):
+    def _sha1_hash32_nb(buf, s, e, block, w):
+        return _sha1_words_nb(buf, s, e, block, w)[0]
+
+    @njit(cache=True)
+    def _minhash_kernel(buf, starts, ends, doc_offsets, a, b, legacy, out, h64):
+        """Signatures into `out`; if h64 is not empty, also every shingle's SHA-1 bytes 0-7 (little-endian) there."""
         block = np.zeros(64, np.int64)
         w = np.zeros(80, np.int64)
         n_perm = a.shape[0]
+        keep64 = h64.shape[0] > 0
         for d in range(doc_offsets.shape[0] - 1):
             for j in range(doc_offsets[d], doc_offsets[d + 1]):
-                hv = np.uint64(_sha1_hash32_nb(buf, starts[j], ends[j], block, w))
+                lo, hi = _sha1_words_nb(buf, starts[j], ends[j], block, w)
+                hv = np.uint64(lo)
+                if keep64:
+                    h64[j] = hv | (np.uint64(hi) << _S32)
                 if legacy:
                     for k in range(n_perm):
                         phv = ((a[k] * hv + b[k]) % _MP) & _M32
@@ -344,10 +364,15 @@ def sha1_hash32_spans(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> 
         out = np.zeros(len(starts), np.int64)
         _sha1_many(buf, starts, ends, out)
         return out.astype(np.uint32)
+    return _sha1_digests(buf, starts, ends)[:, :4].copy().view("<u4").ravel().astype(np.uint32)
+
+
+def _sha1_digests(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """(n, 20) uint8: SHA-1 of every byte range, through hashlib (the numpy backend)."""
     mv = memoryview(buf)
     sha1 = hashlib.sha1
     digests = b"".join([sha1(mv[s:e]).digest() for s, e in zip(starts.tolist(), ends.tolist())])
-    return np.frombuffer(digests, np.uint8).reshape(-1, 20)[:, :4].copy().view("<u4").ravel().astype(np.uint32)
+    return np.frombuffer(digests, np.uint8).reshape(-1, 20)
 
 
 def _fmix32(h: np.ndarray) -> np.ndarray:
@@ -358,8 +383,8 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint32(16))
 
 
-def _numpy_signatures(buf, starts, ends, doc_offsets, a, b, scheme, out, chunk_shingles: int = 16384):
-    hv = sha1_hash32_spans(buf, starts, ends)
+def _numpy_signatures(buf, starts, ends, doc_offsets, a, b, scheme, out, chunk_shingles: int = 16384, hv=None):
+    hv = sha1_hash32_spans(buf, starts, ends) if hv is None else hv
     n_sh = np.diff(doc_offsets)
     nonempty = np.flatnonzero(n_sh > 0)
     i = 0
@@ -392,14 +417,21 @@ def signatures(texts, ngram: int = 5, num_perm: int = 128, seed: int = 1, scheme
     return _signatures_of_spans(shingle_spans(norm, ngram), a, b, scheme, out)
 
 
-def _signatures_of_spans(spans, a, b, scheme: str, out: np.ndarray) -> np.ndarray:
+def _signatures_of_spans(spans, a, b, scheme: str, out: np.ndarray, h64: np.ndarray | None = None) -> np.ndarray:
+    """Signatures of the shingles `spans` into `out`; with `h64` (uint64, one per shingle) also each shingle's
+    SHA-1 bytes 0-7 read little-endian there (`signatures_and_sets`)."""
     buf, starts, ends, doc_offsets = spans
     if backend() == "numba":
         out64 = out.astype(np.uint64)
         _minhash_kernel(buf, starts, ends, doc_offsets, a.astype(np.uint64), b.astype(np.uint64), scheme == "legacy",
-                        out64)
+                        out64, np.zeros(0, np.uint64) if h64 is None else h64)
         return out64.astype(out.dtype)
-    _numpy_signatures(buf, starts, ends, doc_offsets, a, b, scheme, out)
+    hv = None
+    if h64 is not None and len(starts):
+        dig = _sha1_digests(buf, starts, ends)
+        h64[:] = dig[:, :8].copy().view("<u8").ravel()
+        hv = dig[:, :4].copy().view("<u4").ravel().astype(np.uint32)
+    _numpy_signatures(buf, starts, ends, doc_offsets, a, b, scheme, out, hv=hv)
     return out
 
 
@@ -472,21 +504,25 @@ def _hash64_numpy(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, vector_
 
 def signatures_and_sets(norm_texts: list[str], ngram: int = 5, num_perm: int = 128, seed: int = 1,
                         scheme: str = "affine32", perms=None):
-    """(signatures(...), shingle_sets(...)) of the same normalised texts, locating their shingles once: the
-    dedup keys pass makes both, so that verification needs no second read of the text."""
+    """(signatures(...), (hashes, offsets)) of the same normalised texts, locating and hashing their shingles once:
+    the dedup keys pass makes both, so that verification needs no second read of the text.
+    The sets are each document's sorted distinct shingle hashes, as `shingle_sets` makes them, but of another
+    64-bit hash: SHA-1's bytes 0-7, of which the signature kernel already computes the first four (FNV-1a there
+    would cost ~0.26 s per 9.5M shingles more; SHA-1 alone ~2 s, so `shingle_sets` keeps FNV-1a). Jaccard values
+    are the same (a collision in either is ~n^2 / 2^65), but the two kinds of set must not be compared with each
+    other: a dedup run takes all its values from one of them."""
     a, b = perms if perms is not None else permutations(num_perm, seed, scheme)
     out = np.full((len(norm_texts), num_perm), MAX_HASH32, dtype=signature_dtype(scheme))
     if not norm_texts:
         return out, (np.zeros(0, np.uint64), np.zeros(1, np.int64))
     spans = shingle_spans(norm_texts, ngram)
-    return _signatures_of_spans(spans, a, b, scheme, out), shingle_sets(norm_texts, ngram, spans)
+    h64 = np.zeros(len(spans[1]), np.uint64)
+    sig = _signatures_of_spans(spans, a, b, scheme, out, h64)
+    return sig, _sorted_sets(h64, spans[3])
 
 
-def shingle_sets(norm_texts: list[str], ngram: int, spans=None) -> tuple[np.ndarray, np.ndarray]:
-    """(hashes uint64, offsets int64[n + 1]): the shingle set of each normalised text as its sorted, distinct
-    64-bit shingle hashes (`shingle_hashes64`); text i owns hashes[offsets[i]:offsets[i+1]]. Built once per
-    document, so a document in many candidate pairs is normalised and hashed once (`jaccard_sets` compares)."""
-    h, offs = shingle_hashes64(norm_texts, ngram, spans)
+def _sorted_sets(h: np.ndarray, offs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each document's hashes h[offs[i]:offs[i+1]] sorted, repeats dropped: (hashes, offsets)."""
     if backend() == "numba":
         out, out_offs = np.empty_like(h), np.empty_like(offs)
         _sorted_sets_kernel(h, offs, out, out_offs)
@@ -494,6 +530,13 @@ def shingle_sets(norm_texts: list[str], ngram: int, spans=None) -> tuple[np.ndar
     parts = [np.unique(h[offs[i]:offs[i + 1]]) for i in range(len(offs) - 1)]
     out_offs = np.concatenate([[0], np.cumsum([len(x) for x in parts])]).astype(np.int64)
     return (np.concatenate(parts) if parts else np.zeros(0, np.uint64)), out_offs
+
+
+def shingle_sets(norm_texts: list[str], ngram: int, spans=None) -> tuple[np.ndarray, np.ndarray]:
+    """(hashes uint64, offsets int64[n + 1]): the shingle set of each normalised text as its sorted, distinct
+    64-bit shingle hashes (`shingle_hashes64`); text i owns hashes[offsets[i]:offsets[i+1]]. Built once per
+    document, so a document in many candidate pairs is normalised and hashed once (`jaccard_sets` compares)."""
+    return _sorted_sets(*shingle_hashes64(norm_texts, ngram, spans))
 
 
 def jaccard_sets(ha: np.ndarray, oa: np.ndarray, hb: np.ndarray, ob: np.ndarray) -> np.ndarray:
