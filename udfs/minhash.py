@@ -234,17 +234,8 @@ def _sha1_words_py(buf, s, e, block, w):
             ((h1 & 0xFF) << 24) | (((h1 >> 8) & 0xFF) << 16) | (((h1 >> 16) & 0xFF) << 8) | (h1 >> 24))
 
 
-def _sha1_hash32_py(buf, s, e, block, w):
-    """datasketch.hashfunc.sha1_hash32(buf[s:e]): the first four bytes of SHA-1, little-endian."""
-    return _sha1_words_py(buf, s, e, block, w)[0]
-
-
 if njit is not None:
     _sha1_words_nb = njit(cache=True)(_sha1_words_py)
-
-    @njit(cache=True)
-    def _sha1_hash32_nb(buf, s, e, block, w):
-        return _sha1_words_nb(buf, s, e, block, w)[0]
 
     @njit(cache=True)
     def _minhash_kernel(buf, starts, ends, doc_offsets, a, b, legacy, out, h64):
@@ -280,7 +271,7 @@ if njit is not None:
         block = np.zeros(64, np.int64)
         w = np.zeros(80, np.int64)
         for j in range(starts.shape[0]):
-            out[j] = _sha1_hash32_nb(buf, starts[j], ends[j], block, w)
+            out[j] = _sha1_words_nb(buf, starts[j], ends[j], block, w)[0]
 
     _X1 = np.uint64(0xFF51AFD7ED558CCD)
     _X2 = np.uint64(0xC4CEB9FE1A85EC53)
@@ -364,7 +355,7 @@ def sha1_hash32_spans(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> 
         out = np.zeros(len(starts), np.int64)
         _sha1_many(buf, starts, ends, out)
         return out.astype(np.uint32)
-    return _sha1_digests(buf, starts, ends)[:, :4].copy().view("<u4").ravel().astype(np.uint32)
+    return _digest_prefix(_sha1_digests(buf, starts, ends), np.uint32)
 
 
 def _sha1_digests(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -373,6 +364,12 @@ def _sha1_digests(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.n
     sha1 = hashlib.sha1
     digests = b"".join([sha1(mv[s:e]).digest() for s, e in zip(starts.tolist(), ends.tolist())])
     return np.frombuffer(digests, np.uint8).reshape(-1, 20)
+
+
+def _digest_prefix(digests: np.ndarray, dtype) -> np.ndarray:
+    """The first itemsize bytes of each (n, 20) digest row, read little-endian as `dtype`."""
+    dt = np.dtype(dtype).newbyteorder("<")
+    return digests[:, :dt.itemsize].copy().view(dt).ravel().astype(dtype)
 
 
 def _fmix32(h: np.ndarray) -> np.ndarray:
@@ -429,8 +426,8 @@ def _signatures_of_spans(spans, a, b, scheme: str, out: np.ndarray, h64: np.ndar
     hv = None
     if h64 is not None and len(starts):
         dig = _sha1_digests(buf, starts, ends)
-        h64[:] = dig[:, :8].copy().view("<u8").ravel()
-        hv = dig[:, :4].copy().view("<u4").ravel().astype(np.uint32)
+        h64[:] = _digest_prefix(dig, np.uint64)
+        hv = _digest_prefix(dig, np.uint32)
     _numpy_signatures(buf, starts, ends, doc_offsets, a, b, scheme, out, hv=hv)
     return out
 
